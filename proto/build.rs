@@ -1,0 +1,21 @@
+//! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "switchyard/common/v1/common.proto",
+        "switchyard/agent/v1/agent.proto",
+        "switchyard/node/v1/node.proto",
+        "switchyard/routing/v1/routing.proto",
+        "switchyard/operator/v1/operator.proto",
+        "switchyard/raft/v1/raft.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
