@@ -80,10 +80,7 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| IdentityError::UnknownRole(s.to_string()))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| IdentityError::UnknownRole(s.to_string()))
     }
 }
 
@@ -107,12 +104,8 @@ impl Identity {
     }
 
     pub fn parse_uri(uri: &str) -> Result<Self, IdentityError> {
-        let rest = uri
-            .strip_prefix(URI_PREFIX)
-            .ok_or_else(|| IdentityError::NotSwitchyard(uri.to_string()))?;
-        let (role, name) = rest
-            .split_once('/')
-            .ok_or_else(|| IdentityError::NotSwitchyard(uri.to_string()))?;
+        let rest = uri.strip_prefix(URI_PREFIX).ok_or_else(|| IdentityError::NotSwitchyard(uri.to_string()))?;
+        let (role, name) = rest.split_once('/').ok_or_else(|| IdentityError::NotSwitchyard(uri.to_string()))?;
         Identity::new(role.parse()?, name)
     }
 }
@@ -126,15 +119,15 @@ impl fmt::Display for Identity {
 fn validate_name(name: &str) -> Result<(), IdentityError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '@'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '@'));
     if ok { Ok(()) } else { Err(IdentityError::BadName(name.to_string())) }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
-    #[error("unknown role {0:?}; expected one of viewer, operator, dr-admin, auditor, admin, cell, node, dns, federator")]
+    #[error(
+        "unknown role {0:?}; expected one of viewer, operator, dr-admin, auditor, admin, cell, node, dns, federator"
+    )]
     UnknownRole(String),
     #[error("identity name {0:?} is invalid: use 1-128 characters from [A-Za-z0-9-_./@]")]
     BadName(String),
@@ -150,8 +143,8 @@ pub enum IdentityError {
 
 /// Extracts the Switchyard identity from a DER certificate.
 pub fn identity_from_der(der: &[u8]) -> Result<Identity, IdentityError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| IdentityError::BadCertificate(e.to_string()))?
@@ -169,12 +162,9 @@ pub fn identity_from_der(der: &[u8]) -> Result<Identity, IdentityError> {
 /// The identity of the peer of a gRPC request, from the client certificate the TLS layer
 /// already verified against the federation CA.
 pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| tonic::Status::unauthenticated(IdentityError::NoCertificate.to_string()))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| tonic::Status::unauthenticated(IdentityError::NoCertificate.to_string()))?;
+    let certs =
+        request.peer_certs().ok_or_else(|| tonic::Status::unauthenticated(IdentityError::NoCertificate.to_string()))?;
+    let leaf = certs.first().ok_or_else(|| tonic::Status::unauthenticated(IdentityError::NoCertificate.to_string()))?;
     identity_from_der(leaf.as_ref()).map_err(|e| tonic::Status::unauthenticated(e.to_string()))
 }
 
@@ -192,18 +182,9 @@ mod tests {
 
     #[test]
     fn rejects_foreign_and_malformed_uris() {
-        assert!(matches!(
-            Identity::parse_uri("spiffe://other/cell/x"),
-            Err(IdentityError::NotSwitchyard(_))
-        ));
-        assert!(matches!(
-            Identity::parse_uri("spiffe://switchyard/root/x"),
-            Err(IdentityError::UnknownRole(_))
-        ));
-        assert!(matches!(
-            Identity::parse_uri("spiffe://switchyard/admin/bad name"),
-            Err(IdentityError::BadName(_))
-        ));
+        assert!(matches!(Identity::parse_uri("spiffe://other/cell/x"), Err(IdentityError::NotSwitchyard(_))));
+        assert!(matches!(Identity::parse_uri("spiffe://switchyard/root/x"), Err(IdentityError::UnknownRole(_))));
+        assert!(matches!(Identity::parse_uri("spiffe://switchyard/admin/bad name"), Err(IdentityError::BadName(_))));
         assert!(matches!(Identity::parse_uri("spiffe://switchyard/admin"), Err(IdentityError::NotSwitchyard(_))));
     }
 

@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, date_time_ymd,
 };
 
 use crate::identity::{Identity, identity_from_der};
@@ -49,11 +49,7 @@ fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
 impl TlsFiles {
     /// The conventional file names for `name` inside a certificate directory.
     pub fn in_dir(dir: &Path, name: &str) -> Self {
-        Self {
-            ca: dir.join("ca.pem"),
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}-key.pem")),
-        }
+        Self { ca: dir.join("ca.pem"), cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}-key.pem")) }
     }
 
     pub fn load(&self) -> Result<Bundle, PkiError> {
@@ -117,7 +113,8 @@ impl CertAuthority {
         dn.push(DnType::OrganizationName, "Switchyard");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let year = current_year();
         params.not_before = date_time_ymd(year - 1, 1, 1);
         params.not_after = date_time_ymd(year + 10, 1, 1);

@@ -1,0 +1,280 @@
+//! Decisions: whether a switchover may start (preflight), and what the next step of every
+//! running operation is. Pure functions of the committed state and the time passed in; the
+//! federator's executor turns the returned actions into Raft proposals.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::REPORT_FRESH_MS;
+use crate::model::{AppName, Resources, SiteName, SiteState};
+use crate::operation::{Operation, Phase};
+use crate::proposal::{Action, Proposal, Refusal};
+use crate::state::State;
+
+/// Timing knobs of the operation engine. Used only by the leader's decisions, never by `apply`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// How long every target instance must stay healthy before traffic moves.
+    pub verify_window_ms: u64,
+    /// Extra wait after the DNS TTL before the source is scaled down.
+    pub drain_ms: u64,
+    /// Scale-up plus verify must finish within this, or the switchover rolls back.
+    pub scale_up_timeout_ms: u64,
+    /// The source must report its instances stopped within this, or the operation needs attention.
+    pub scale_down_timeout_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { verify_window_ms: 3_000, drain_ms: 1_000, scale_up_timeout_ms: 180_000, scale_down_timeout_ms: 120_000 }
+    }
+}
+
+/// What a switchover will do, computed by preflight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchoverPlan {
+    pub from: SiteName,
+    pub target_instances: BTreeMap<AppName, u32>,
+    pub reserved: Resources,
+    pub target_free: Resources,
+    pub target_report_age_ms: u64,
+}
+
+impl SwitchoverPlan {
+    pub fn total_instances(&self) -> u32 {
+        self.target_instances.values().sum()
+    }
+}
+
+/// Capacity held by running operations on `site` that its cell has not yet allocated.
+pub fn reserved_on(state: &State, site: &str) -> Resources {
+    state
+        .operations
+        .values()
+        .filter(|o| o.is_running() && o.to == site)
+        .map(|o| o.reserved)
+        .fold(Resources::default(), Resources::add)
+}
+
+/// Preflight of a planned switchover of `group` to `to` at leader time `at_ms`. Used both by the
+/// API before proposing (to answer quickly) and by `apply` (authoritative, atomic with the
+/// capacity reservation), so the two can never disagree.
+pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Result<SwitchoverPlan, Refusal> {
+    let g = state.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
+    let site = state.sites.get(to).ok_or_else(|| Refusal::UnknownSite(to.to_string()))?;
+    if let Some(op) = &g.operation {
+        return Err(Refusal::GroupBusy { group: group.to_string(), operation: op.clone() });
+    }
+    let active = g.placement.active_sites();
+    let from = match active.as_slice() {
+        [one] => (*one).clone(),
+        _ => {
+            return Err(Refusal::NoSingleSource {
+                group: group.to_string(),
+                active: active.into_iter().cloned().collect(),
+            });
+        }
+    };
+    if from == to {
+        return Err(Refusal::AlreadyActive { group: group.to_string(), site: to.to_string() });
+    }
+    if site.state != SiteState::Active {
+        return Err(Refusal::SiteNotActive { site: to.to_string(), state: site.state.as_str().to_string() });
+    }
+    let record = state.reports.get(to);
+    let age = record.map(|r| r.age_ms(at_ms));
+    let fresh = match (record, age) {
+        (Some(r), Some(age)) if age <= REPORT_FRESH_MS => r,
+        _ => {
+            return Err(Refusal::NoFreshReport {
+                site: to.to_string(),
+                age: age.map_or("never".to_string(), |a| format!("{a} ms ago")),
+            });
+        }
+    };
+    let source = g.placement.share(&from);
+    let target = g.placement.share(to);
+    let target_instances: BTreeMap<AppName, u32> =
+        g.spec.apps.iter().map(|a| (a.name.clone(), source.instances.get(&a.name).copied().unwrap_or(0))).collect();
+    // Only the instances the target does not run yet need new capacity.
+    let missing: BTreeMap<AppName, u32> = target_instances
+        .iter()
+        .map(|(app, n)| (app.clone(), n.saturating_sub(target.instances.get(app).copied().unwrap_or(0))))
+        .collect();
+    let needed = g.demand(&missing);
+    let free = fresh.report.free().saturating_sub(reserved_on(state, to));
+    if !needed.fits_in(free) {
+        return Err(Refusal::InsufficientCapacity { site: to.to_string(), group: group.to_string(), needed, free });
+    }
+    Ok(SwitchoverPlan {
+        from,
+        target_instances,
+        reserved: needed,
+        target_free: free,
+        target_report_age_ms: age.unwrap_or(0),
+    })
+}
+
+/// Checks a proposal against the committed state without changing anything. `Ok` does not
+/// promise that `apply` will accept it (the state may change first), only that it would now.
+pub fn validate(state: &State, proposal: &Proposal) -> Result<(), Refusal> {
+    match &proposal.action {
+        Action::StartSwitchover { group, to, reason } => {
+            if reason.len() > 1024 {
+                return Err(Refusal::Invalid("reason is longer than 1024 bytes".into()));
+            }
+            plan_switchover(state, group, to, proposal.at_ms).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
+enum Progress {
+    Ready(String),
+    Waiting(String),
+}
+
+/// Whether `site` runs `want` healthy instances of the operation's group at the group's current
+/// placement epoch, according to the last committed report.
+fn target_progress(state: &State, op: &Operation, now_ms: u64) -> Progress {
+    let Some(g) = state.groups.get(&op.group) else { return Progress::Waiting("group vanished".into()) };
+    let Some(record) = state.reports.get(&op.to) else {
+        return Progress::Waiting(format!("no report from {}'s cell yet", op.to));
+    };
+    if record.age_ms(now_ms) > REPORT_FRESH_MS {
+        return Progress::Waiting(format!("{}'s cell last reported {} ms ago", op.to, record.age_ms(now_ms)));
+    }
+    let Some(gr) = record.report.groups.get(&op.group) else {
+        return Progress::Waiting(format!("{}'s cell does not report group {} yet", op.to, op.group));
+    };
+    if gr.applied_epoch < g.placement.epoch {
+        return Progress::Waiting(format!(
+            "{}'s cell has applied epoch {} of {}, not {} yet",
+            op.to, gr.applied_epoch, op.group, g.placement.epoch
+        ));
+    }
+    let mut waiting = Vec::new();
+    let mut total = 0;
+    for (app, want) in &op.target_instances {
+        let report = gr.apps.get(app);
+        let healthy = report.map_or(0, |a| a.healthy());
+        total += want;
+        if healthy < *want {
+            let blocker = report.map(|a| a.blocker.as_str()).filter(|b| !b.is_empty());
+            waiting.push(match blocker {
+                Some(b) => format!("{app}: {healthy}/{want} healthy ({b})"),
+                None => format!("{app}: {healthy}/{want} healthy"),
+            });
+        }
+    }
+    if waiting.is_empty() {
+        Progress::Ready(format!("{total}/{total} instances healthy on {}", op.to))
+    } else {
+        Progress::Waiting(format!("on {}: {}", op.to, waiting.join(", ")))
+    }
+}
+
+/// Whether the source has stopped every instance of the group at the current epoch.
+fn source_progress(state: &State, op: &Operation, now_ms: u64) -> Progress {
+    let Some(g) = state.groups.get(&op.group) else { return Progress::Waiting("group vanished".into()) };
+    let Some(record) = state.reports.get(&op.from) else {
+        return Progress::Waiting(format!("no report from {}'s cell", op.from));
+    };
+    if record.age_ms(now_ms) > REPORT_FRESH_MS {
+        return Progress::Waiting(format!("{}'s cell last reported {} ms ago", op.from, record.age_ms(now_ms)));
+    }
+    match record.report.groups.get(&op.group) {
+        Some(gr) if gr.applied_epoch < g.placement.epoch => Progress::Waiting(format!(
+            "{}'s cell has applied epoch {} of {}, not {} yet",
+            op.from, gr.applied_epoch, op.group, g.placement.epoch
+        )),
+        Some(gr) if gr.present() > 0 => {
+            Progress::Waiting(format!("{} instances still present on {}", gr.present(), op.from))
+        }
+        _ => Progress::Ready(format!("no instances left on {}", op.from)),
+    }
+}
+
+fn ttl_wait_ms(state: &State, op: &Operation, cfg: &EngineConfig) -> u64 {
+    let ttl_ms = state.groups.get(&op.group).map_or(0, |g| u64::from(g.spec.ttl_s) * 1000);
+    ttl_ms + cfg.drain_ms
+}
+
+/// The next step of one running operation, if any is due.
+fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> Option<Action> {
+    let advance =
+        |to: Phase, detail: String| Action::AdvanceOperation { id: op.id.clone(), from: op.phase, to, detail };
+    let fail = |error: String| Action::FailOperation { id: op.id.clone(), at: op.phase, error };
+    let in_phase_ms = now_ms.saturating_sub(op.phase_started_at_ms);
+    match op.phase {
+        Phase::ScalingUp | Phase::Verifying => {
+            let progress = target_progress(state, op, now_ms);
+            let scale_up_ms = now_ms.saturating_sub(op.scale_up_started_at_ms);
+            match (op.phase, progress) {
+                (Phase::ScalingUp, Progress::Ready(detail)) => Some(advance(Phase::Verifying, detail)),
+                (Phase::Verifying, Progress::Ready(detail)) if in_phase_ms >= cfg.verify_window_ms => {
+                    Some(advance(Phase::Draining, format!("{detail} for {in_phase_ms} ms; traffic moved to {}", op.to)))
+                }
+                (_, Progress::Ready(_)) => None,
+                (_, Progress::Waiting(why)) if scale_up_ms >= cfg.scale_up_timeout_ms => {
+                    Some(fail(format!("target not healthy after {scale_up_ms} ms: {why}")))
+                }
+                (Phase::Verifying, Progress::Waiting(why)) => {
+                    Some(advance(Phase::ScalingUp, format!("verify interrupted: {why}")))
+                }
+                (_, Progress::Waiting(_)) => None,
+            }
+        }
+        Phase::Draining => {
+            let wait = ttl_wait_ms(state, op, cfg);
+            (in_phase_ms >= wait).then(|| {
+                advance(
+                    Phase::ScalingDown,
+                    format!("waited {in_phase_ms} ms (TTL + drain {wait} ms); scaling {} down", op.from),
+                )
+            })
+        }
+        Phase::ScalingDown => match source_progress(state, op, now_ms) {
+            Progress::Ready(detail) => Some(advance(Phase::Done, detail)),
+            Progress::Waiting(why) if in_phase_ms >= cfg.scale_down_timeout_ms => {
+                Some(fail(format!("source not scaled down after {in_phase_ms} ms: {why}")))
+            }
+            Progress::Waiting(_) => None,
+        },
+        Phase::Done => None,
+    }
+}
+
+/// The steps due now for every running operation, in operation-id order. Level-triggered:
+/// it looks only at the committed state, so calling it twice proposes the same steps, and
+/// `apply` ignores a step whose phase has already moved on.
+pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
+    state.operations.values().filter(|o| o.is_running()).filter_map(|op| next_step(state, op, now_ms, cfg)).collect()
+}
+
+/// What a running operation waits for, for status displays; empty when nothing.
+pub fn operation_blocker(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> String {
+    if !op.is_running() {
+        return op.error.clone().unwrap_or_default();
+    }
+    let in_phase_ms = now_ms.saturating_sub(op.phase_started_at_ms);
+    match op.phase {
+        Phase::ScalingUp => match target_progress(state, op, now_ms) {
+            Progress::Waiting(why) => format!("waiting for target: {why}"),
+            Progress::Ready(_) => String::new(),
+        },
+        Phase::Verifying => {
+            format!("verify window: {in_phase_ms} of {} ms healthy", cfg.verify_window_ms)
+        }
+        Phase::Draining => {
+            format!("draining: {} of {} ms (TTL + drain)", in_phase_ms, ttl_wait_ms(state, op, cfg))
+        }
+        Phase::ScalingDown => match source_progress(state, op, now_ms) {
+            Progress::Waiting(why) => format!("waiting for source: {why}"),
+            Progress::Ready(_) => String::new(),
+        },
+        Phase::Done => String::new(),
+    }
+}

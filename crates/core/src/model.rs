@@ -1,0 +1,288 @@
+//! Sites, app groups and placements.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub type SiteName = String;
+pub type GroupName = String;
+pub type AppName = String;
+
+/// Amounts of schedulable resources; units are in the field names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpu_millis: u64,
+    #[serde(default)]
+    pub mem_mib: u64,
+    #[serde(default)]
+    pub disk_mib: u64,
+}
+
+impl Resources {
+    pub fn add(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            mem_mib: self.mem_mib.saturating_add(o.mem_mib),
+            disk_mib: self.disk_mib.saturating_add(o.disk_mib),
+        }
+    }
+
+    pub fn saturating_sub(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            mem_mib: self.mem_mib.saturating_sub(o.mem_mib),
+            disk_mib: self.disk_mib.saturating_sub(o.disk_mib),
+        }
+    }
+
+    pub fn times(self, n: u32) -> Resources {
+        let n = u64::from(n);
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_mul(n),
+            mem_mib: self.mem_mib.saturating_mul(n),
+            disk_mib: self.disk_mib.saturating_mul(n),
+        }
+    }
+
+    /// Whether `self` fits inside `available` in every dimension.
+    pub fn fits_in(self, available: Resources) -> bool {
+        self.cpu_millis <= available.cpu_millis
+            && self.mem_mib <= available.mem_mib
+            && self.disk_mib <= available.disk_mib
+    }
+}
+
+impl std::fmt::Display for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} cpu_millis, {} mem_mib, {} disk_mib", self.cpu_millis, self.mem_mib, self.disk_mib)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SiteState {
+    #[default]
+    Active,
+    Draining,
+    Maintenance,
+    Fenced,
+    Down,
+}
+
+impl SiteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteState::Active => "Active",
+            SiteState::Draining => "Draining",
+            SiteState::Maintenance => "Maintenance",
+            SiteState::Fenced => "Fenced",
+            SiteState::Down => "Down",
+        }
+    }
+}
+
+/// A data center as declared in configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    pub name: SiteName,
+    /// Addresses DNS answers with for groups active on this site (the site's VIPs).
+    pub ingress: Vec<IpAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A data center as the federation knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub spec: SiteSpec,
+    pub state: SiteState,
+}
+
+/// HTTP health check of an app's instances. Zero values mean the node's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    #[serde(default)]
+    pub http_path: String,
+    #[serde(default)]
+    pub interval_ms: u32,
+    #[serde(default)]
+    pub timeout_ms: u32,
+    #[serde(default)]
+    pub grace_ms: u32,
+    #[serde(default)]
+    pub max_failures: u32,
+}
+
+/// One application of a group: a program run as `instances` processes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    pub name: AppName,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Instances on the group's home site when the group is registered.
+    pub instances: u32,
+    /// Resources of one instance.
+    pub resources: Resources,
+    #[serde(default)]
+    pub health: HealthSpec,
+}
+
+/// An app group as declared in configuration: the unit that moves between sites.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: GroupName,
+    /// DNS label of the group inside the federation zone (e.g. `crm-web`).
+    pub dns_name: String,
+    pub ttl_s: u32,
+    #[serde(default)]
+    pub tier: u32,
+    /// Site the group runs on when first registered.
+    pub home_site: SiteName,
+    pub apps: Vec<AppSpec>,
+}
+
+/// What one site runs of a group, and its share of traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteShare {
+    pub instances: BTreeMap<AppName, u32>,
+    /// Share of traffic; 0 means none.
+    pub weight: u32,
+}
+
+impl SiteShare {
+    pub fn total_instances(&self) -> u32 {
+        self.instances.values().sum()
+    }
+}
+
+/// Which sites run a group and which receive its traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub sites: BTreeMap<SiteName, SiteShare>,
+    /// Raft log index of the decision that produced this placement (the fencing token).
+    pub epoch: u64,
+}
+
+impl Placement {
+    /// Sites with a non-zero traffic weight.
+    pub fn active_sites(&self) -> Vec<&SiteName> {
+        self.sites.iter().filter(|(_, s)| s.weight > 0).map(|(n, _)| n).collect()
+    }
+
+    pub fn share(&self, site: &str) -> SiteShare {
+        self.sites.get(site).cloned().unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppGroup {
+    pub spec: GroupSpec,
+    pub placement: Placement,
+    /// The operation that holds this group; at most one at a time.
+    pub operation: Option<String>,
+}
+
+impl AppGroup {
+    /// Resources needed to run `instances` (per app) of this group.
+    pub fn demand(&self, instances: &BTreeMap<AppName, u32>) -> Resources {
+        self.spec
+            .apps
+            .iter()
+            .map(|a| a.resources.times(instances.get(&a.name).copied().unwrap_or(0)))
+            .fold(Resources::default(), Resources::add)
+    }
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Checks a site spec on its own; returns every problem found.
+pub fn validate_site(spec: &SiteSpec) -> Vec<String> {
+    let mut errs = Vec::new();
+    if !valid_label(&spec.name) {
+        errs.push(format!("site name {:?} must be 1-63 characters of [a-z0-9-]", spec.name));
+    }
+    if spec.ingress.is_empty() {
+        errs.push(format!("site {:?} has no ingress addresses", spec.name));
+    }
+    errs
+}
+
+/// Checks a group spec on its own; returns every problem found.
+pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
+    let mut errs = Vec::new();
+    let g = &spec.name;
+    if !valid_label(g) {
+        errs.push(format!("group name {g:?} must be 1-63 characters of [a-z0-9-]"));
+    }
+    if !valid_label(&spec.dns_name) {
+        errs.push(format!("group {g:?}: dns_name {:?} must be one DNS label of [a-z0-9-]", spec.dns_name));
+    }
+    if spec.ttl_s == 0 || spec.ttl_s > 86_400 {
+        errs.push(format!("group {g:?}: ttl_s {} must be between 1 and 86400", spec.ttl_s));
+    }
+    if spec.apps.is_empty() {
+        errs.push(format!("group {g:?} has no apps"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for app in &spec.apps {
+        if !valid_label(&app.name) {
+            errs.push(format!("group {g:?}: app name {:?} must be 1-63 characters of [a-z0-9-]", app.name));
+        }
+        if !seen.insert(&app.name) {
+            errs.push(format!("group {g:?}: app {:?} is declared twice", app.name));
+        }
+        if app.command.trim().is_empty() {
+            errs.push(format!("group {g:?}: app {:?} has an empty command", app.name));
+        }
+        if app.resources.cpu_millis == 0 || app.resources.mem_mib == 0 {
+            errs.push(format!("group {g:?}: app {:?} must request cpu_millis > 0 and mem_mib > 0", app.name));
+        }
+        if app.instances > 10_000 {
+            errs.push(format!("group {g:?}: app {:?} asks for {} instances (max 10000)", app.name, app.instances));
+        }
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_arithmetic_saturates() {
+        let a = Resources { cpu_millis: 100, mem_mib: 10, disk_mib: 0 };
+        assert_eq!(a.times(3), Resources { cpu_millis: 300, mem_mib: 30, disk_mib: 0 });
+        assert_eq!(a.saturating_sub(a.times(2)), Resources::default());
+        assert!(a.fits_in(a.times(2)));
+        assert!(!a.times(2).fits_in(a));
+    }
+
+    #[test]
+    fn group_validation_reports_every_problem() {
+        let spec = GroupSpec {
+            name: "Bad Name".into(),
+            dns_name: "".into(),
+            ttl_s: 0,
+            tier: 0,
+            home_site: "site-1".into(),
+            apps: vec![],
+        };
+        let errs = validate_group(&spec);
+        assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+}

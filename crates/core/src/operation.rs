@@ -1,0 +1,120 @@
+//! Operations (switchovers today; failovers, evacuations and drills later) and their phases.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AppName, GroupName, Resources, SiteName, SiteShare};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationKind {
+    Switchover,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Switchover => "switchover",
+        }
+    }
+}
+
+/// Phases of a make-before-break switchover, in order. Preflight happens atomically when the
+/// operation is created, so an operation that exists has passed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    /// The target runs as many instances as the source; waiting for them to be healthy.
+    ScalingUp,
+    /// Every target instance is healthy; it must stay so for the verify window.
+    Verifying,
+    /// Traffic moved to the target (DNS weights); waiting a TTL plus drain time.
+    Draining,
+    /// The source is told to stop its instances; waiting until it reports none.
+    ScalingDown,
+    Done,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::ScalingUp => "ScalingUp",
+            Phase::Verifying => "Verifying",
+            Phase::Draining => "Draining",
+            Phase::ScalingDown => "ScalingDown",
+            Phase::Done => "Done",
+        }
+    }
+
+    /// Whether traffic may still be on the source: before this point a failure can be rolled
+    /// back without touching what users see.
+    pub fn before_traffic_shift(self) -> bool {
+        matches!(self, Phase::ScalingUp | Phase::Verifying)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    /// Stopped and rolled back; nothing users see changed.
+    Failed,
+    /// Stopped where a human must look (traffic already moved); the group stays locked.
+    NeedsAttention,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::NeedsAttention => "needs-attention",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Outcome::Running)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub phase: Phase,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: String,
+    pub kind: OperationKind,
+    pub group: GroupName,
+    pub from: SiteName,
+    pub to: SiteName,
+    pub actor: String,
+    pub reason: String,
+    pub phase: Phase,
+    pub outcome: Outcome,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub phase_started_at_ms: u64,
+    /// When the current attempt to bring the target up began (scale-up timeout base).
+    pub scale_up_started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub error: Option<String>,
+    pub steps: Vec<Step>,
+    /// Instances per app the target must run (the source's count at start).
+    pub target_instances: BTreeMap<AppName, u32>,
+    /// The target's share before the operation, restored on rollback.
+    pub target_before: SiteShare,
+    /// Capacity held on the target until its instances are running.
+    pub reserved: Resources,
+    pub traffic_shifted_at_ms: Option<u64>,
+}
+
+impl Operation {
+    pub fn is_running(&self) -> bool {
+        self.outcome == Outcome::Running
+    }
+}

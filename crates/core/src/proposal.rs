@@ -1,0 +1,104 @@
+//! What goes into the Raft log (`Proposal`) and what applying it returns (`Response`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{GroupSpec, Resources, SiteSpec};
+use crate::operation::Phase;
+use crate::report::CellReport;
+
+/// One log entry's payload. `at_ms` and `actor` are stamped by the leader when it proposes, so
+/// `apply` never reads a clock and every replica records the same time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Format marker so entries written by one version can be read by the next.
+    #[serde(default = "Proposal::current_version")]
+    pub version: u32,
+    pub at_ms: u64,
+    /// Identity of the caller (`operator:alice`, `cell:site-1`) or `system`.
+    pub actor: String,
+    pub action: Action,
+}
+
+impl Proposal {
+    pub const VERSION: u32 = 1;
+
+    fn current_version() -> u32 {
+        Self::VERSION
+    }
+
+    pub fn new(at_ms: u64, actor: impl Into<String>, action: Action) -> Self {
+        Self { version: Self::VERSION, at_ms, actor: actor.into(), action }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Add a site, or update its ingress and labels.
+    RegisterSite(SiteSpec),
+    /// Add a group placed on its home site; an existing group is left as it is.
+    RegisterGroup(GroupSpec),
+    /// The latest report of a site's cell (an observation, not audited).
+    CellReport(CellReport),
+    StartSwitchover {
+        group: String,
+        to: String,
+        reason: String,
+    },
+    /// Move an operation from phase `from` to `to`; ignored unless it is still in `from`, so a
+    /// duplicate or late proposal never repeats a step.
+    AdvanceOperation {
+        id: String,
+        from: Phase,
+        to: Phase,
+        detail: String,
+    },
+    /// Stop an operation that cannot make progress (rolls back when traffic never moved).
+    FailOperation {
+        id: String,
+        at: Phase,
+        error: String,
+    },
+}
+
+/// Why a request was refused. Every message says what was wrong; a refused request changes
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    #[error("unknown site {0:?}")]
+    UnknownSite(String),
+    #[error("group {group:?} is already active on {site:?}; nothing to switch")]
+    AlreadyActive { group: String, site: String },
+    #[error("group {group:?} is busy with operation {operation}; wait for it or resolve it first")]
+    GroupBusy { group: String, operation: String },
+    #[error("group {group:?} has no single active site to switch from (active: {active:?})")]
+    NoSingleSource { group: String, active: Vec<String> },
+    #[error("site {site:?} is {state}, not Active; it cannot take traffic")]
+    SiteNotActive { site: String, state: String },
+    #[error("site {site:?} has no fresh capacity report (last {age}); is its cell connected?")]
+    NoFreshReport { site: String, age: String },
+    #[error("site {site:?} lacks capacity for group {group:?}: needs {needed}, has {free} free")]
+    InsufficientCapacity { site: String, group: String, needed: Resources, free: Resources },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("operation {0:?} does not exist")]
+    UnknownOperation(String),
+    #[error("operation {id} is not in phase {expected} (it is {actual}); step ignored")]
+    StalePhase { id: String, expected: String, actual: String },
+    #[error("unsupported proposal version {0}; upgrade this federator")]
+    UnsupportedVersion(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to change (already so).
+    Unchanged,
+    Changed,
+    OperationStarted {
+        id: String,
+    },
+}
+
+/// The result of applying one log entry.
+pub type Response = Result<Applied, Refusal>;

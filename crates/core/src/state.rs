@@ -1,0 +1,351 @@
+//! The replicated state and its deterministic `apply`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit::{AuditLog, Entry};
+use crate::engine::plan_switchover;
+use crate::model::{AppGroup, Placement, Site, SiteShare, SiteState, validate_group, validate_site};
+use crate::operation::{Operation, OperationKind, Outcome, Phase, Step};
+use crate::proposal::{Action, Applied, Proposal, Refusal, Response};
+use crate::report::ReportRecord;
+
+/// Everything the federation has committed. Only `apply` changes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Log index of the last entry applied.
+    pub last_applied: u64,
+    pub sites: BTreeMap<String, Site>,
+    pub groups: BTreeMap<String, AppGroup>,
+    /// The last committed report of each site's cell.
+    pub reports: BTreeMap<String, ReportRecord>,
+    pub operations: BTreeMap<String, Operation>,
+    pub audit: AuditLog,
+    /// Log index of the last change to anything DNS answers depend on (the SOA serial).
+    pub routing_version: u64,
+}
+
+/// The traffic weight a site gets when it is a group's only active site.
+pub const FULL_WEIGHT: u32 = 100;
+
+impl State {
+    /// Applies one committed log entry. Deterministic: the result depends only on `self`,
+    /// `index` and `proposal`. A refusal leaves the state exactly as it was (apart from
+    /// `last_applied`).
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Response {
+        assert!(index > self.last_applied, "log index {index} applied after {}", self.last_applied);
+        self.last_applied = index;
+        if proposal.version > Proposal::VERSION {
+            return Err(Refusal::UnsupportedVersion(proposal.version));
+        }
+        let at = proposal.at_ms;
+        let actor = proposal.actor.as_str();
+        match &proposal.action {
+            Action::RegisterSite(spec) => {
+                let errs = validate_site(spec);
+                if !errs.is_empty() {
+                    return Err(Refusal::Invalid(errs.join("; ")));
+                }
+                let (action, before) = match self.sites.get(&spec.name) {
+                    Some(site) if site.spec == *spec => return Ok(Applied::Unchanged),
+                    Some(site) => ("site.update", json!(site.spec)),
+                    None => ("site.register", serde_json::Value::Null),
+                };
+                let state = self.sites.get(&spec.name).map(|s| s.state).unwrap_or(SiteState::Active);
+                self.sites.insert(spec.name.clone(), Site { spec: spec.clone(), state });
+                self.routing_version = index;
+                self.audit.append(Entry {
+                    time_ms: at,
+                    actor,
+                    action,
+                    subject: &spec.name,
+                    reason: "configuration",
+                    detail: json!({ "before": before, "after": spec }),
+                    raft_index: index,
+                });
+                Ok(Applied::Changed)
+            }
+            Action::RegisterGroup(spec) => {
+                let mut errs = validate_group(spec);
+                if !self.sites.contains_key(&spec.home_site) {
+                    errs.push(format!("group {:?}: home_site {:?} is not a known site", spec.name, spec.home_site));
+                }
+                if let Some(other) =
+                    self.groups.values().find(|g| g.spec.dns_name == spec.dns_name && g.spec.name != spec.name)
+                {
+                    errs.push(format!(
+                        "group {:?}: dns_name {:?} is already used by group {:?}",
+                        spec.name, spec.dns_name, other.spec.name
+                    ));
+                }
+                if !errs.is_empty() {
+                    return Err(Refusal::Invalid(errs.join("; ")));
+                }
+                if self.groups.contains_key(&spec.name) {
+                    return Ok(Applied::Unchanged);
+                }
+                let share = SiteShare {
+                    instances: spec.apps.iter().map(|a| (a.name.clone(), a.instances)).collect(),
+                    weight: FULL_WEIGHT,
+                };
+                let placement = Placement { sites: BTreeMap::from([(spec.home_site.clone(), share)]), epoch: index };
+                self.audit.append(Entry {
+                    time_ms: at,
+                    actor,
+                    action: "group.register",
+                    subject: &spec.name,
+                    reason: "configuration",
+                    detail: json!({ "spec": spec, "placement": placement }),
+                    raft_index: index,
+                });
+                self.groups.insert(spec.name.clone(), AppGroup { spec: spec.clone(), placement, operation: None });
+                self.routing_version = index;
+                Ok(Applied::Changed)
+            }
+            Action::CellReport(report) => {
+                if !self.sites.contains_key(&report.site) {
+                    return Err(Refusal::UnknownSite(report.site.clone()));
+                }
+                let expected_actor = format!("cell:{}", report.site);
+                if actor != expected_actor {
+                    return Err(Refusal::Invalid(format!(
+                        "a report for site {:?} must come from {expected_actor}, not {actor}",
+                        report.site
+                    )));
+                }
+                self.reports.insert(report.site.clone(), ReportRecord { report: report.clone(), received_at_ms: at });
+                Ok(Applied::Changed)
+            }
+            Action::StartSwitchover { group, to, reason } => self.start_switchover(index, at, actor, group, to, reason),
+            Action::AdvanceOperation { id, from, to, detail } => self.advance(index, at, actor, id, *from, *to, detail),
+            Action::FailOperation { id, at: phase, error } => self.fail(index, at, actor, id, *phase, error),
+        }
+    }
+
+    fn start_switchover(&mut self, index: u64, at: u64, actor: &str, group: &str, to: &str, reason: &str) -> Response {
+        let plan = plan_switchover(self, group, to, at)?;
+        let id = format!("op-{index}");
+        let g = self.groups.get_mut(group).expect("plan_switchover checked the group exists");
+        let before = g.placement.clone();
+        let target_before = g.placement.share(to);
+        let share = g.placement.sites.entry(to.to_string()).or_default();
+        for (app, n) in &plan.target_instances {
+            let current = share.instances.entry(app.clone()).or_insert(0);
+            *current = (*current).max(*n);
+        }
+        g.placement.epoch = index;
+        g.operation = Some(id.clone());
+        let detail = format!("scale {to} up to {} instances (source {})", plan.total_instances(), plan.from);
+        let op = Operation {
+            id: id.clone(),
+            kind: OperationKind::Switchover,
+            group: group.to_string(),
+            from: plan.from.clone(),
+            to: to.to_string(),
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            phase: Phase::ScalingUp,
+            outcome: Outcome::Running,
+            created_at_ms: at,
+            updated_at_ms: at,
+            phase_started_at_ms: at,
+            scale_up_started_at_ms: at,
+            finished_at_ms: None,
+            error: None,
+            steps: vec![Step {
+                phase: Phase::ScalingUp,
+                started_at_ms: at,
+                finished_at_ms: None,
+                detail: detail.clone(),
+            }],
+            target_instances: plan.target_instances.clone(),
+            target_before,
+            reserved: plan.reserved,
+            traffic_shifted_at_ms: None,
+        };
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "switchover.start",
+            subject: group,
+            reason,
+            detail: json!({
+                "operation": id,
+                "from": plan.from,
+                "to": to,
+                "phase": Phase::ScalingUp.as_str(),
+                "step": detail,
+                "preflight": {
+                    "target_free": plan.target_free,
+                    "reserved": plan.reserved,
+                    "target_report_age_ms": plan.target_report_age_ms,
+                },
+                "placement_before": before,
+                "placement_after": g.placement,
+            }),
+            raft_index: index,
+        });
+        self.operations.insert(id.clone(), op);
+        Ok(Applied::OperationStarted { id })
+    }
+
+    fn running_op(&self, id: &str, phase: Phase) -> Result<&Operation, Refusal> {
+        let op = self.operations.get(id).ok_or_else(|| Refusal::UnknownOperation(id.to_string()))?;
+        if !op.is_running() || op.phase != phase {
+            return Err(Refusal::StalePhase {
+                id: id.to_string(),
+                expected: phase.as_str().to_string(),
+                actual: if op.is_running() { op.phase.as_str().to_string() } else { op.outcome.as_str().to_string() },
+            });
+        }
+        Ok(op)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        id: &str,
+        from: Phase,
+        to: Phase,
+        detail: &str,
+    ) -> Response {
+        let op = self.running_op(id, from)?;
+        let allowed = matches!(
+            (from, to),
+            (Phase::ScalingUp, Phase::Verifying)
+                | (Phase::Verifying, Phase::ScalingUp)
+                | (Phase::Verifying, Phase::Draining)
+                | (Phase::Draining, Phase::ScalingDown)
+                | (Phase::ScalingDown, Phase::Done)
+        );
+        if !allowed {
+            return Err(Refusal::Invalid(format!(
+                "operation {id}: no transition from {} to {}",
+                from.as_str(),
+                to.as_str()
+            )));
+        }
+        let (group_name, src, dst) = (op.group.clone(), op.from.clone(), op.to.clone());
+        let g = self.groups.get_mut(&group_name).expect("an operation's group is never removed");
+        let before = g.placement.clone();
+        let op = self.operations.get_mut(id).expect("checked above");
+        match to {
+            Phase::Verifying => op.reserved = Default::default(),
+            Phase::ScalingUp => {}
+            Phase::Draining => {
+                for (site, share) in g.placement.sites.iter_mut() {
+                    share.weight = if *site == dst { FULL_WEIGHT } else { 0 };
+                }
+                g.placement.epoch = index;
+                self.routing_version = index;
+                op.traffic_shifted_at_ms = Some(at);
+            }
+            Phase::ScalingDown => {
+                if let Some(share) = g.placement.sites.get_mut(&src) {
+                    share.instances.values_mut().for_each(|n| *n = 0);
+                }
+                g.placement.epoch = index;
+            }
+            Phase::Done => {
+                g.operation = None;
+                op.outcome = Outcome::Succeeded;
+                op.finished_at_ms = Some(at);
+            }
+        }
+        if let Some(step) = op.steps.last_mut() {
+            step.finished_at_ms = Some(at);
+        }
+        if to != Phase::Done {
+            op.steps.push(Step { phase: to, started_at_ms: at, finished_at_ms: None, detail: detail.to_string() });
+        }
+        op.phase = to;
+        op.phase_started_at_ms = at;
+        op.updated_at_ms = at;
+        let mut record = json!({
+            "operation": id,
+            "from_phase": from.as_str(),
+            "phase": to.as_str(),
+            "step": detail,
+        });
+        if before != g.placement {
+            record["placement_before"] = json!(before);
+            record["placement_after"] = json!(g.placement);
+        }
+        if to == Phase::Done {
+            record["duration_ms"] = json!(at.saturating_sub(op.created_at_ms));
+            record["traffic_shifted_at_ms"] = json!(op.traffic_shifted_at_ms);
+        }
+        let reason = op.reason.clone();
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: if to == Phase::Done { "switchover.complete" } else { "switchover.phase" },
+            subject: &group_name,
+            reason: &reason,
+            detail: record,
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    fn fail(&mut self, index: u64, at: u64, actor: &str, id: &str, phase: Phase, error: &str) -> Response {
+        let op = self.running_op(id, phase)?;
+        let group_name = op.group.clone();
+        let g = self.groups.get_mut(&group_name).expect("an operation's group is never removed");
+        let before = g.placement.clone();
+        let op = self.operations.get_mut(id).expect("checked above");
+        let rolled_back = phase.before_traffic_shift();
+        if rolled_back {
+            // Traffic never moved: put the target back as it was and free the group.
+            if op.target_before == SiteShare::default() {
+                g.placement.sites.remove(&op.to);
+            } else {
+                g.placement.sites.insert(op.to.clone(), op.target_before.clone());
+            }
+            g.placement.epoch = index;
+            g.operation = None;
+            op.outcome = Outcome::Failed;
+            op.finished_at_ms = Some(at);
+        } else {
+            op.outcome = Outcome::NeedsAttention;
+        }
+        op.reserved = Default::default();
+        op.error = Some(error.to_string());
+        op.updated_at_ms = at;
+        if let Some(step) = op.steps.last_mut() {
+            step.finished_at_ms = Some(at);
+            step.detail = format!("{}; stopped: {error}", step.detail);
+        }
+        let reason = op.reason.clone();
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: if rolled_back { "switchover.rolled-back" } else { "switchover.needs-attention" },
+            subject: &group_name,
+            reason: &reason,
+            detail: json!({
+                "operation": id,
+                "phase": phase.as_str(),
+                "error": error,
+                "placement_before": before,
+                "placement_after": g.placement,
+            }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    /// Epoch a cell must have applied to be current: the newest placement epoch of any group.
+    pub fn max_epoch(&self) -> u64 {
+        self.groups.values().map(|g| g.placement.epoch).max().unwrap_or(0)
+    }
+
+    pub fn operations_in_flight(&self) -> usize {
+        self.operations.values().filter(|o| o.is_running()).count()
+    }
+}

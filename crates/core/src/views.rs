@@ -1,0 +1,118 @@
+//! Read-side views derived from the committed state: the routing table DNS servers serve, the
+//! desired state each cell converges on, and per-group status. Pure and deterministic.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::model::{AppSpec, SiteName};
+use crate::state::State;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub site: SiteName,
+    pub addresses: Vec<IpAddr>,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub name: String,
+    pub group: String,
+    pub ttl_s: u32,
+    pub targets: Vec<RouteTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutingView {
+    pub version: u64,
+    pub epoch: u64,
+    pub entries: Vec<RouteEntry>,
+}
+
+/// The routing table: for each group's DNS name, every site of its placement with that site's
+/// ingress addresses and traffic weight. Sites with weight 0 are listed so that receivers can
+/// see them being drained; they get no traffic.
+pub fn routing_table(state: &State) -> RoutingView {
+    let entries = state
+        .groups
+        .values()
+        .map(|g| RouteEntry {
+            name: g.spec.dns_name.clone(),
+            group: g.spec.name.clone(),
+            ttl_s: g.spec.ttl_s,
+            targets: g
+                .placement
+                .sites
+                .iter()
+                .filter_map(|(site, share)| {
+                    state.sites.get(site).map(|s| RouteTarget {
+                        site: site.clone(),
+                        addresses: s.spec.ingress.clone(),
+                        weight: share.weight,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    RoutingView { version: state.routing_version, epoch: state.routing_version, entries }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredApp {
+    pub spec: AppSpec,
+    pub instances: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredGroup {
+    pub name: String,
+    pub epoch: u64,
+    pub apps: Vec<DesiredApp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredView {
+    pub site: SiteName,
+    pub epoch: u64,
+    pub groups: Vec<DesiredGroup>,
+}
+
+/// What `site`'s cell must run: every group of the federation with this site's instance counts
+/// (zero where the group is not placed here, which tells the cell to stop it).
+pub fn desired_for_site(state: &State, site: &str) -> DesiredView {
+    let groups = state
+        .groups
+        .values()
+        .map(|g| {
+            let share = g.placement.share(site);
+            DesiredGroup {
+                name: g.spec.name.clone(),
+                epoch: g.placement.epoch,
+                apps: g
+                    .spec
+                    .apps
+                    .iter()
+                    .map(|a| DesiredApp {
+                        spec: a.clone(),
+                        instances: share.instances.get(&a.name).copied().unwrap_or(0),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    DesiredView { site: site.to_string(), epoch: state.max_epoch(), groups }
+}
+
+/// Running and healthy instances of `group` on `site`, from the last committed report.
+pub fn group_counts_on(state: &State, group: &str, site: &str) -> (u32, u32) {
+    state.reports.get(site).and_then(|r| r.report.groups.get(group)).map_or((0, 0), |g| (g.running(), g.healthy()))
+}
+
+/// Instances per app of a group on each site it is placed on.
+pub fn placement_instances(state: &State, group: &str) -> BTreeMap<SiteName, BTreeMap<String, u32>> {
+    state
+        .groups
+        .get(group)
+        .map(|g| g.placement.sites.iter().map(|(s, share)| (s.clone(), share.instances.clone())).collect())
+        .unwrap_or_default()
+}

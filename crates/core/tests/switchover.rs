@@ -1,0 +1,391 @@
+//! The switchover lifecycle driven through `State::apply` and `engine::decide`, exactly as the
+//! federator drives it, with time and cell reports as plain inputs.
+
+use std::collections::BTreeMap;
+
+use switchyard_core::audit::verify_chain;
+use switchyard_core::engine::{EngineConfig, decide, operation_blocker};
+use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, Resources, SiteSpec};
+use switchyard_core::views::{desired_for_site, routing_table};
+use switchyard_core::{
+    Action, AppReport, Applied, CellReport, GroupReport, InstanceReport, NodeReport, Outcome, Phase, Proposal, Refusal,
+    State,
+};
+
+const OPERATOR: &str = "operator:alice";
+
+struct Fed {
+    state: State,
+    index: u64,
+    now: u64,
+    cfg: EngineConfig,
+}
+
+fn site(name: &str, ip: &str) -> SiteSpec {
+    SiteSpec { name: name.into(), ingress: vec![ip.parse().unwrap()], labels: BTreeMap::new() }
+}
+
+fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
+    GroupSpec {
+        name: name.into(),
+        dns_name: name.into(),
+        ttl_s: 5,
+        tier: 1,
+        home_site: "site-1".into(),
+        apps: vec![AppSpec {
+            name: "web".into(),
+            command: "sample-app".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            instances,
+            resources: Resources { cpu_millis: cpu, mem_mib: 64, disk_mib: 0 },
+            health: HealthSpec { http_path: "/health".into(), ..Default::default() },
+        }],
+    }
+}
+
+impl Fed {
+    fn new() -> Self {
+        let mut f = Fed { state: State::default(), index: 0, now: 1_000_000, cfg: EngineConfig::default() };
+        for (i, s) in ["site-1", "site-2", "site-3"].iter().enumerate() {
+            f.ok("system:config", Action::RegisterSite(site(s, &format!("127.0.{}.1", i + 1))));
+        }
+        f.ok("system:config", Action::RegisterGroup(group("crm-web", 2, 100)));
+        for s in ["site-1", "site-2", "site-3"] {
+            f.report(s, 1000, &[]);
+        }
+        f
+    }
+
+    fn propose(&mut self, actor: &str, action: Action) -> Result<Applied, Refusal> {
+        self.index += 1;
+        self.state.apply(self.index, &Proposal::new(self.now, actor, action))
+    }
+
+    fn ok(&mut self, actor: &str, action: Action) -> Applied {
+        self.propose(actor, action).expect("proposal applies")
+    }
+
+    /// A report from `site` with one healthy node of `cpu` millis and the given group
+    /// instances `(group, healthy, unhealthy)`, at the group's current epoch.
+    fn report(&mut self, site: &str, cpu: u64, groups: &[(&str, u32, u32)]) {
+        let mut report = CellReport {
+            site: site.into(),
+            applied_epoch: self.state.max_epoch(),
+            nodes: vec![NodeReport {
+                node_id: format!("{site}-n1"),
+                address: "127.0.0.1".into(),
+                capacity: Resources { cpu_millis: cpu, mem_mib: 4096, disk_mib: 0 },
+                allocated: Resources::default(),
+                healthy: true,
+            }],
+            groups: BTreeMap::new(),
+        };
+        let mut used = 0;
+        for (g, healthy, unhealthy) in groups {
+            let epoch = self.state.groups[*g].placement.epoch;
+            let instances = (0..healthy + unhealthy)
+                .map(|i| InstanceReport {
+                    task_id: format!("{g}.web.{i}"),
+                    running: true,
+                    healthy: i < *healthy,
+                    pid: 100 + i64::from(i),
+                    ..Default::default()
+                })
+                .collect();
+            used += u64::from(healthy + unhealthy) * 100;
+            report.groups.insert(
+                g.to_string(),
+                GroupReport {
+                    applied_epoch: epoch,
+                    apps: BTreeMap::from([(
+                        "web".to_string(),
+                        AppReport { desired: healthy + unhealthy, instances, blocker: String::new() },
+                    )]),
+                },
+            );
+        }
+        report.nodes[0].allocated.cpu_millis = used;
+        self.ok(&format!("cell:{site}"), Action::CellReport(report));
+    }
+
+    /// Runs the engine once and applies what it decides, as the leader's executor does.
+    fn tick(&mut self, advance_ms: u64) -> Vec<Action> {
+        self.now += advance_ms;
+        let actions = decide(&self.state, self.now, &self.cfg);
+        for a in &actions {
+            self.ok("system", a.clone());
+        }
+        actions
+    }
+
+    fn start(&mut self, group: &str, to: &str) -> Result<Applied, Refusal> {
+        self.propose(
+            OPERATOR,
+            Action::StartSwitchover { group: group.into(), to: to.into(), reason: "CHG-42 power work".into() },
+        )
+    }
+
+    fn op(&self, id: &str) -> &switchyard_core::Operation {
+        &self.state.operations[id]
+    }
+}
+
+/// Everything but `last_applied`, which a refused entry still advances.
+fn same_except_index(a: &State, b: &State) -> bool {
+    let mut a = a.clone();
+    a.last_applied = b.last_applied;
+    a == *b
+}
+
+#[test]
+fn registering_places_group_on_home_site_and_audits() {
+    let f = Fed::new();
+    let g = &f.state.groups["crm-web"];
+    assert_eq!(g.placement.active_sites(), vec!["site-1"]);
+    assert_eq!(g.placement.sites["site-1"].instances["web"], 2);
+    let actions: Vec<_> = f.state.audit.records().iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["site.register", "site.register", "site.register", "group.register"]);
+    let rt = routing_table(&f.state);
+    assert_eq!(rt.entries.len(), 1);
+    assert_eq!(rt.entries[0].targets[0].addresses[0].to_string(), "127.0.1.1");
+    assert_eq!(rt.version, 4, "routing version is the log index of the last routing change");
+}
+
+#[test]
+fn refusals_name_the_problem_and_change_nothing() {
+    let mut f = Fed::new();
+    let cases: Vec<(&str, &str, fn(&Refusal) -> bool)> = vec![
+        ("crm-web", "site-9", |r| matches!(r, Refusal::UnknownSite(s) if s == "site-9")),
+        ("nope", "site-2", |r| matches!(r, Refusal::UnknownGroup(g) if g == "nope")),
+        ("crm-web", "site-1", |r| matches!(r, Refusal::AlreadyActive { .. })),
+    ];
+    for (g, to, check) in cases {
+        let before = f.state.clone();
+        let err = f.start(g, to).unwrap_err();
+        assert!(check(&err), "{g}->{to}: {err}");
+        assert!(same_except_index(&before, &f.state), "refusal changed state: {err}");
+    }
+    // A site whose hosts cannot hold the group.
+    f.report("site-3", 150, &[]);
+    let before = f.state.clone();
+    let err = f.start("crm-web", "site-3").unwrap_err();
+    assert!(matches!(&err, Refusal::InsufficientCapacity { site, .. } if site == "site-3"), "{err}");
+    assert!(err.to_string().contains("needs 200 cpu_millis"), "{err}");
+    assert!(same_except_index(&before, &f.state));
+    // A site whose cell went quiet.
+    f.now += 60_000;
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let err = f.start("crm-web", "site-2").unwrap_err();
+    assert!(matches!(err, Refusal::NoFreshReport { .. }), "{err}");
+}
+
+#[test]
+fn switchover_runs_make_before_break_to_completion() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!("no op") };
+    let start_epoch = f.state.groups["crm-web"].placement.epoch;
+    assert_eq!(start_epoch, f.index);
+    // Target told to run 2, source keeps serving.
+    let d2 = desired_for_site(&f.state, "site-2");
+    assert_eq!(d2.groups[0].apps[0].instances, 2);
+    assert_eq!(f.state.groups["crm-web"].placement.active_sites(), vec!["site-1"]);
+    assert_eq!(f.op(&id).reserved.cpu_millis, 200);
+
+    // Nothing happens until the target reports its instances healthy at this epoch.
+    assert!(f.tick(500).is_empty());
+    assert!(operation_blocker(&f.state, f.op(&id), f.now, &f.cfg).contains("does not report group"));
+    f.report("site-2", 1000, &[("crm-web", 1, 1)]);
+    assert!(f.tick(500).is_empty());
+    assert!(operation_blocker(&f.state, f.op(&id), f.now, &f.cfg).contains("web: 1/2 healthy"));
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    f.tick(500);
+    assert_eq!(f.op(&id).phase, Phase::Verifying);
+    assert_eq!(f.op(&id).reserved, Resources::default(), "reservation released once running");
+
+    // Verify window: traffic does not move early.
+    assert!(f.tick(1000).is_empty());
+    assert_eq!(f.state.groups["crm-web"].placement.active_sites(), vec!["site-1"]);
+    f.tick(f.cfg.verify_window_ms);
+    assert_eq!(f.op(&id).phase, Phase::Draining);
+    let g = &f.state.groups["crm-web"];
+    assert_eq!(g.placement.active_sites(), vec!["site-2"], "single active site after the shift");
+    assert_eq!(f.state.routing_version, f.index);
+    let rt = routing_table(&f.state);
+    let weights: Vec<_> = rt.entries[0].targets.iter().map(|t| (t.site.as_str(), t.weight)).collect();
+    assert_eq!(weights, [("site-1", 0), ("site-2", 100)]);
+    // Source still runs during the drain.
+    assert_eq!(desired_for_site(&f.state, "site-1").groups[0].apps[0].instances, 2);
+
+    // Drain lasts TTL (5 s) + drain (1 s).
+    assert!(f.tick(5000).is_empty());
+    f.tick(1000);
+    assert_eq!(f.op(&id).phase, Phase::ScalingDown);
+    assert_eq!(desired_for_site(&f.state, "site-1").groups[0].apps[0].instances, 0);
+
+    // Done only when the source reports its instances gone at the new epoch.
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    assert!(f.tick(500).is_empty());
+    f.report("site-1", 1000, &[("crm-web", 0, 0)]);
+    f.tick(500);
+    let op = f.op(&id);
+    assert_eq!((op.phase, op.outcome), (Phase::Done, Outcome::Succeeded));
+    assert!(f.state.groups["crm-web"].operation.is_none(), "lock released");
+    let phases: Vec<_> = op.steps.iter().map(|s| s.phase).collect();
+    assert_eq!(phases, [Phase::ScalingUp, Phase::Verifying, Phase::Draining, Phase::ScalingDown]);
+    assert!(op.steps.iter().all(|s| s.finished_at_ms.is_some()));
+
+    let audit = f.state.audit.records();
+    let tail: Vec<_> = audit.iter().skip(4).map(|r| (r.action.as_str(), r.actor.as_str())).collect();
+    assert_eq!(
+        tail,
+        [
+            ("switchover.start", OPERATOR),
+            ("switchover.phase", "system"),
+            ("switchover.phase", "system"),
+            ("switchover.phase", "system"),
+            ("switchover.complete", "system"),
+        ]
+    );
+    assert!(audit.iter().skip(4).all(|r| r.reason == "CHG-42 power work"));
+    verify_chain(audit).unwrap();
+    // Nothing left to do.
+    assert!(f.tick(10_000).is_empty());
+}
+
+#[test]
+fn second_operation_on_a_busy_group_is_refused() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    let err = f.start("crm-web", "site-3").unwrap_err();
+    assert_eq!(err, Refusal::GroupBusy { group: "crm-web".into(), operation: id });
+}
+
+#[test]
+fn target_that_never_gets_healthy_rolls_back_without_touching_traffic() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    let started = f.now;
+    while f.op(&id).is_running() {
+        assert!(f.now - started <= f.cfg.scale_up_timeout_ms + 5_000, "no timeout");
+        f.report("site-2", 1000, &[("crm-web", 0, 2)]);
+        f.tick(5_000);
+    }
+    assert!(f.now - started >= f.cfg.scale_up_timeout_ms, "gave up early");
+    let op = f.op(&id);
+    assert_eq!(op.outcome, Outcome::Failed);
+    assert!(op.error.as_deref().unwrap().contains("web: 0/2 healthy"), "{:?}", op.error);
+    let g = &f.state.groups["crm-web"];
+    assert!(g.operation.is_none());
+    assert!(!g.placement.sites.contains_key("site-2"), "target share rolled back");
+    assert_eq!(g.placement.active_sites(), vec!["site-1"]);
+    assert_eq!(g.placement.epoch, f.index, "rollback is a new epoch so the target's cell stops the instances");
+    assert_eq!(f.state.audit.records().last().unwrap().action, "switchover.rolled-back");
+    // The group can be switched again.
+    f.report("site-2", 1000, &[]);
+    assert!(f.start("crm-web", "site-2").is_ok());
+}
+
+#[test]
+fn unhealthy_instance_during_verify_restarts_the_window() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    f.tick(100);
+    assert_eq!(f.op(&id).phase, Phase::Verifying);
+    f.report("site-2", 1000, &[("crm-web", 1, 1)]);
+    f.tick(100);
+    assert_eq!(f.op(&id).phase, Phase::ScalingUp);
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    f.tick(100);
+    assert_eq!(f.op(&id).phase, Phase::Verifying);
+    f.tick(f.cfg.verify_window_ms - 1);
+    assert_eq!(f.op(&id).phase, Phase::Verifying, "window restarted, not resumed");
+    f.tick(1);
+    assert_eq!(f.op(&id).phase, Phase::Draining);
+}
+
+#[test]
+fn duplicate_or_late_steps_are_ignored() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    let actions = f.tick(100);
+    assert_eq!(actions.len(), 1);
+    let before = f.state.clone();
+    let err = f.propose("system", actions[0].clone()).unwrap_err();
+    assert!(matches!(err, Refusal::StalePhase { .. }), "{err}");
+    assert!(same_except_index(&before, &f.state));
+    let err = f
+        .propose(
+            "system",
+            Action::AdvanceOperation { id, from: Phase::Verifying, to: Phase::Done, detail: String::new() },
+        )
+        .unwrap_err();
+    assert!(matches!(err, Refusal::Invalid(_)), "skipping phases is refused: {err}");
+}
+
+#[test]
+fn concurrent_switchovers_never_overcommit_a_site() {
+    let mut f = Fed::new();
+    let mut g2 = group("mobile-app", 3, 100);
+    g2.dns_name = "mobile".into();
+    f.ok("system:config", Action::RegisterGroup(g2));
+    f.report("site-1", 2000, &[("crm-web", 2, 0), ("mobile-app", 3, 0)]);
+    // site-2 has 400 free: crm-web needs 200, mobile-app 300.
+    f.report("site-2", 400, &[]);
+    f.start("crm-web", "site-2").unwrap();
+    let err = f.start("mobile-app", "site-2").unwrap_err();
+    match err {
+        Refusal::InsufficientCapacity { needed, free, .. } => {
+            assert_eq!((needed.cpu_millis, free.cpu_millis), (300, 200));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn cell_reports_must_come_from_that_sites_cell() {
+    let mut f = Fed::new();
+    let before = f.state.clone();
+    let report = CellReport { site: "site-2".into(), ..Default::default() };
+    let err = f.propose("cell:site-1", Action::CellReport(report)).unwrap_err();
+    assert!(err.to_string().contains("must come from cell:site-2"), "{err}");
+    assert!(same_except_index(&before, &f.state));
+}
+
+#[test]
+fn invalid_configuration_is_refused_whole() {
+    let mut f = Fed::new();
+    let mut g = group("Bad", 1, 0);
+    g.home_site = "site-7".into();
+    let err = f.propose("system:config", Action::RegisterGroup(g)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("group name \"Bad\""), "{msg}");
+    assert!(msg.contains("cpu_millis > 0"), "{msg}");
+    assert!(msg.contains("home_site \"site-7\""), "{msg}");
+    let mut dup = group("other", 1, 100);
+    dup.dns_name = "crm-web".into();
+    let err = f.propose("system:config", Action::RegisterGroup(dup)).unwrap_err();
+    assert!(err.to_string().contains("already used by group \"crm-web\""), "{err}");
+}
+
+#[test]
+fn apply_is_deterministic_and_survives_serialization() {
+    // Replay the same log on a fresh state (what a restarted replica does) and compare.
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    f.start("crm-web", "site-2").unwrap();
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    f.tick(100);
+    f.tick(f.cfg.verify_window_ms);
+    let json = serde_json::to_string(&f.state).unwrap();
+    let restored: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(restored, f.state);
+    assert_eq!(serde_json::to_string(&restored).unwrap(), json, "serialization is canonical");
+}
