@@ -1,0 +1,185 @@
+//! The operator API. Every call is authorised by the role in the caller's certificate, and the
+//! caller's identity (never a message field) is what the audit chain records as the actor.
+
+use std::sync::Arc;
+
+use switchyard_core::engine::operation_blocker;
+use switchyard_core::views::group_counts_on;
+use switchyard_core::{Action, Applied, REPORT_FRESH_MS};
+use switchyard_proto::operator::v1 as pb;
+use switchyard_proto::operator::v1::operator_server::Operator;
+use switchyard_tls::{Identity, Role, peer_identity};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{audit_to_proto, operation_to_proto, resources_to_proto};
+use crate::node::{Federator, now_ms};
+
+pub struct OperatorService {
+    fed: Arc<Federator>,
+}
+
+impl OperatorService {
+    pub fn new(fed: Arc<Federator>) -> Self {
+        Self { fed }
+    }
+}
+
+fn authorise<T>(req: &Request<T>, allowed: fn(Role) -> bool, what: &str) -> Result<Identity, Status> {
+    let id = peer_identity(req)?;
+    if !allowed(id.role) {
+        return Err(Status::permission_denied(format!("{id} (role {}) may not {what}", id.role)));
+    }
+    Ok(id)
+}
+
+const MAX_AUDIT_PAGE: usize = 10_000;
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::FederationStatus>, Status> {
+        let id = authorise(&req, Role::can_view, "read federation status")?;
+        let m = self.fed.raft.metrics().borrow().clone();
+        let status = self.fed.shared.read(|s| pb::FederationStatus {
+            node_id: self.fed.id,
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_applied_index: s.last_applied,
+            sites: s.sites.len() as u32,
+            groups: s.groups.len() as u32,
+            operations_in_flight: s.operations_in_flight() as u32,
+            routing_version: s.routing_version,
+            audit_records: s.audit.len() as u64,
+            audit_head_hash: s.audit.head_hash().to_string(),
+            zone: self.fed.config.zone.clone(),
+            caller: id.to_string(),
+        });
+        Ok(Response::new(status))
+    }
+
+    async fn list_sites(&self, req: Request<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesReply>, Status> {
+        authorise(&req, Role::can_view, "list sites")?;
+        let now = now_ms();
+        let sites = self.fed.shared.read(|s| {
+            s.sites
+                .values()
+                .map(|site| {
+                    let record = s.reports.get(&site.spec.name);
+                    let age = record.map(|r| r.age_ms(now));
+                    let report = record.map(|r| &r.report);
+                    pb::Site {
+                        name: site.spec.name.clone(),
+                        state: site.state.as_str().to_string(),
+                        ingress: site.spec.ingress.iter().map(ToString::to_string).collect(),
+                        labels: site.spec.labels.clone().into_iter().collect(),
+                        cell_connected: age.is_some_and(|a| a <= REPORT_FRESH_MS),
+                        report_age_ms: age.map_or(-1, |a| a as i64),
+                        capacity: report.map(|r| resources_to_proto(r.capacity())),
+                        allocated: report.map(|r| resources_to_proto(r.allocated())),
+                        nodes: report.map_or(0, |r| r.nodes.len() as u32),
+                        nodes_healthy: report.map_or(0, |r| r.nodes.iter().filter(|n| n.healthy).count() as u32),
+                        applied_epoch: report.map_or(0, |r| r.applied_epoch),
+                    }
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListSitesReply { sites }))
+    }
+
+    async fn list_groups(&self, req: Request<pb::ListGroupsRequest>) -> Result<Response<pb::ListGroupsReply>, Status> {
+        authorise(&req, Role::can_view, "list groups")?;
+        let zone = self.fed.config.zone.clone();
+        let groups = self.fed.shared.read(|s| {
+            s.groups
+                .values()
+                .map(|g| pb::Group {
+                    name: g.spec.name.clone(),
+                    dns_name: format!("{}.{zone}", g.spec.dns_name),
+                    ttl_s: g.spec.ttl_s,
+                    tier: g.spec.tier,
+                    apps: g.spec.apps.iter().map(|a| a.name.clone()).collect(),
+                    epoch: g.placement.epoch,
+                    placement: g
+                        .placement
+                        .sites
+                        .iter()
+                        .map(|(site, share)| {
+                            let (running, healthy) = group_counts_on(s, &g.spec.name, site);
+                            pb::SitePlacement {
+                                site: site.clone(),
+                                instances: share.instances.clone().into_iter().collect(),
+                                weight: share.weight,
+                                running,
+                                healthy,
+                            }
+                        })
+                        .collect(),
+                    operation: g.operation.clone().unwrap_or_default(),
+                    active_sites: g.placement.active_sites().into_iter().cloned().collect(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListGroupsReply { groups }))
+    }
+
+    async fn start_switchover(
+        &self,
+        req: Request<pb::StartSwitchoverRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let id = authorise(&req, Role::can_switchover, "start a switchover")?;
+        let r = req.into_inner();
+        if r.group.is_empty() || r.to_site.is_empty() {
+            return Err(Status::invalid_argument("both group and to_site are required"));
+        }
+        let action =
+            Action::StartSwitchover { group: r.group.clone(), to: r.to_site.clone(), reason: r.reason.clone() };
+        let applied = self.fed.propose(&id.to_string(), action).await?;
+        let Applied::OperationStarted { id: op_id } = applied else {
+            return Err(Status::internal("switchover committed without an operation id"));
+        };
+        tracing::info!(operation = %op_id, group = %r.group, to = %r.to_site, actor = %id, "switchover started");
+        metrics::counter!("federator_switchovers_started_total").increment(1);
+        self.operation(&op_id).map(Response::new)
+    }
+
+    async fn get_operation(&self, req: Request<pb::GetOperationRequest>) -> Result<Response<pb::Operation>, Status> {
+        authorise(&req, Role::can_view, "read operations")?;
+        self.operation(&req.get_ref().id).map(Response::new)
+    }
+
+    async fn list_operations(
+        &self,
+        req: Request<pb::ListOperationsRequest>,
+    ) -> Result<Response<pb::ListOperationsReply>, Status> {
+        authorise(&req, Role::can_view, "list operations")?;
+        let now = now_ms();
+        let operations = self.fed.shared.read(|s| {
+            s.operations
+                .values()
+                .map(|o| operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine)))
+                .collect()
+        });
+        Ok(Response::new(pb::ListOperationsReply { operations }))
+    }
+
+    async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditReply>, Status> {
+        authorise(&req, Role::can_read_audit, "read the audit history")?;
+        let r = req.get_ref();
+        let limit = if r.limit == 0 { MAX_AUDIT_PAGE } else { (r.limit as usize).min(MAX_AUDIT_PAGE) };
+        let records = self.fed.shared.read(|s| {
+            s.audit.records().iter().filter(|a| a.seq >= r.from_sequence).take(limit).map(audit_to_proto).collect()
+        });
+        Ok(Response::new(pb::ListAuditReply { records }))
+    }
+}
+
+impl OperatorService {
+    fn operation(&self, id: &str) -> Result<pb::Operation, Status> {
+        let now = now_ms();
+        self.fed.shared.read(|s| {
+            s.operations
+                .get(id)
+                .map(|o| operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine)))
+                .ok_or_else(|| Status::not_found(format!("operation {id:?} does not exist")))
+        })
+    }
+}

@@ -1,0 +1,180 @@
+//! Conversions between protobuf messages and core types, all in one place.
+
+use std::collections::BTreeMap;
+
+use switchyard_core::views::{DesiredView, RoutingView};
+use switchyard_core::{
+    AppReport, AuditRecord, CellReport, GroupReport, InstanceReport, NodeReport, Operation, Resources,
+};
+use switchyard_proto::agent::v1 as agent;
+use switchyard_proto::common::v1 as common;
+use switchyard_proto::operator::v1 as op;
+use switchyard_proto::routing::v1 as routing;
+
+pub fn resources_to_proto(r: Resources) -> common::Resources {
+    common::Resources { cpu_millis: r.cpu_millis, mem_mib: r.mem_mib, disk_mib: r.disk_mib }
+}
+
+fn resources_from_proto(r: Option<&common::Resources>) -> Resources {
+    r.map_or_else(Resources::default, |r| Resources {
+        cpu_millis: r.cpu_millis,
+        mem_mib: r.mem_mib,
+        disk_mib: r.disk_mib,
+    })
+}
+
+/// Bounds on what one cell report may contain, so a broken or hostile cell cannot bloat the log.
+const MAX_NODES: usize = 10_000;
+const MAX_GROUPS: usize = 10_000;
+const MAX_INSTANCES_PER_APP: usize = 10_000;
+
+/// A cell's report in core terms; fails with a message naming what is wrong.
+pub fn report_from_proto(r: &agent::CellReport) -> Result<CellReport, String> {
+    if r.nodes.len() > MAX_NODES || r.groups.len() > MAX_GROUPS {
+        return Err(format!("report too large: {} nodes, {} groups", r.nodes.len(), r.groups.len()));
+    }
+    let nodes = r
+        .nodes
+        .iter()
+        .map(|n| NodeReport {
+            node_id: n.node_id.clone(),
+            address: n.address.clone(),
+            capacity: resources_from_proto(n.capacity.as_ref()),
+            allocated: resources_from_proto(n.allocated.as_ref()),
+            healthy: n.healthy,
+        })
+        .collect();
+    let mut groups = BTreeMap::new();
+    for g in &r.groups {
+        let mut apps = BTreeMap::new();
+        for a in &g.apps {
+            if a.instances.len() > MAX_INSTANCES_PER_APP {
+                return Err(format!("report too large: {} instances of {}/{}", a.instances.len(), g.group, a.app));
+            }
+            let mut instances: Vec<InstanceReport> = a
+                .instances
+                .iter()
+                .map(|i| InstanceReport {
+                    task_id: i.task_id.clone(),
+                    node_id: i.node_id.clone(),
+                    address: i.address.clone(),
+                    port: i.port,
+                    pid: i.pid,
+                    running: i.state == common::TaskState::Running as i32,
+                    healthy: i.healthy,
+                })
+                .collect();
+            // Order-independent content, so an unchanged site produces an identical report.
+            instances.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            apps.insert(a.app.clone(), AppReport { desired: a.desired, instances, blocker: a.blocker.clone() });
+        }
+        if groups.insert(g.group.clone(), GroupReport { applied_epoch: g.applied_epoch, apps }).is_some() {
+            return Err(format!("group {} is reported twice", g.group));
+        }
+    }
+    Ok(CellReport { site: r.site.clone(), applied_epoch: r.applied_epoch, nodes, groups })
+}
+
+pub fn desired_to_proto(d: &DesiredView) -> agent::DesiredState {
+    agent::DesiredState {
+        epoch: d.epoch,
+        site: d.site.clone(),
+        groups: d
+            .groups
+            .iter()
+            .map(|g| agent::GroupSpec {
+                name: g.name.clone(),
+                epoch: g.epoch,
+                apps: g
+                    .apps
+                    .iter()
+                    .map(|a| agent::AppSpec {
+                        name: a.spec.name.clone(),
+                        command: a.spec.command.clone(),
+                        args: a.spec.args.clone(),
+                        env: a.spec.env.clone().into_iter().collect(),
+                        instances: a.instances,
+                        resources: Some(resources_to_proto(a.spec.resources)),
+                        health: Some(common::HealthCheck {
+                            http_path: a.spec.health.http_path.clone(),
+                            interval_ms: a.spec.health.interval_ms,
+                            timeout_ms: a.spec.health.timeout_ms,
+                            grace_ms: a.spec.health.grace_ms,
+                            max_failures: a.spec.health.max_failures,
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+pub fn routing_to_proto(v: &RoutingView, zone: &str) -> routing::RoutingTable {
+    routing::RoutingTable {
+        version: v.version,
+        epoch: v.epoch,
+        zone: zone.to_string(),
+        entries: v
+            .entries
+            .iter()
+            .map(|e| routing::RoutingEntry {
+                name: e.name.clone(),
+                group: e.group.clone(),
+                ttl_s: e.ttl_s,
+                targets: e
+                    .targets
+                    .iter()
+                    .map(|t| routing::SiteTarget {
+                        site: t.site.clone(),
+                        addresses: t.addresses.iter().map(ToString::to_string).collect(),
+                        weight: t.weight,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+pub fn operation_to_proto(o: &Operation, blocker: String) -> op::Operation {
+    op::Operation {
+        id: o.id.clone(),
+        kind: o.kind.as_str().to_string(),
+        group: o.group.clone(),
+        from_site: o.from.clone(),
+        to_site: o.to.clone(),
+        phase: o.phase.as_str().to_string(),
+        outcome: o.outcome.as_str().to_string(),
+        actor: o.actor.clone(),
+        reason: o.reason.clone(),
+        created_at_ms: o.created_at_ms,
+        updated_at_ms: o.updated_at_ms,
+        finished_at_ms: o.finished_at_ms.unwrap_or(0),
+        error: o.error.clone().unwrap_or_default(),
+        steps: o
+            .steps
+            .iter()
+            .map(|s| op::OperationStep {
+                phase: s.phase.as_str().to_string(),
+                started_at_ms: s.started_at_ms,
+                finished_at_ms: s.finished_at_ms.unwrap_or(0),
+                detail: s.detail.clone(),
+            })
+            .collect(),
+        blocker,
+    }
+}
+
+pub fn audit_to_proto(r: &AuditRecord) -> op::AuditRecord {
+    op::AuditRecord {
+        sequence: r.seq,
+        time_ms: r.time_ms,
+        actor: r.actor.clone(),
+        action: r.action.clone(),
+        subject: r.subject.clone(),
+        reason: r.reason.clone(),
+        detail_json: r.detail_json.clone(),
+        raft_index: r.raft_index,
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+    }
+}

@@ -1,0 +1,87 @@
+//! The leader's operation executor: a level-triggered loop that asks the pure engine what is due
+//! and commits it. It also registers the configured sites and groups once leadership is won.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::engine::decide;
+use switchyard_core::{Action, Refusal, SYSTEM_ACTOR};
+
+use crate::node::{Federator, ProposeError, now_ms};
+
+const TICK: Duration = Duration::from_millis(200);
+const CONFIG_ACTOR: &str = "system:config";
+
+pub async fn run(fed: Arc<Federator>) {
+    let mut registered_in_term = None;
+    loop {
+        tokio::time::sleep(TICK).await;
+        if !fed.is_leader() {
+            continue;
+        }
+        let term = fed.raft.metrics().borrow().current_term;
+        if registered_in_term != Some(term) {
+            match register_configuration(&fed).await {
+                Ok(()) => registered_in_term = Some(term),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registering configured sites and groups failed; retrying");
+                    continue;
+                }
+            }
+        }
+        let now = now_ms();
+        let actions = fed.shared.read(|s| decide(s, now, &fed.config.engine));
+        if actions.is_empty() {
+            continue;
+        }
+        // Confirm leadership with a quorum before acting, so a deposed leader that has not
+        // noticed yet does not drive operations.
+        if let Err(e) = fed.raft.ensure_linearizable().await {
+            tracing::info!(error = %e, "leadership not confirmed; skipping this round");
+            continue;
+        }
+        for action in actions {
+            let what = describe(&action);
+            match fed.propose(SYSTEM_ACTOR, action).await {
+                Ok(_) => {
+                    metrics::counter!("federator_operation_steps_total").increment(1);
+                    tracing::info!(step = %what, "operation step committed");
+                }
+                Err(ProposeError::Refused(Refusal::StalePhase { .. })) => {}
+                Err(e) => tracing::warn!(step = %what, error = %e, "operation step not committed"),
+            }
+        }
+    }
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::AdvanceOperation { id, from, to, .. } => format!("{id}: {} -> {}", from.as_str(), to.as_str()),
+        Action::FailOperation { id, at, error } => format!("{id}: failed in {}: {error}", at.as_str()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Proposes the configured sites and groups that the committed state lacks. Groups already
+/// registered keep their committed placement; a differing spec is reported, not applied.
+async fn register_configuration(fed: &Federator) -> Result<(), ProposeError> {
+    for site in &fed.config.sites {
+        let current = fed.shared.read(|s| s.sites.get(&site.name).map(|x| x.spec.clone()));
+        if current.as_ref() != Some(site) {
+            fed.propose(CONFIG_ACTOR, Action::RegisterSite(site.clone())).await?;
+        }
+    }
+    for group in &fed.config.groups {
+        match fed.shared.read(|s| s.groups.get(&group.name).map(|g| g.spec.clone())) {
+            None => {
+                fed.propose(CONFIG_ACTOR, Action::RegisterGroup(group.clone())).await?;
+            }
+            Some(spec) if spec != *group => tracing::warn!(
+                group = %group.name,
+                "the configured spec differs from the committed one; changing a registered group is not supported yet, the committed spec stays"
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}

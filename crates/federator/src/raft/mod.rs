@@ -1,0 +1,29 @@
+//! The federator's Raft plumbing: type configuration, redb-backed storage and the tonic peer
+//! transport. Decisions never live here; this module only moves `Proposal`s into the log and
+//! committed entries into `State::apply`.
+
+mod network;
+mod store;
+
+pub use network::{NetworkFactory, PeerService};
+pub use store::{LogStore, Shared, StateMachineStore, open_storage};
+
+use switchyard_core::{Proposal, Response};
+
+openraft::declare_raft_types!(
+    /// Raft types of the federator: log entries carry a `Proposal`, applying one yields a
+    /// `Response`.
+    pub TypeConfig:
+        D = Proposal,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;

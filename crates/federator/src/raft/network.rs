@@ -1,0 +1,184 @@
+//! Raft peer traffic over tonic with mutual TLS. Requests and responses are the serde JSON
+//! encoding of openraft's own types inside `RaftPayload`; only peers whose certificate names
+//! the `federator` role are served.
+
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use switchyard_proto::raft::v1::raft_peer_client::RaftPeerClient;
+use switchyard_proto::raft::v1::raft_peer_server::RaftPeer;
+use switchyard_proto::raft::v1::{PayloadFormat, RaftPayload};
+use switchyard_tls::{Bundle, Role, peer_identity};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use super::{NodeId, Raft, TypeConfig};
+
+/// Builds an mTLS channel to `addr` (`host:port`), connecting lazily, with HTTP/2 keepalive so
+/// that a link that died silently is noticed and re-established.
+pub fn mtls_channel(addr: &str, tls: &Bundle) -> Result<Channel, tonic::transport::Error> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls.client_tls(host))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+pub struct NetworkFactory {
+    tls: Bundle,
+}
+
+impl NetworkFactory {
+    pub fn new(tls: Bundle) -> Self {
+        Self { tls }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerClient { target, addr: node.addr.clone(), tls: self.tls.clone(), client: None }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    tls: Bundle,
+    client: Option<RaftPeerClient<Channel>>,
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+fn encode<T: Serialize>(value: &T) -> RaftPayload {
+    RaftPayload {
+        format: PayloadFormat::Json as i32,
+        data: serde_json::to_vec(value).expect("raft messages serialize"),
+    }
+}
+
+fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, String> {
+    if payload.format != PayloadFormat::Json as i32 {
+        return Err(format!("unsupported raft payload format {}", payload.format));
+    }
+    serde_json::from_slice(&payload.data).map_err(|e| format!("malformed raft payload: {e}"))
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        if self.client.is_none() {
+            let channel =
+                mtls_channel(&self.addr, &self.tls).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            self.client = Some(
+                RaftPeerClient::new(channel)
+                    .max_decoding_message_size(switchyard_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(switchyard_proto::MAX_MESSAGE_BYTES),
+            );
+        }
+        let client = self.client.as_mut().expect("set above");
+        let payload = encode(req);
+        let reply = match method {
+            Method::Append => client.append_entries(payload).await,
+            Method::Vote => client.vote(payload).await,
+            Method::Snapshot => client.install_snapshot(payload).await,
+        };
+        let reply = reply.map_err(|status| {
+            // Drop the client so the next call reconnects from scratch.
+            self.client = None;
+            RPCError::Unreachable(Unreachable::new(&status))
+        })?;
+        let result: Result<Resp, E> =
+            decode(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Method::Append, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(Method::Snapshot, &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Method::Vote, &rpc).await
+    }
+}
+
+/// Serves Raft RPCs from peer federators.
+pub struct PeerService {
+    raft: Raft,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft) -> Self {
+        Self { raft }
+    }
+}
+
+fn only_federators<T>(req: &Request<T>) -> Result<(), Status> {
+    let id = peer_identity(req)?;
+    if id.role != Role::Federator {
+        return Err(Status::permission_denied(format!("{id} may not send Raft traffic; only federator replicas may")));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        only_federators(&req)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        Ok(tonic::Response::new(encode(&self.raft.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        only_federators(&req)?;
+        let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        Ok(tonic::Response::new(encode(&self.raft.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        only_federators(&req)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        Ok(tonic::Response::new(encode(&self.raft.install_snapshot(rpc).await)))
+    }
+}
