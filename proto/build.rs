@@ -13,6 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // `fedctl -o json` prints API messages as they are.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -1,1 +1,502 @@
-fn main() {}
+//! `fedctl`: the operator's command line for Switchyard.
+//!
+//! Exit codes scripts can trust: 0 success; 1 the request was accepted but the operation
+//! failed or needs attention; 2 bad input or a refused request (nothing changed); 3 the
+//! federator could not be reached.
+
+mod client;
+mod dnsprobe;
+mod local;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use switchyard_proto::operator::v1 as pb;
+use switchyard_tls::{CertAuthority, Identity, Role};
+
+use crate::client::{ClientConfig, config_path, connect, source_chain};
+use crate::output::{Format, duration_ms, json, table, time};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad input or a request the federator refused; nothing changed.
+    #[error("{0}")]
+    Usage(String),
+    /// Accepted, but the work did not succeed.
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Failed(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Unavailable(_) => 3,
+        }
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => {
+                CliError::Unavailable(format!("federator unavailable: {}", s.message()))
+            }
+            Code::PermissionDenied | Code::Unauthenticated => CliError::Usage(format!("denied: {}", s.message())),
+            _ => CliError::Usage(format!("refused: {}", s.message())),
+        }
+    }
+}
+
+/// Operate a Switchyard federation.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Client configuration (default: $FEDCTL_CONFIG, then ./.switchyard/fedctl.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a complete local federation on loopback (federator, cells, nodes, DNS, sample apps).
+    Up {
+        #[arg(long, default_value = ".switchyard")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        #[arg(long, default_value_t = 2)]
+        nodes_per_site: u32,
+        /// Give up (and stop everything) if not healthy within this many seconds.
+        #[arg(long, default_value_t = 90)]
+        timeout_s: u64,
+    },
+    /// Stop the local federation started with `fedctl up`.
+    Down {
+        #[arg(long, default_value = ".switchyard")]
+        dir: PathBuf,
+        /// Also delete its state, logs and certificates.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Stop one process of the local federation and start it again (e.g. `federator`).
+    Restart {
+        name: String,
+        #[arg(long, default_value = ".switchyard")]
+        dir: PathBuf,
+    },
+    /// Federation summary: leader, term, counts, audit head.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Sites with their cells' capacity and health.
+    Sites {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// App groups with their placement, traffic weights and instance health.
+    Groups {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Planned, make-before-break moves of an app group to another site.
+    #[command(subcommand)]
+    Switchover(SwitchoverCmd),
+    /// The tamper-evident history.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Certificates for the local federation's CA.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum SwitchoverCmd {
+    /// Start moving GROUP to SITE: scale up there, verify, repoint DNS, drain, scale the source down.
+    Start {
+        group: String,
+        #[arg(long)]
+        to: String,
+        /// Why (ticket, change id); recorded in the audit history.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Follow the operation until it finishes; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: stop waiting after this many seconds (the operation continues).
+        #[arg(long, default_value_t = 600)]
+        wait_timeout_s: u64,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// One operation in detail, or all operations.
+    Status {
+        id: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Every audit record: sequence, time, actor, action, subject, reason.
+    List {
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Issue a client certificate for an identity from the local CA in DIR/certs.
+    Issue {
+        /// viewer, operator, dr-admin, auditor or admin.
+        role: String,
+        name: String,
+        #[arg(long, default_value = ".switchyard")]
+        dir: PathBuf,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let cfg_path = config_path(cli.config.as_deref());
+    match cli.command {
+        Cmd::Up { dir, sites, nodes_per_site, timeout_s } => {
+            local::up(local::UpArgs { dir, sites, nodes_per_site, timeout: Duration::from_secs(timeout_s) }).await
+        }
+        Cmd::Down { dir, purge } => {
+            println!("{}", local::down(&dir, purge)?);
+            Ok(())
+        }
+        Cmd::Restart { name, dir } => {
+            println!("{}", local::restart(&dir, &name)?);
+            Ok(())
+        }
+        Cmd::Certs(CertsCmd::Issue { role, name, dir }) => issue_cert(&dir, &role, &name),
+        Cmd::Status { output } => status(&cfg_path, output).await,
+        Cmd::Sites { output } => sites(&cfg_path, output).await,
+        Cmd::Groups { output } => groups(&cfg_path, output).await,
+        Cmd::Switchover(SwitchoverCmd::Start { group, to, reason, wait, wait_timeout_s, output }) => {
+            switchover_start(&cfg_path, group, to, reason, wait.then(|| Duration::from_secs(wait_timeout_s)), output)
+                .await
+        }
+        Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
+        Cmd::Audit(AuditCmd::List { from, limit, output }) => audit_list(&cfg_path, from, limit, output).await,
+    }
+}
+
+async fn api(cfg_path: &Path) -> Result<pb::operator_client::OperatorClient<tonic::transport::Channel>, CliError> {
+    connect(&ClientConfig::load(cfg_path)?).await
+}
+
+fn issue_cert(dir: &Path, role: &str, name: &str) -> Result<(), CliError> {
+    let role: Role = role.parse().map_err(|e: switchyard_tls::IdentityError| CliError::Usage(e.to_string()))?;
+    if !role.can_view() {
+        return Err(CliError::Usage(format!(
+            "{role} is a daemon role; issue viewer, operator, dr-admin, auditor or admin"
+        )));
+    }
+    let id = Identity::new(role, name).map_err(|e| CliError::Usage(e.to_string()))?;
+    let certs = dir.join("certs");
+    let ca =
+        CertAuthority::load(&certs).map_err(|e| CliError::Usage(format!("no local CA in {}: {e}", certs.display())))?;
+    let stem = format!("{role}-{name}");
+    let files = ca.issue_to_dir(&certs, &stem, &id, &[]).map_err(|e| CliError::Failed(e.to_string()))?;
+    println!("issued {id}: {} and {}", files.cert.display(), files.key.display());
+    Ok(())
+}
+
+async fn status(cfg: &Path, output: Format) -> Result<(), CliError> {
+    let s = api(cfg).await?.get_status(pb::GetStatusRequest {}).await?.into_inner();
+    match output {
+        Format::Json => println!("{}", json(&s)),
+        Format::Table => {
+            let mut t = table(&["field", "value"]);
+            t.add_row(vec!["this node".to_string(), s.node_id.to_string()]);
+            t.add_row(vec![
+                "leader".to_string(),
+                if s.leader_id == 0 { "none".into() } else { s.leader_id.to_string() },
+            ]);
+            t.add_row(vec!["term".to_string(), s.term.to_string()]);
+            t.add_row(vec!["last applied".to_string(), s.last_applied_index.to_string()]);
+            t.add_row(vec!["zone".to_string(), s.zone.clone()]);
+            t.add_row(vec!["sites".to_string(), s.sites.to_string()]);
+            t.add_row(vec!["groups".to_string(), s.groups.to_string()]);
+            t.add_row(vec!["operations in flight".to_string(), s.operations_in_flight.to_string()]);
+            t.add_row(vec!["routing version".to_string(), s.routing_version.to_string()]);
+            t.add_row(vec!["audit records".to_string(), s.audit_records.to_string()]);
+            t.add_row(vec!["audit head".to_string(), s.audit_head_hash.clone()]);
+            t.add_row(vec!["you are".to_string(), s.caller.clone()]);
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+async fn sites(cfg: &Path, output: Format) -> Result<(), CliError> {
+    let r = api(cfg).await?.list_sites(pb::ListSitesRequest {}).await?.into_inner();
+    match output {
+        Format::Json => println!("{}", json(&r.sites)),
+        Format::Table => {
+            let mut t = table(&[
+                "site",
+                "state",
+                "ingress",
+                "cell",
+                "nodes",
+                "cpu (alloc/cap)",
+                "mem MiB (alloc/cap)",
+                "epoch",
+            ]);
+            for s in &r.sites {
+                let cap = s.capacity.clone().unwrap_or_default();
+                let alloc = s.allocated.clone().unwrap_or_default();
+                t.add_row(vec![
+                    s.name.clone(),
+                    s.state.clone(),
+                    s.ingress.join(","),
+                    if s.cell_connected {
+                        format!("ok ({} ago)", duration_ms(s.report_age_ms as u64))
+                    } else if s.report_age_ms < 0 {
+                        "never reported".into()
+                    } else {
+                        format!("unknown (last {} ago)", duration_ms(s.report_age_ms as u64))
+                    },
+                    format!("{}/{}", s.nodes_healthy, s.nodes),
+                    format!("{}/{}", alloc.cpu_millis, cap.cpu_millis),
+                    format!("{}/{}", alloc.mem_mib, cap.mem_mib),
+                    s.applied_epoch.to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+async fn groups(cfg: &Path, output: Format) -> Result<(), CliError> {
+    let r = api(cfg).await?.list_groups(pb::ListGroupsRequest {}).await?.into_inner();
+    match output {
+        Format::Json => println!("{}", json(&r.groups)),
+        Format::Table => {
+            let mut t = table(&[
+                "group",
+                "dns name",
+                "ttl",
+                "active",
+                "placement (site: healthy/running, weight)",
+                "epoch",
+                "operation",
+            ]);
+            for g in &r.groups {
+                let placement: Vec<String> = g
+                    .placement
+                    .iter()
+                    .map(|p| {
+                        let want: u32 = p.instances.values().sum();
+                        format!("{}: {}/{} of {want}, w{}", p.site, p.healthy, p.running, p.weight)
+                    })
+                    .collect();
+                t.add_row(vec![
+                    g.name.clone(),
+                    g.dns_name.clone(),
+                    format!("{}s", g.ttl_s),
+                    g.active_sites.join(","),
+                    placement.join("\n"),
+                    g.epoch.to_string(),
+                    if g.operation.is_empty() { "-".into() } else { g.operation.clone() },
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+fn print_operation(o: &pb::Operation) {
+    println!("operation {} ({} of {} from {} to {})", o.id, o.kind, o.group, o.from_site, o.to_site);
+    println!("  outcome  {}   phase {}", o.outcome, o.phase);
+    println!("  actor    {}   reason {:?}", o.actor, o.reason);
+    println!("  started  {}   updated {}", time(o.created_at_ms), time(o.updated_at_ms));
+    if o.finished_at_ms > 0 {
+        println!("  finished {} (took {})", time(o.finished_at_ms), duration_ms(o.finished_at_ms - o.created_at_ms));
+    }
+    if !o.blocker.is_empty() {
+        println!("  waiting  {}", o.blocker);
+    }
+    if !o.error.is_empty() {
+        println!("  error    {}", o.error);
+    }
+    let mut t = table(&["phase", "started", "took", "detail"]);
+    for s in &o.steps {
+        let took = if s.finished_at_ms > 0 { duration_ms(s.finished_at_ms - s.started_at_ms) } else { "…".into() };
+        t.add_row(vec![s.phase.clone(), time(s.started_at_ms), took, s.detail.clone()]);
+    }
+    println!("{t}");
+}
+
+async fn switchover_start(
+    cfg: &Path,
+    group: String,
+    to: String,
+    reason: String,
+    wait: Option<Duration>,
+    output: Format,
+) -> Result<(), CliError> {
+    let mut client = api(cfg).await?;
+    let op = client.start_switchover(pb::StartSwitchoverRequest { group, to_site: to, reason }).await?.into_inner();
+    let Some(wait) = wait else {
+        match output {
+            Format::Json => println!("{}", json(&op)),
+            Format::Table => {
+                println!("started {}; follow it with: fedctl switchover status {}", op.id, op.id);
+            }
+        }
+        return Ok(());
+    };
+    if output == Format::Table {
+        println!("started {}: {} {} -> {}", op.id, op.group, op.from_site, op.to_site);
+    }
+    let started = Instant::now();
+    let mut last_phase = String::new();
+    let mut last_blocker = String::new();
+    let op = loop {
+        let op = match client.get_operation(pb::GetOperationRequest { id: op.id.clone() }).await {
+            Ok(r) => r.into_inner(),
+            // A restarting federator is expected during long operations; keep following.
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                client = api(cfg).await.unwrap_or(client);
+                continue;
+            }
+            Err(s) => return Err(s.into()),
+        };
+        if output == Format::Table && (op.phase != last_phase || op.blocker != last_blocker) {
+            let elapsed = duration_ms(started.elapsed().as_millis() as u64);
+            if op.blocker.is_empty() {
+                println!("  [{elapsed:>6}] {}", op.phase);
+            } else {
+                println!("  [{elapsed:>6}] {}: {}", op.phase, op.blocker);
+            }
+            last_phase = op.phase.clone();
+            last_blocker = op.blocker.clone();
+        }
+        if op.outcome != "running" {
+            break op;
+        }
+        if started.elapsed() > wait {
+            return Err(CliError::Failed(format!(
+                "{} still running after {}s (phase {}); it continues: fedctl switchover status {}",
+                op.id,
+                wait.as_secs(),
+                op.phase,
+                op.id
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    match output {
+        Format::Json => println!("{}", json(&op)),
+        Format::Table => print_operation(&op),
+    }
+    if op.outcome == "succeeded" {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("{} ended {}: {}", op.id, op.outcome, op.error)))
+    }
+}
+
+async fn switchover_status(cfg: &Path, id: Option<String>, output: Format) -> Result<(), CliError> {
+    let mut client = api(cfg).await?;
+    match id {
+        Some(id) => {
+            let op = client.get_operation(pb::GetOperationRequest { id }).await?.into_inner();
+            match output {
+                Format::Json => println!("{}", json(&op)),
+                Format::Table => print_operation(&op),
+            }
+        }
+        None => {
+            let ops = client.list_operations(pb::ListOperationsRequest {}).await?.into_inner().operations;
+            match output {
+                Format::Json => println!("{}", json(&ops)),
+                Format::Table => {
+                    let mut t =
+                        table(&["id", "group", "from", "to", "phase", "outcome", "actor", "started", "waiting for"]);
+                    for o in &ops {
+                        t.add_row(vec![
+                            o.id.clone(),
+                            o.group.clone(),
+                            o.from_site.clone(),
+                            o.to_site.clone(),
+                            o.phase.clone(),
+                            o.outcome.clone(),
+                            o.actor.clone(),
+                            time(o.created_at_ms),
+                            o.blocker.clone(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn audit_list(cfg: &Path, from: u64, limit: u32, output: Format) -> Result<(), CliError> {
+    let records =
+        api(cfg).await?.list_audit(pb::ListAuditRequest { from_sequence: from, limit }).await?.into_inner().records;
+    match output {
+        Format::Json => println!("{}", json(&records)),
+        Format::Table => {
+            let mut t = table(&["seq", "time", "actor", "action", "subject", "reason", "detail"]);
+            for r in &records {
+                let detail: serde_json::Value = serde_json::from_str(&r.detail_json).unwrap_or_default();
+                let summary = ["step", "operation", "error"]
+                    .iter()
+                    .filter_map(|k| detail.get(*k).and_then(|v| v.as_str()).map(|v| format!("{k}: {v}")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                t.add_row(vec![
+                    r.sequence.to_string(),
+                    time(r.time_ms),
+                    r.actor.clone(),
+                    r.action.clone(),
+                    r.subject.clone(),
+                    r.reason.clone(),
+                    summary,
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    let _ = source_chain;
+    Ok(())
+}

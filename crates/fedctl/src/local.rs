@@ -1,0 +1,646 @@
+//! `fedctl up`, `down` and `restart`: a complete federation on loopback, made of the real
+//! binaries as separate processes, recorded in `DIR/cluster.json` so scripts can find them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use switchyard_core::EngineConfig;
+use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, Resources, SiteSpec};
+use switchyard_proto::operator::v1 as pb;
+use switchyard_tls::{CertAuthority, Identity, Role, TlsFiles};
+
+use crate::CliError;
+use crate::client::{ClientConfig, connect};
+
+pub const CLUSTER_FILE: &str = "cluster.json";
+pub const ZONE: &str = "fed.local.";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Proc {
+    /// Unique name (`federator`, `cell-site-1`, `node-site-1-1`, `dns-1`).
+    pub name: String,
+    pub role: String,
+    pub site: Option<String>,
+    pub pid: u32,
+    /// What the process listens on, by purpose (`grpc`, `dns`, `metrics`).
+    pub listen: BTreeMap<String, String>,
+    pub argv: Vec<String>,
+    pub log: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub address: String,
+    pub work_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteInfo {
+    pub name: String,
+    pub ingress: Vec<String>,
+    pub cell: String,
+    pub nodes: Vec<NodeInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DnsInfo {
+    pub address: String,
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub version: u32,
+    pub dir: PathBuf,
+    pub federator: String,
+    pub dns: DnsInfo,
+    pub sites: Vec<SiteInfo>,
+    pub groups: Vec<String>,
+    pub processes: Vec<Proc>,
+}
+
+impl ClusterFile {
+    pub fn load(dir: &Path) -> Result<Option<Self>, CliError> {
+        let path = dir.join(CLUSTER_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| CliError::Usage(format!("{} is not a fedctl cluster file: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CliError::Usage(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), CliError> {
+        let tmp = dir.join(format!("{CLUSTER_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(self).expect("serializes")).map_err(io)?;
+        std::fs::rename(&tmp, dir.join(CLUSTER_FILE)).map_err(io)
+    }
+}
+
+fn io(e: std::io::Error) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// SIGTERM, then SIGKILL whatever is still alive after `grace`.
+fn stop_all(pids: &[u32], grace: Duration) {
+    use nix::sys::signal::Signal;
+    for &p in pids {
+        if is_alive(p) {
+            signal(p, Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && pids.iter().any(|&p| is_alive(p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in pids {
+        if is_alive(p) {
+            signal(p, Signal::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && pids.iter().any(|&p| is_alive(p)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port(ip: IpAddr) -> Result<u16, CliError> {
+    // Ask the kernel for a port that is free for both TCP and UDP (DNS needs both).
+    for _ in 0..50 {
+        let tcp = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(|e| CliError::Failed(format!("bind {ip}: {e}")))?;
+        let port = tcp.local_addr().map_err(io)?.port();
+        if UdpSocket::bind(SocketAddr::new(ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(CliError::Failed(format!("no free port on {ip}")))
+}
+
+fn binary_dir() -> Result<PathBuf, CliError> {
+    let exe = std::env::current_exe().map_err(io)?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for bin in ["federator", "dc-agent", "fed-dns", "sample-app"] {
+        if !dir.join(bin).is_file() {
+            return Err(CliError::Usage(format!(
+                "{} is missing next to fedctl; build every binary first: cargo build --release (or cargo build)",
+                dir.join(bin).display()
+            )));
+        }
+    }
+    Ok(dir)
+}
+
+fn spawn(name: &str, bin: &Path, argv: &[String], logs: &Path) -> Result<(u32, PathBuf), CliError> {
+    let log = logs.join(format!("{name}.log"));
+    let out = File::options().create(true).append(true).open(&log).map_err(io)?;
+    let err = out.try_clone().map_err(io)?;
+    let child = Command::new(bin)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Own process group: a Ctrl-C aimed at the shell does not take the federation down.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| CliError::Failed(format!("cannot start {}: {e}", bin.display())))?;
+    Ok((child.id(), log))
+}
+
+#[derive(Serialize)]
+struct FederatorToml<'a> {
+    node_id: u64,
+    listen: String,
+    metrics_listen: String,
+    data_dir: PathBuf,
+    zone: &'a str,
+    tls: &'a TlsFiles,
+    engine: EngineConfig,
+    sites: &'a [SiteSpec],
+    groups: &'a [GroupSpec],
+}
+
+fn sample_groups(home: &str) -> Vec<GroupSpec> {
+    let app = |name: &str, instances: u32| AppSpec {
+        name: name.into(),
+        command: "sample-app".into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        instances,
+        resources: Resources { cpu_millis: 100, mem_mib: 64, disk_mib: 0 },
+        health: HealthSpec {
+            http_path: "/health".into(),
+            interval_ms: 500,
+            timeout_ms: 500,
+            grace_ms: 3000,
+            max_failures: 3,
+        },
+    };
+    vec![
+        GroupSpec {
+            name: "crm-web".into(),
+            dns_name: "crm-web".into(),
+            ttl_s: 5,
+            tier: 1,
+            home_site: home.into(),
+            apps: vec![app("web", 2)],
+        },
+        GroupSpec {
+            name: "mobile-app".into(),
+            dns_name: "mobile-app".into(),
+            ttl_s: 5,
+            tier: 2,
+            home_site: home.into(),
+            apps: vec![app("api", 2)],
+        },
+    ]
+}
+
+pub struct UpArgs {
+    pub dir: PathBuf,
+    pub sites: u32,
+    pub nodes_per_site: u32,
+    pub timeout: Duration,
+}
+
+/// Starts the federation and waits until it is healthy. On failure everything started is
+/// stopped again and the error names what was not ready and where the logs are.
+pub async fn up(args: UpArgs) -> Result<(), CliError> {
+    if !(1..=9).contains(&args.sites) {
+        return Err(CliError::Usage(format!("--sites must be between 1 and 9, not {}", args.sites)));
+    }
+    if !(1..=8).contains(&args.nodes_per_site) {
+        return Err(CliError::Usage(format!("--nodes-per-site must be between 1 and 8, not {}", args.nodes_per_site)));
+    }
+    std::fs::create_dir_all(&args.dir).map_err(io)?;
+    let dir = args.dir.canonicalize().map_err(io)?;
+    if let Some(existing) = ClusterFile::load(&dir)? {
+        if existing.processes.iter().any(|p| is_alive(p.pid)) {
+            return Err(CliError::Usage(format!(
+                "a federation is already running from {}; stop it with `fedctl down --dir {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    let bins = binary_dir()?;
+    // A fresh federation each time: old state and logs go, the CA stays.
+    for sub in ["data", "logs"] {
+        let _ = std::fs::remove_dir_all(dir.join(sub));
+    }
+    let (certs, data, logs) = (dir.join("certs"), dir.join("data"), dir.join("logs"));
+    for d in [&certs, &data, &logs] {
+        std::fs::create_dir_all(d).map_err(io)?;
+    }
+    let ca = match CertAuthority::load(&certs) {
+        Ok(ca) => ca,
+        Err(_) => {
+            let ca = CertAuthority::generate("Switchyard local CA").map_err(|e| CliError::Failed(e.to_string()))?;
+            ca.save(&certs).map_err(|e| CliError::Failed(e.to_string()))?;
+            ca
+        }
+    };
+    let issue = |stem: &str, role: Role, name: &str, hosts: &[String]| -> Result<TlsFiles, CliError> {
+        let id = Identity::new(role, name).map_err(|e| CliError::Failed(e.to_string()))?;
+        ca.issue_to_dir(&certs, stem, &id, hosts).map_err(|e| CliError::Failed(e.to_string()))
+    };
+    let tls_args = |t: &TlsFiles| {
+        vec![
+            "--tls-ca".to_string(),
+            t.ca.display().to_string(),
+            "--tls-cert".into(),
+            t.cert.display().to_string(),
+            "--tls-key".into(),
+            t.key.display().to_string(),
+        ]
+    };
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    // The plan: addresses of every site, node and daemon.
+    let site_names: Vec<String> = (1..=args.sites).map(|i| format!("site-{i}")).collect();
+    let mut sites = Vec::new();
+    let mut site_specs = Vec::new();
+    for (i, name) in site_names.iter().enumerate() {
+        let n = i + 1;
+        let ingress = format!("127.0.{n}.1");
+        let cell_ip: IpAddr = ingress.parse().expect("valid");
+        let cell = SocketAddr::new(cell_ip, free_port(cell_ip)?).to_string();
+        let nodes = (1..=args.nodes_per_site)
+            .map(|j| NodeInfo {
+                id: format!("{name}-node-{j}"),
+                address: format!("127.0.{n}.{}", 10 + j),
+                work_dir: data.join(format!("{name}-node-{j}")),
+            })
+            .collect();
+        site_specs.push(SiteSpec {
+            name: name.clone(),
+            ingress: vec![cell_ip],
+            labels: BTreeMap::from([("region".to_string(), format!("local-{n}"))]),
+        });
+        sites.push(SiteInfo { name: name.clone(), ingress: vec![ingress], cell, nodes });
+    }
+    let groups = sample_groups(&site_names[0]);
+    let fed_addr = SocketAddr::new(loopback, free_port(loopback)?);
+    let fed_url = format!("https://{fed_addr}");
+    let dns_addr = SocketAddr::new(loopback, free_port(loopback)?);
+
+    let mut cluster = ClusterFile {
+        version: 1,
+        dir: dir.clone(),
+        federator: fed_url.clone(),
+        dns: DnsInfo { address: dns_addr.to_string(), zone: ZONE.to_string() },
+        sites: sites.clone(),
+        groups: groups.iter().map(|g| g.name.clone()).collect(),
+        processes: Vec::new(),
+    };
+
+    // Client configuration for fedctl itself.
+    let user = std::env::var("USER").ok().filter(|u| Identity::new(Role::Operator, u.as_str()).is_ok());
+    let operator = user.unwrap_or_else(|| "sre".to_string());
+    let client_tls = issue("fedctl", Role::Operator, &operator, &[])?;
+    issue("admin", Role::Admin, "admin", &[])?;
+    let client = ClientConfig { endpoint: fed_url.clone(), tls: client_tls };
+    std::fs::write(dir.join("fedctl.toml"), toml::to_string(&client).expect("serializes")).map_err(io)?;
+
+    let started = Instant::now();
+    let result = async {
+        // Federator.
+        let fed_tls = issue("federator", Role::Federator, "fed-1", &["127.0.0.1".into(), "localhost".into()])?;
+        let metrics = SocketAddr::new(loopback, free_port(loopback)?);
+        let fed_config = FederatorToml {
+            node_id: 1,
+            listen: fed_addr.to_string(),
+            metrics_listen: metrics.to_string(),
+            data_dir: data.join("federator"),
+            zone: ZONE,
+            tls: &fed_tls,
+            engine: EngineConfig { verify_window_ms: 2_000, drain_ms: 500, ..EngineConfig::default() },
+            sites: &site_specs,
+            groups: &groups,
+        };
+        let fed_config_path = dir.join("federator.toml");
+        std::fs::write(&fed_config_path, toml::to_string(&fed_config).map_err(|e| CliError::Failed(e.to_string()))?)
+            .map_err(io)?;
+        let argv = vec!["--config".to_string(), fed_config_path.display().to_string()];
+        let (pid, log) = spawn("federator", &bins.join("federator"), &argv, &logs)?;
+        cluster.processes.push(Proc {
+            name: "federator".into(),
+            role: "federator".into(),
+            site: None,
+            pid,
+            listen: BTreeMap::from([("grpc".into(), fed_addr.to_string()), ("metrics".into(), metrics.to_string())]),
+            argv,
+            log,
+        });
+        cluster.save(&dir)?;
+
+        // One cell per site, then its nodes.
+        for site in &sites {
+            let cell_ip: IpAddr = site.ingress[0].parse().expect("valid");
+            let tls = issue(&format!("cell-{}", site.name), Role::Cell, &site.name, &[cell_ip.to_string()])?;
+            let metrics = SocketAddr::new(cell_ip, free_port(cell_ip)?);
+            let mut argv = vec![
+                "cell".to_string(),
+                "--site".into(),
+                site.name.clone(),
+                "--listen".into(),
+                site.cell.clone(),
+                "--federator".into(),
+                fed_url.clone(),
+                "--data-dir".into(),
+                data.join(format!("cell-{}", site.name)).display().to_string(),
+                "--metrics-listen".into(),
+                metrics.to_string(),
+                "--report-interval-ms".into(),
+                "1000".into(),
+            ];
+            argv.extend(tls_args(&tls));
+            let name = format!("cell-{}", site.name);
+            let (pid, log) = spawn(&name, &bins.join("dc-agent"), &argv, &logs)?;
+            cluster.processes.push(Proc {
+                name,
+                role: "cell".into(),
+                site: Some(site.name.clone()),
+                pid,
+                listen: BTreeMap::from([("grpc".into(), site.cell.clone()), ("metrics".into(), metrics.to_string())]),
+                argv,
+                log,
+            });
+            for node in &site.nodes {
+                let ip: IpAddr = node.address.parse().expect("valid");
+                let tls = issue(&format!("node-{}", node.id), Role::Node, &node.id, &[node.address.clone()])?;
+                let metrics = SocketAddr::new(ip, free_port(ip)?);
+                let mut argv = vec![
+                    "node".to_string(),
+                    "--id".into(),
+                    node.id.clone(),
+                    "--site".into(),
+                    site.name.clone(),
+                    "--cell".into(),
+                    format!("https://{}", site.cell),
+                    "--address".into(),
+                    node.address.clone(),
+                    "--cpu-millis".into(),
+                    "2000".into(),
+                    "--mem-mib".into(),
+                    "2048".into(),
+                    "--disk-mib".into(),
+                    "10240".into(),
+                    "--port-range".into(),
+                    "31000-31999".into(),
+                    "--work-dir".into(),
+                    node.work_dir.display().to_string(),
+                    "--bin-dir".into(),
+                    bins.display().to_string(),
+                    "--metrics-listen".into(),
+                    metrics.to_string(),
+                ];
+                argv.extend(tls_args(&tls));
+                let name = format!("node-{}", node.id);
+                let (pid, log) = spawn(&name, &bins.join("dc-agent"), &argv, &logs)?;
+                cluster.processes.push(Proc {
+                    name,
+                    role: "node".into(),
+                    site: Some(site.name.clone()),
+                    pid,
+                    listen: BTreeMap::from([("metrics".into(), metrics.to_string())]),
+                    argv,
+                    log,
+                });
+            }
+            cluster.save(&dir)?;
+        }
+
+        // One DNS server.
+        let tls = issue("dns-1", Role::Dns, "dns-1", &["127.0.0.1".into()])?;
+        let metrics = SocketAddr::new(loopback, free_port(loopback)?);
+        let mut argv = vec![
+            "--zone".to_string(),
+            ZONE.into(),
+            "--listen".into(),
+            dns_addr.to_string(),
+            "--federator".into(),
+            fed_url.clone(),
+            "--state-dir".into(),
+            data.join("dns-1").display().to_string(),
+            "--server-id".into(),
+            "dns-1".into(),
+            "--ns-name".into(),
+            "ns1".into(),
+            "--ns-address".into(),
+            "127.0.0.1".into(),
+            "--metrics-listen".into(),
+            metrics.to_string(),
+        ];
+        argv.extend(tls_args(&tls));
+        let (pid, log) = spawn("dns-1", &bins.join("fed-dns"), &argv, &logs)?;
+        cluster.processes.push(Proc {
+            name: "dns-1".into(),
+            role: "dns".into(),
+            site: None,
+            pid,
+            listen: BTreeMap::from([("dns".into(), dns_addr.to_string()), ("metrics".into(), metrics.to_string())]),
+            argv,
+            log,
+        });
+        cluster.save(&dir)?;
+
+        wait_healthy(&cluster, &client, &groups, args.nodes_per_site, args.timeout).await
+    }
+    .await;
+
+    if let Err(e) = result {
+        let pids: Vec<u32> = cluster.processes.iter().map(|p| p.pid).collect();
+        stop_all(&pids, Duration::from_secs(5));
+        kill_leftover_tasks(&cluster);
+        let _ = std::fs::remove_file(dir.join(CLUSTER_FILE));
+        return Err(CliError::Failed(format!("{e}\n  logs: {}", logs.display())));
+    }
+
+    let default_dir = Path::new(crate::client::DEFAULT_CONFIG).parent().and_then(|p| p.canonicalize().ok());
+    let config_hint = if default_dir.as_deref() == Some(dir.as_path()) {
+        String::new()
+    } else {
+        format!("  export FEDCTL_CONFIG={}\n", dir.join("fedctl.toml").display())
+    };
+    let (dns_ip, dns_port) = (dns_addr.ip(), dns_addr.port());
+    println!(
+        "Switchyard is up in {:.1}s: {} sites x {} nodes, {} app groups on {}.\n\
+         \n  federator  {fed_url}\n  fed-dns    {dns_addr} (zone {ZONE})\n  processes  {}\n  client     {} (identity operator:{operator})\n\
+         \nTry:\n{config_hint}  fedctl status\n  fedctl groups\n  dig @{dns_ip} -p {dns_port} crm-web.{ZONE} A +short\n  \
+         fedctl switchover start crm-web --to site-2 --reason \"practice\" --wait\n  fedctl audit list\n  fedctl down{}\n",
+        started.elapsed().as_secs_f64(),
+        args.sites,
+        args.nodes_per_site,
+        groups.len(),
+        site_names[0],
+        dir.join(CLUSTER_FILE).display(),
+        dir.join("fedctl.toml").display(),
+        if config_hint.is_empty() { String::new() } else { format!(" --dir {}", dir.display()) },
+    );
+    Ok(())
+}
+
+/// Polls until every cell reports all its nodes, every group runs healthy on its home site and
+/// DNS answers for it.
+async fn wait_healthy(
+    cluster: &ClusterFile,
+    client: &ClientConfig,
+    groups: &[GroupSpec],
+    nodes_per_site: u32,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + timeout;
+    let mut waiting_for;
+    loop {
+        waiting_for = match check_ready(cluster, client, groups, nodes_per_site).await {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
+        };
+        if let Some(p) = cluster.processes.iter().find(|p| !is_alive(p.pid)) {
+            return Err(CliError::Failed(format!("{} (pid {}) exited; see {}", p.name, p.pid, p.log.display())));
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Failed(format!("not healthy after {}s: {waiting_for}", timeout.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn check_ready(
+    cluster: &ClusterFile,
+    client: &ClientConfig,
+    groups: &[GroupSpec],
+    nodes_per_site: u32,
+) -> Result<(), String> {
+    let mut api = connect(client).await.map_err(|e| format!("federator: {e}"))?;
+    let sites = api.list_sites(pb::ListSitesRequest {}).await.map_err(|e| format!("federator: {}", e.message()))?;
+    for s in &cluster.sites {
+        match sites.get_ref().sites.iter().find(|x| x.name == s.name) {
+            None => return Err(format!("site {} not registered yet", s.name)),
+            Some(x) if !x.cell_connected => return Err(format!("cell of {} not reporting yet", s.name)),
+            Some(x) if x.nodes_healthy < nodes_per_site => {
+                return Err(format!("{} has {}/{nodes_per_site} nodes", s.name, x.nodes_healthy));
+            }
+            Some(_) => {}
+        }
+    }
+    let listed = api.list_groups(pb::ListGroupsRequest {}).await.map_err(|e| format!("federator: {}", e.message()))?;
+    for g in groups {
+        let want: u32 = g.apps.iter().map(|a| a.instances).sum();
+        let healthy = listed
+            .get_ref()
+            .groups
+            .iter()
+            .find(|x| x.name == g.name)
+            .and_then(|x| x.placement.iter().find(|p| p.site == g.home_site))
+            .map_or(0, |p| p.healthy);
+        if healthy < want {
+            return Err(format!("group {} has {healthy}/{want} healthy instances on {}", g.name, g.home_site));
+        }
+        let name = format!("{}.{ZONE}", g.dns_name);
+        let addr: SocketAddr = cluster.dns.address.parse().map_err(|e| format!("{e}"))?;
+        match crate::dnsprobe::query_a(addr, &name, Duration::from_millis(500)) {
+            Ok(answer) if answer.rcode == 0 && answer.answers > 0 => {}
+            Ok(answer) => {
+                return Err(format!("DNS answers {name} with rcode {} and {} records", answer.rcode, answer.answers));
+            }
+            Err(e) => return Err(format!("DNS query for {name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Stops task processes that nodes recorded in `tasks.json` and that outlived them.
+fn kill_leftover_tasks(cluster: &ClusterFile) {
+    fn pids(v: &serde_json::Value, out: &mut Vec<u32>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x.as_u64()) {
+                        ("pid", Some(p)) if p > 0 => out.push(p as u32),
+                        _ => pids(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| pids(x, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for node in cluster.sites.iter().flat_map(|s| &s.nodes) {
+        if let Ok(text) = std::fs::read_to_string(node.work_dir.join("tasks.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            pids(&v, &mut found);
+        }
+    }
+    found.retain(|&p| is_alive(p));
+    stop_all(&found, Duration::from_secs(3));
+}
+
+/// Stops every process of the federation in `dir`: DNS first, then nodes (which stop their
+/// tasks), cells and the federator last.
+pub fn down(dir: &Path, purge: bool) -> Result<String, CliError> {
+    let Some(cluster) = ClusterFile::load(dir)? else {
+        if purge {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        return Ok(format!("nothing is running from {}", dir.display()));
+    };
+    let by_role = |role: &str| cluster.processes.iter().filter(|p| p.role == role).map(|p| p.pid).collect::<Vec<_>>();
+    for role in ["dns", "node", "cell", "federator"] {
+        stop_all(&by_role(role), Duration::from_secs(10));
+    }
+    kill_leftover_tasks(&cluster);
+    let _ = std::fs::remove_file(dir.join(CLUSTER_FILE));
+    if purge {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    Ok(format!("stopped {} processes from {}", cluster.processes.len(), dir.display()))
+}
+
+/// Stops one process of the federation and starts it again with the same arguments.
+pub fn restart(dir: &Path, name: &str) -> Result<String, CliError> {
+    let mut cluster = ClusterFile::load(dir)?
+        .ok_or_else(|| CliError::Usage(format!("no federation is running from {}", dir.display())))?;
+    let names: Vec<String> = cluster.processes.iter().map(|p| p.name.clone()).collect();
+    let proc = cluster
+        .processes
+        .iter_mut()
+        .find(|p| p.name == name)
+        .ok_or_else(|| CliError::Usage(format!("no process named {name:?}; known: {}", names.join(", "))))?;
+    stop_all(&[proc.pid], Duration::from_secs(10));
+    let bin = binary_dir()?.join(match proc.role.as_str() {
+        "federator" => "federator",
+        "dns" => "fed-dns",
+        _ => "dc-agent",
+    });
+    let logs = proc.log.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.join("logs"));
+    let (pid, _) = spawn(&proc.name, &bin, &proc.argv, &logs)?;
+    let old = std::mem::replace(&mut proc.pid, pid);
+    cluster.save(dir)?;
+    Ok(format!("restarted {name}: pid {old} -> {pid}"))
+}
