@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
     };
     wait_for_shutdown().await;
     tracing::info!("shutting down");
-    let _ = running.federator.raft.shutdown().await;
+    running.shutdown().await;
     ExitCode::SUCCESS
 }
 

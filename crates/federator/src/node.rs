@@ -95,6 +95,22 @@ pub struct Running {
     pub federator: Arc<Federator>,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops serving, stops the executor and shuts Raft down, releasing the database.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.federator.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
 }
 
 /// Starts a replica from a validated configuration: opens storage, binds the mutual-TLS gRPC
@@ -151,7 +167,7 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming(TcpListenerStream::new(listener)).await {
             tracing::error!(error = %e, "gRPC server stopped");
         }
@@ -163,7 +179,7 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         raft.initialize(members).await.context("initialising the cluster")?;
     }
 
-    tokio::spawn(executor::run(federator.clone()));
+    let executor = tokio::spawn(executor::run(federator.clone()));
 
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
@@ -173,5 +189,5 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         None => None,
     };
     tracing::info!(%grpc_addr, ?metrics_addr, node_id = config.node_id, "federator started");
-    Ok(Running { federator, grpc_addr, metrics_addr })
+    Ok(Running { federator, grpc_addr, metrics_addr, tasks: vec![server, executor] })
 }

@@ -1,0 +1,308 @@
+//! Command-line flags and their validation. Every problem is collected and reported at once,
+//! before any socket is bound or any file is written.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use hickory_proto::rr::Name;
+use switchyard_tls::TlsFiles;
+use tonic::transport::Uri;
+
+use crate::names::parse_zone;
+
+/// `fed-dns` command line.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "fed-dns", version, about = "Authoritative DNS for a Switchyard federation zone")]
+pub struct Args {
+    /// Zone served, e.g. `fed.local.` (made absolute if the trailing dot is missing).
+    #[arg(long)]
+    pub zone: String,
+    /// Address for DNS over UDP and TCP, e.g. `0.0.0.0:53`. Port 0 picks one free port for both.
+    #[arg(long)]
+    pub listen: String,
+    /// Federator routing endpoint, `https://HOST:PORT`.
+    #[arg(long)]
+    pub federator: String,
+    /// Federation CA certificate (PEM).
+    #[arg(long)]
+    pub tls_ca: PathBuf,
+    /// This server's certificate (PEM), issued to `dns:<server-id>`.
+    #[arg(long)]
+    pub tls_cert: PathBuf,
+    /// This server's private key (PEM).
+    #[arg(long)]
+    pub tls_key: PathBuf,
+    /// Directory for the last-known-good routing table (created if missing).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Identifier sent to the federator in `Watch`.
+    #[arg(long, default_value = "dns-1")]
+    pub server_id: String,
+    /// Name server host name, relative to the zone (or absolute with a trailing dot).
+    #[arg(long, default_value = "ns1")]
+    pub ns_name: String,
+    /// Address of the name server host (glue); may be repeated for IPv4 and IPv6. Defaults to the
+    /// `--listen` address unless that is a wildcard.
+    #[arg(long)]
+    pub ns_address: Vec<String>,
+    /// Address for the Prometheus `/metrics` endpoint; off when absent.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+/// What the zone apex publishes besides the routing table: the name server and its glue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneConfig {
+    /// Lower-case absolute zone name.
+    pub origin: Name,
+    /// Lower-case absolute host name of this name server.
+    pub ns_name: Name,
+    /// Addresses published for `ns_name` (in the zone) and as glue.
+    pub ns_addresses: Vec<IpAddr>,
+}
+
+impl ZoneConfig {
+    /// Builds a zone configuration from already-valid parts.
+    pub fn new(origin: Name, ns_name: Name, ns_addresses: Vec<IpAddr>) -> Self {
+        Self { origin: origin.to_lowercase(), ns_name: ns_name.to_lowercase(), ns_addresses }
+    }
+}
+
+/// The federator endpoint and the name its certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederatorEndpoint {
+    pub uri: Uri,
+    /// TLS server name: the URL's host (an IP literal without brackets works too).
+    pub server_name: String,
+}
+
+/// Validated configuration of one `fed-dns` process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub zone: ZoneConfig,
+    pub listen: SocketAddr,
+    pub federator: FederatorEndpoint,
+    pub tls: TlsFiles,
+    pub state_dir: PathBuf,
+    pub server_id: String,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Every problem found in the flags, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid fed-dns configuration ({} problem(s)):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Validates `args` as a whole. Reads nothing but file metadata.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |p: String| problems.push(p);
+
+        let origin = parse_zone(&args.zone).map_err(|e| problem(format!("--zone {:?} {e}", args.zone))).ok();
+        let listen = args
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| problem(format!("--listen {:?} is not IP:PORT (e.g. 127.0.0.1:5353)", args.listen)))
+            .ok();
+        let federator = parse_federator(&args.federator).map_err(&mut problem).ok();
+        for (flag, path) in [("--tls-ca", &args.tls_ca), ("--tls-cert", &args.tls_cert), ("--tls-key", &args.tls_key)] {
+            if !path.is_file() {
+                problem(format!("{flag} {} is not a readable file", path.display()));
+            }
+        }
+        if args.state_dir.exists() && !args.state_dir.is_dir() {
+            problem(format!("--state-dir {} exists and is not a directory", args.state_dir.display()));
+        }
+        if !valid_server_id(&args.server_id) {
+            problem(format!("--server-id {:?} is invalid: use 1-128 characters from [A-Za-z0-9-_./@]", args.server_id));
+        }
+        let ns_name = origin
+            .as_ref()
+            .and_then(|zone| parse_ns_name(&args.ns_name, zone).map_err(|e| problem(format!("--ns-name {e}"))).ok());
+        let mut ns_addresses = Vec::new();
+        for text in &args.ns_address {
+            match text.parse::<IpAddr>() {
+                Ok(ip) if !ns_addresses.contains(&ip) => ns_addresses.push(ip),
+                Ok(_) => {}
+                Err(_) => problem(format!("--ns-address {text:?} is not an IPv4 or IPv6 address")),
+            }
+        }
+        if args.ns_address.is_empty()
+            && let Some(listen) = listen
+            && !listen.ip().is_unspecified()
+        {
+            ns_addresses.push(listen.ip());
+        }
+        let metrics_listen = match &args.metrics_listen {
+            None => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if let Some(listen) = listen
+                        && addr.port() != 0
+                        && addr.port() == listen.port()
+                        && (addr.ip() == listen.ip() || addr.ip().is_unspecified() || listen.ip().is_unspecified())
+                    {
+                        problem(format!(
+                            "--metrics-listen {addr} collides with the DNS TCP listener --listen {listen}"
+                        ));
+                    }
+                    Some(addr)
+                }
+                Err(_) => {
+                    problem(format!("--metrics-listen {text:?} is not IP:PORT"));
+                    None
+                }
+            },
+        };
+
+        match (origin, listen, federator, ns_name) {
+            (Some(origin), Some(listen), Some(federator), Some(ns_name)) if problems.is_empty() => Ok(Self {
+                zone: ZoneConfig::new(origin, ns_name, ns_addresses),
+                listen,
+                federator,
+                tls: TlsFiles { ca: args.tls_ca.clone(), cert: args.tls_cert.clone(), key: args.tls_key.clone() },
+                state_dir: args.state_dir.clone(),
+                server_id: args.server_id.clone(),
+                metrics_listen,
+            }),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+
+    /// Path of the last-known-good routing table.
+    pub fn routing_file(&self) -> PathBuf {
+        crate::table::routing_file(&self.state_dir)
+    }
+}
+
+fn parse_federator(text: &str) -> Result<FederatorEndpoint, String> {
+    let bad = |why: &str| format!("--federator {text:?} {why}; expected https://HOST:PORT");
+    let uri = text.parse::<Uri>().map_err(|_| bad("is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad("must use https (the routing stream is always mutual TLS)"));
+    }
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| bad("has no host"))?;
+    if uri.port_u16().is_none() {
+        return Err(bad("has no port"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Err(bad("must not carry a path"));
+    }
+    let server_name = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok(FederatorEndpoint { uri, server_name })
+}
+
+fn parse_ns_name(text: &str, zone: &Name) -> Result<Name, String> {
+    if let Some(absolute) = text.strip_suffix('.') {
+        return parse_zone(absolute).map_err(|e| format!("{text:?} {e}"));
+    }
+    crate::names::parse_relative(text, zone).map_err(|e| format!("{text:?} {e}"))
+}
+
+fn valid_server_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '@'))
+}
+
+/// Creates the state directory if needed; part of start-up, after validation.
+pub(crate) fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path) -> Args {
+        for f in ["ca.pem", "dns.pem", "dns-key.pem"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        Args {
+            zone: "Fed.Local".into(),
+            listen: "127.0.0.1:5353".into(),
+            federator: "https://127.0.0.1:7000".into(),
+            tls_ca: dir.join("ca.pem"),
+            tls_cert: dir.join("dns.pem"),
+            tls_key: dir.join("dns-key.pem"),
+            state_dir: dir.join("state"),
+            server_id: "dns-1".into(),
+            ns_name: "ns1".into(),
+            ns_address: vec![],
+            metrics_listen: None,
+        }
+    }
+
+    #[test]
+    fn valid_flags_are_normalised() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::from_args(&args(dir.path())).unwrap();
+        assert_eq!(cfg.zone.origin.to_ascii(), "fed.local.");
+        assert_eq!(cfg.zone.ns_name.to_ascii(), "ns1.fed.local.");
+        assert_eq!(cfg.zone.ns_addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(cfg.federator.server_name, "127.0.0.1");
+
+        let mut a = args(dir.path());
+        a.federator = "https://[::1]:7000".into();
+        a.listen = "0.0.0.0:53".into();
+        a.ns_address = vec!["192.0.2.1".into(), "2001:db8::1".into()];
+        let cfg = Config::from_args(&a).unwrap();
+        assert_eq!(cfg.federator.server_name, "::1");
+        assert_eq!(cfg.zone.ns_addresses.len(), 2);
+
+        a.ns_address.clear();
+        assert!(Config::from_args(&a).unwrap().zone.ns_addresses.is_empty(), "a wildcard listen gives no glue");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.zone = "bad..zone".into();
+        a.listen = "nope".into();
+        a.federator = "http://127.0.0.1:7000".into();
+        a.tls_key = dir.path().join("missing.pem");
+        a.server_id = "bad id".into();
+        a.ns_address = vec!["not-an-ip".into()];
+        a.metrics_listen = Some("also-bad".into());
+        let err = Config::from_args(&a).unwrap_err();
+        assert_eq!(err.problems.len(), 7, "{err}");
+        let text = err.to_string();
+        for needle in
+            ["--zone", "--listen", "--federator", "--tls-key", "--server-id", "--ns-address", "--metrics-listen"]
+        {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn federator_url_needs_host_port_and_no_path() {
+        for bad in ["https://host", "https://:7000", "https://h:7000/x", "127.0.0.1:7000", ""] {
+            assert!(parse_federator(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(parse_federator("https://fed-1.example:7000").unwrap().server_name, "fed-1.example");
+    }
+
+    #[test]
+    fn metrics_port_may_not_shadow_dns_tcp() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.metrics_listen = Some("127.0.0.1:5353".into());
+        assert!(Config::from_args(&a).unwrap_err().to_string().contains("collides"));
+        a.metrics_listen = Some("127.0.0.1:9153".into());
+        assert!(Config::from_args(&a).is_ok());
+    }
+}

@@ -1,0 +1,115 @@
+//! fed-dns against a fake federator on loopback: tables stream in over mutual TLS, answers
+//! follow them over UDP and TCP, the SOA serial follows the version, stale tables are fenced
+//! off, and after a restart with the federator gone the last-known-good table still answers.
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use switchyard_dns::{Args, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CRM: &str = "crm-web.fed.local.";
+
+async fn start_dns(argv: &[String]) -> anyhow::Result<switchyard_dns::RunningDns> {
+    let config = Config::from_args(&Args::try_parse_from(argv)?)?;
+    Ok(switchyard_dns::spawn(config).await?)
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+    let mut body = String::new();
+    tokio::time::timeout(WAIT_MAX, stream.read_to_string(&mut body)).await??;
+    Ok(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_the_routing_stream_and_survive_a_restart() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path(), "switchyard test ca")?;
+    let state = state_dir(dir.path());
+    let federator = FakeFederator::start(&pki.federator, table(1, 1, "127.0.1.1")).await?;
+    let argv = dns_args(&pki, federator.addr, &state, true);
+    let dns = start_dns(&argv).await?;
+    let addr = dns.local_addr();
+
+    // v1 over UDP, then the same answer over TCP.
+    let reply =
+        eventually("v1 over UDP", || query_udp(addr, CRM, RecordType::A), |r| addresses(r) == ["127.0.1.1"]).await?;
+    assert!(is_noerror_aa(&reply), "{reply:?}");
+    assert!(reply.edns.is_some(), "an EDNS query gets an EDNS answer");
+    assert!(reply.answers.iter().all(|r| r.ttl == 30));
+    let soa = query_udp(addr, "fed.local.", RecordType::SOA).await?;
+    assert_eq!(soa_serial(&soa), Some(1));
+    let tcp = query_tcp(addr, CRM, RecordType::A).await?;
+    assert_eq!(addresses(&tcp), ["127.0.1.1"]);
+    assert!(is_noerror_aa(&tcp));
+
+    // The federator saw this server, authenticated by its certificate.
+    let calls = federator.calls();
+    assert!(!calls.is_empty());
+    assert_eq!(calls[0].0, "dns:dns-1");
+    assert_eq!(calls[0].1.server_id, "dns-1");
+
+    // v2 moves the group: the answer changes and the serial follows, on both transports.
+    federator.publish(table(2, 2, "127.0.2.1"));
+    eventually("v2 over UDP", || query_udp(addr, CRM, RecordType::A), |r| addresses(r) == ["127.0.2.1"]).await?;
+    eventually("serial 2 over TCP", || query_tcp(addr, "fed.local.", RecordType::SOA), |r| soa_serial(r) == Some(2))
+        .await?;
+    assert_eq!(addresses(&query_tcp(addr, CRM, RecordType::A).await?), ["127.0.2.1"]);
+
+    // Negative answers are authoritative and carry the SOA.
+    let nx = query_udp(addr, "nope.fed.local.", RecordType::A).await?;
+    assert_eq!(
+        (nx.metadata.response_code, nx.metadata.authoritative, soa_serial(&nx)),
+        (ResponseCode::NXDomain, true, Some(2))
+    );
+    let nodata = query_tcp(addr, CRM, RecordType::AAAA).await?;
+    assert_eq!(
+        (nodata.metadata.response_code, nodata.answers.len(), soa_serial(&nodata)),
+        (ResponseCode::NoError, 0, Some(2))
+    );
+    let refused = query_udp(addr, "example.com.", RecordType::A).await?;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+
+    // An older table is fenced off: the answer and the serial stay at v2.
+    federator.publish(table(1, 1, "127.0.9.9"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        assert_eq!(addresses(&query_udp(addr, CRM, RecordType::A).await?), ["127.0.2.1"]);
+        assert_eq!(soa_serial(&query_udp(addr, "fed.local.", RecordType::SOA).await?), Some(2));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dns.table().map(|t| t.version()), Some(2));
+
+    let metrics = scrape(dns.metrics_addr().expect("metrics enabled")).await?;
+    for needle in [
+        "dns_table_version 2",
+        "dns_table_applied_total 2",
+        "dns_table_rejected_total{reason=\"older_version\"} 1",
+        "dns_queries_total{rcode=\"noerror\"}",
+        "dns_queries_total{rcode=\"nxdomain\"} 1",
+        "dns_queries_total{rcode=\"refused\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle:?} missing from /metrics:\n{metrics}");
+    }
+
+    // The federator goes away for good; fed-dns restarts on the same state directory and answers
+    // v2 at once, from disk.
+    federator.stop().await?;
+    dns.shutdown().await?;
+    let restarted = start_dns(&dns_args(&pki, "127.0.0.1:9".parse()?, &state, false)).await?;
+    let addr = restarted.local_addr();
+    let reply = query_udp(addr, CRM, RecordType::A).await?;
+    assert_eq!(addresses(&reply), ["127.0.2.1"]);
+    assert!(is_noerror_aa(&reply));
+    assert_eq!(soa_serial(&query_tcp(addr, "fed.local.", RecordType::SOA).await?), Some(2));
+    restarted.shutdown().await?;
+    Ok(())
+}
