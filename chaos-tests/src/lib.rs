@@ -1,1 +1,207 @@
-//! placeholder
+//! Support for tests that run Switchyard's real binaries on loopback: locating the binaries,
+//! running `fedctl`, querying DNS with `dig`, and inspecting processes through `/proc`.
+//! Every wait here is bounded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Directory holding the workspace's binaries (`cargo build --workspace --bins`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SWITCHYARD_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("debug");
+    for bin in ["fedctl", "federator", "dc-agent", "fed-dns", "sample-app"] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// Runs `fedctl` with the client configuration of the federation in `dir`.
+pub fn fedctl(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("fedctl"))
+        .args(args)
+        .env("FEDCTL_CONFIG", dir.join("fedctl.toml"))
+        .output()
+        .expect("fedctl runs")
+}
+
+/// Runs `fedctl` and returns its stdout, failing the test with its stderr if it failed.
+pub fn fedctl_ok(dir: &Path, args: &[&str]) -> String {
+    let out = fedctl(dir, args);
+    assert!(
+        out.status.success(),
+        "fedctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+pub fn fedctl_json(dir: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&fedctl_ok(dir, &all)).expect("fedctl -o json prints JSON")
+}
+
+/// `dig +short` for an A record against `server` (`ip:port`); the sorted addresses.
+pub fn dig_a(server: &str, name: &str) -> Vec<String> {
+    let (ip, port) = server.rsplit_once(':').expect("ip:port");
+    let out = Command::new("dig")
+        .args([&format!("@{ip}"), "-p", port, name, "A", "+short", "+time=2", "+tries=2"])
+        .output()
+        .expect("dig must be installed (scripts/test installs dnsutils)");
+    assert!(out.status.success(), "dig failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut v: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    v.sort();
+    v
+}
+
+/// `dig` full answer (for the SOA serial and flags).
+pub fn dig_raw(server: &str, name: &str, qtype: &str) -> String {
+    let (ip, port) = server.rsplit_once(':').expect("ip:port");
+    let out = Command::new("dig")
+        .args([&format!("@{ip}"), "-p", port, name, qtype, "+time=2", "+tries=2"])
+        .output()
+        .expect("dig runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {}s waiting for {what}", timeout.as_secs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether `pid` is a live process (zombies count as gone).
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// A task process found through `/proc`: its pid and `SWITCHYARD_*`/`HOST`/`PORT` environment.
+#[derive(Clone, Debug)]
+pub struct TaskProcess {
+    pub pid: u32,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: PathBuf,
+}
+
+/// Live processes whose working directory is under `root` and that carry a
+/// `SWITCHYARD_TASK_ID` (the app instances nodes launched for the federation in `root`).
+pub fn task_processes(root: &Path) -> Vec<TaskProcess> {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else { continue };
+        if !cwd.starts_with(&root) || !is_alive(pid) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let env: std::collections::BTreeMap<String, String> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter(|(k, _)| k.starts_with("SWITCHYARD_") || k == "HOST" || k == "PORT")
+            .collect();
+        if env.contains_key("SWITCHYARD_TASK_ID") {
+            out.push(TaskProcess { pid, env, cwd });
+        }
+    }
+    out
+}
+
+/// `GET /` of a sample-app instance; its JSON answer.
+pub fn http_get_json(host: &str, port: &str) -> Option<Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&format!("{host}:{port}").parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let json = body.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(json.trim()).ok()
+}
+
+/// Stops the federation in `dir` when dropped, so a failing test leaves nothing running.
+pub struct Federation {
+    pub dir: PathBuf,
+    pub cluster: Value,
+}
+
+impl Federation {
+    /// `fedctl up --dir DIR` with the given extra arguments; panics with its output on failure.
+    pub fn up(dir: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["up", "--dir", dir.to_str().expect("utf-8 path"), "--timeout-s", "120"];
+        args.extend(extra);
+        let out = fedctl(dir, &args);
+        let mut fed = Federation { dir: dir.to_path_buf(), cluster: Value::Null };
+        assert!(
+            out.status.success(),
+            "fedctl up failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).expect("cluster.json"))
+            .expect("cluster.json is JSON");
+        fed.cluster = cluster;
+        fed
+    }
+
+    pub fn reload(&mut self) {
+        self.cluster = serde_json::from_str(&std::fs::read_to_string(self.dir.join("cluster.json")).expect("cluster.json"))
+            .expect("cluster.json is JSON");
+    }
+
+    pub fn dns(&self) -> String {
+        self.cluster["dns"]["address"].as_str().expect("dns address").to_string()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.cluster["processes"].as_array().expect("processes").iter().map(|p| p["pid"].as_u64().unwrap() as u32).collect()
+    }
+
+    pub fn process(&self, name: &str) -> Value {
+        self.cluster["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+            .clone()
+    }
+
+    pub fn down(&self) -> Output {
+        fedctl(&self.dir, &["down", "--dir", self.dir.to_str().unwrap()])
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        if self.dir.join("cluster.json").exists() {
+            let _ = self.down();
+        }
+    }
+}
