@@ -386,6 +386,7 @@ async fn switchover_start(
     let started = Instant::now();
     let mut last_phase = String::new();
     let mut last_blocker = String::new();
+    let mut last_print = Instant::now();
     let op = loop {
         let op = match client.get_operation(pb::GetOperationRequest { id: op.id.clone() }).await {
             Ok(r) => r.into_inner(),
@@ -397,7 +398,10 @@ async fn switchover_start(
             }
             Err(s) => return Err(s.into()),
         };
-        if output == Format::Table && (op.phase != last_phase || op.blocker != last_blocker) {
+        // Every phase change at once; a changing blocker (progress counters) at most every 2 s.
+        let blocker_due = op.blocker != last_blocker && last_print.elapsed() >= Duration::from_secs(2);
+        if output == Format::Table && (op.phase != last_phase || blocker_due) {
+            last_print = Instant::now();
             let elapsed = duration_ms(started.elapsed().as_millis() as u64);
             if op.blocker.is_empty() {
                 println!("  [{elapsed:>6}] {}", op.phase);

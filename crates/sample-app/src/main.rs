@@ -1,1 +1,261 @@
-fn main() {}
+//! A tiny HTTP/1.1 service used as the workload of local federations and tests. It binds
+//! `HOST:PORT` (defaults 127.0.0.1:8080), answers `GET /health` with `ok` and any other GET with
+//! a JSON description of where it runs, taken from the `SWITCHYARD_*` environment the node
+//! sets. Standard library only; one thread per connection; SIGTERM ends it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Connections served at once; beyond that new ones get 503 instead of a thread.
+const MAX_CONNECTIONS: usize = 256;
+/// Longest request head accepted.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where this instance runs, as the node described it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Placement {
+    site: String,
+    instance: String,
+    app: String,
+    group: String,
+    node: String,
+}
+
+impl Placement {
+    fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        Self {
+            site: var("SWITCHYARD_SITE"),
+            instance: var("SWITCHYARD_TASK_ID"),
+            app: var("SWITCHYARD_APP"),
+            group: var("SWITCHYARD_GROUP"),
+            node: var("SWITCHYARD_NODE"),
+        }
+    }
+
+    fn to_json(&self) -> String {
+        format!(
+            "{{\"site\":\"{}\",\"instance\":\"{}\",\"app\":\"{}\",\"group\":\"{}\",\"node\":\"{}\"}}",
+            json_escape(&self.site),
+            json_escape(&self.instance),
+            json_escape(&self.app),
+            json_escape(&self.group),
+            json_escape(&self.node)
+        )
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Reply {
+    status: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Reply {
+    fn new(status: u16, reason: &'static str, content_type: &'static str, body: String) -> Self {
+        Self { status, reason, content_type, body }
+    }
+
+    fn text(status: u16, reason: &'static str, body: &str) -> Self {
+        Self::new(status, reason, "text/plain; charset=utf-8", format!("{body}\n"))
+    }
+
+    fn to_bytes(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.status,
+            self.reason,
+            self.content_type,
+            self.body.len()
+        )
+        .into_bytes();
+        if !head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+        out
+    }
+}
+
+/// Decides the answer to one request line (`GET /path HTTP/1.1`). Pure, so it is tested alone.
+fn handle_request(request_line: &str, placement: &Placement) -> Reply {
+    let mut parts = request_line.split_whitespace();
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Reply::text(400, "Bad Request", "malformed request line");
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Reply::text(505, "HTTP Version Not Supported", "only HTTP/1.x is spoken here");
+    }
+    if method != "GET" && method != "HEAD" {
+        return Reply::text(405, "Method Not Allowed", "only GET and HEAD are supported");
+    }
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    if path == "/health" {
+        return Reply::text(200, "OK", "ok");
+    }
+    Reply::new(200, "OK", "application/json", format!("{}\n", placement.to_json()))
+}
+
+fn serve(stream: TcpStream, placement: &Placement) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    // The limit bounds memory even for a request line without a newline.
+    let mut reader = BufReader::new(stream.try_clone()?.take(MAX_HEAD_BYTES as u64 + 1));
+    let mut request_line = String::new();
+    let mut head_bytes = reader.read_line(&mut request_line)?;
+    // The rest of the head is read and ignored, so the client sees a clean close.
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line)?;
+        head_bytes += n;
+        if n == 0 || line == "\r\n" || line == "\n" || head_bytes > MAX_HEAD_BYTES {
+            break;
+        }
+    }
+    let reply = if head_bytes > MAX_HEAD_BYTES {
+        Reply::text(431, "Request Header Fields Too Large", "request head too large")
+    } else {
+        handle_request(request_line.trim_end(), placement)
+    };
+    let head_only = request_line.starts_with("HEAD ");
+    let mut stream = stream;
+    stream.write_all(&reply.to_bytes(head_only))?;
+    stream.flush()
+}
+
+fn main() -> std::process::ExitCode {
+    let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".to_string());
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".to_string());
+    let Ok(port) = port.parse::<u16>() else {
+        eprintln!("sample-app: PORT {port:?} is not a port number");
+        return std::process::ExitCode::FAILURE;
+    };
+    let addr = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let listener = match TcpListener::bind(&addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sample-app: cannot listen on {addr}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let placement = Arc::new(Placement::from_env());
+    let bound = listener.local_addr().map_or(addr, |a| a.to_string());
+    println!("sample-app listening on http://{bound} (instance {:?})", placement.instance);
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sample-app: accept failed: {e}");
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            let _ = stream.write_all(&Reply::text(503, "Service Unavailable", "too many connections").to_bytes(false));
+            continue;
+        }
+        let (placement, active) = (placement.clone(), active.clone());
+        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
+            if let Err(e) = serve(stream, &placement) {
+                eprintln!("sample-app: connection failed: {e}");
+            }
+            active.fetch_sub(1, Ordering::AcqRel);
+        });
+        if let Err(e) = spawned {
+            eprintln!("sample-app: cannot start a connection thread: {e}");
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn here() -> Placement {
+        Placement {
+            site: "site-a".into(),
+            instance: "crm-web.web.3".into(),
+            app: "web".into(),
+            group: "crm-web".into(),
+            node: "n\"1".into(),
+        }
+    }
+
+    #[test]
+    fn health_answers_ok() {
+        let r = handle_request("GET /health HTTP/1.1", &here());
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+        assert_eq!(handle_request("GET /health?probe=1 HTTP/1.0", &here()).status, 200);
+    }
+
+    #[test]
+    fn other_paths_describe_the_instance_as_json() {
+        let r = handle_request("GET /anything HTTP/1.1", &here());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(
+            r.body,
+            "{\"site\":\"site-a\",\"instance\":\"crm-web.web.3\",\"app\":\"web\",\"group\":\"crm-web\",\"node\":\"n\\\"1\"}\n"
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        assert_eq!(handle_request("", &here()).status, 400);
+        assert_eq!(handle_request("GET /", &here()).status, 400);
+        assert_eq!(handle_request("POST / HTTP/1.1", &here()).status, 405);
+        assert_eq!(handle_request("GET / SPDY/3", &here()).status, 505);
+    }
+
+    #[test]
+    fn replies_carry_length_and_close() {
+        let bytes = handle_request("GET /health HTTP/1.1", &here()).to_bytes(false);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains("Content-Length: 3\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text.ends_with("\r\n\r\nok\n"));
+        let head = handle_request("HEAD /health HTTP/1.1", &here()).to_bytes(true);
+        assert!(String::from_utf8(head).unwrap().ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn serves_a_real_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            serve(s, &here()).unwrap();
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        server.join().unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK") && out.ends_with("ok\n"), "{out}");
+    }
+}

@@ -42,8 +42,25 @@ fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Read { path: path.to_path_buf(), source })
 }
 
+/// Writes atomically (temp file, then rename) and leaves an identical file untouched, so a
+/// daemon reading its certificates while another one is being issued never sees a partial file.
 fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
-    std::fs::write(path, contents).map_err(|source| PkiError::Write { path: path.to_path_buf(), source })
+    if std::fs::read_to_string(path).is_ok_and(|old| old == contents) {
+        return Ok(());
+    }
+    let err = |source| PkiError::Write { path: path.to_path_buf(), source };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, contents).map_err(err)?;
+    restrict_permissions_if_key(&tmp, path);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn restrict_permissions_if_key(tmp: &Path, path: &Path) {
+    if path.to_string_lossy().ends_with("-key.pem") {
+        restrict_permissions(tmp);
+    }
 }
 
 impl TlsFiles {
@@ -182,7 +199,6 @@ impl CertAuthority {
         write(&files.ca, &bundle.ca_pem)?;
         write(&files.cert, &bundle.cert_pem)?;
         write(&files.key, &bundle.key_pem)?;
-        restrict_permissions(&files.key);
         Ok(files)
     }
 }

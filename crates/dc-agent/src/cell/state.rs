@@ -1,0 +1,659 @@
+//! The cell's in-memory tables (nodes, tasks, the applied desired state) and every transition on
+//! them. Synchronous and free of I/O: callers take the time, persist snapshots and move bytes.
+//! The only side effect is a non-blocking `try_send` of node assignments into bounded channels.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use switchyard_proto::agent::v1 as agent;
+use switchyard_proto::common::v1::TaskState;
+use switchyard_proto::node::v1 as nodepb;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
+
+use crate::convert::{self, NodeRegistration};
+use crate::model::{DesiredRecord, GroupRecord, Resources, TaskRecord};
+use crate::persist::{CellStateFile, FORMAT_VERSION};
+use crate::placement::{self, AppDemand, GroupDemand, NodeView, TaskView};
+
+/// Outbound half of a node's stream.
+pub(crate) type NodeTx = mpsc::Sender<Result<nodepb::CellToNode, tonic::Status>>;
+
+/// Why a desired state was not applied; `reason` is the metric label.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+struct NodeConn {
+    id: u64,
+    tx: NodeTx,
+    last_seen: Instant,
+    /// Tasks last handed to the node on this connection; `None` until the first assignment.
+    sent: Option<Vec<nodepb::TaskSpec>>,
+}
+
+struct NodeEntry {
+    reg: NodeRegistration,
+    /// `None` while the node is lost.
+    conn: Option<NodeConn>,
+    statuses: BTreeMap<String, nodepb::TaskStatus>,
+    /// Generation of the last assignment sent; grows across reconnects.
+    generation: u64,
+    applied_generation: u64,
+}
+
+pub(crate) struct CellState {
+    site: String,
+    applied_epoch: u64,
+    desired_epoch: Option<u64>,
+    managed: Vec<String>,
+    groups: BTreeMap<String, GroupRecord>,
+    tasks: BTreeMap<String, TaskRecord>,
+    task_counter: u64,
+    nodes: BTreeMap<String, NodeEntry>,
+    next_conn_id: u64,
+    blockers: BTreeMap<(String, String), String>,
+    /// Persisted tables changed since the last snapshot.
+    dirty: bool,
+    shutting_down: bool,
+}
+
+/// Counts exported as gauges.
+pub(crate) struct Counts {
+    pub nodes: usize,
+    pub nodes_healthy: usize,
+    pub tasks: usize,
+    pub blocked_apps: usize,
+}
+
+impl CellState {
+    pub(crate) fn new(site: String, applied_epoch: u64, restored: Option<CellStateFile>) -> Self {
+        let mut s = Self {
+            site,
+            applied_epoch,
+            desired_epoch: None,
+            managed: Vec::new(),
+            groups: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            task_counter: 0,
+            nodes: BTreeMap::new(),
+            next_conn_id: 0,
+            blockers: BTreeMap::new(),
+            dirty: false,
+            shutting_down: false,
+        };
+        if let Some(r) = restored {
+            s.applied_epoch = s.applied_epoch.max(r.desired_epoch.unwrap_or(0));
+            s.desired_epoch = r.desired_epoch;
+            s.managed = r.managed;
+            s.groups = r.groups.into_iter().map(|g| (g.name.clone(), g)).collect();
+            s.tasks = r.tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect();
+            s.task_counter = r.task_counter.max(s.tasks.values().map(|t| t.seq).max().unwrap_or(0));
+        }
+        s
+    }
+
+    pub(crate) fn site(&self) -> &str {
+        &self.site
+    }
+
+    pub(crate) fn applied_epoch(&self) -> u64 {
+        self.applied_epoch
+    }
+
+    /// Checks a desired state against fencing and validity without changing anything.
+    pub(crate) fn check_desired(&self, d: &agent::DesiredState) -> Result<DesiredRecord, Rejection> {
+        if d.epoch < self.applied_epoch {
+            return Err(Rejection {
+                reason: "stale_epoch",
+                detail: format!("epoch {} is older than the applied epoch {}", d.epoch, self.applied_epoch),
+            });
+        }
+        if d.site != self.site {
+            return Err(Rejection {
+                reason: "wrong_site",
+                detail: format!("it is for site {:?}, this cell runs site {:?}", d.site, self.site),
+            });
+        }
+        convert::desired_from_proto(d, &self.site)
+            .map_err(|problems| Rejection { reason: "invalid", detail: problems.join("; ") })
+    }
+
+    /// Applies a desired state that passed [`CellState::check_desired`] and whose epoch is
+    /// already persisted. Returns whether anything changed.
+    pub(crate) fn commit_desired(&mut self, d: DesiredRecord) -> bool {
+        assert!(d.epoch >= self.applied_epoch, "fencing: committing epoch {} below {}", d.epoch, self.applied_epoch);
+        let managed: Vec<String> = d.groups.iter().map(|g| g.name.clone()).collect();
+        let mut changed = self.desired_epoch != Some(d.epoch) || self.managed != managed;
+        self.applied_epoch = d.epoch;
+        self.desired_epoch = Some(d.epoch);
+        self.managed = managed;
+        for g in d.groups {
+            if self.groups.get(&g.name) != Some(&g) {
+                changed = true;
+                self.groups.insert(g.name.clone(), g);
+            }
+        }
+        self.prune_groups();
+        self.dirty |= changed;
+        changed
+    }
+
+    /// Forgets specs of groups that are neither managed nor running anything.
+    fn prune_groups(&mut self) {
+        let running: BTreeSet<&str> = self.tasks.values().map(|t| t.group.as_str()).collect();
+        let managed: BTreeSet<&str> = self.managed.iter().map(String::as_str).collect();
+        let before = self.groups.len();
+        self.groups.retain(|name, _| running.contains(name.as_str()) || managed.contains(name.as_str()));
+        self.dirty |= self.groups.len() != before;
+    }
+
+    /// Records a (re)connected node and returns the id of its connection.
+    pub(crate) fn register_node(&mut self, reg: NodeRegistration, tx: NodeTx, now: Instant) -> u64 {
+        self.next_conn_id += 1;
+        let conn = NodeConn { id: self.next_conn_id, tx, last_seen: now, sent: None };
+        match self.nodes.get_mut(&reg.node_id) {
+            Some(entry) => {
+                entry.reg = reg;
+                entry.conn = Some(conn);
+                entry.statuses.clear();
+            }
+            None => {
+                let entry = NodeEntry {
+                    reg: reg.clone(),
+                    conn: Some(conn),
+                    statuses: BTreeMap::new(),
+                    generation: 0,
+                    applied_generation: 0,
+                };
+                self.nodes.insert(reg.node_id, entry);
+            }
+        }
+        self.next_conn_id
+    }
+
+    /// Applies a heartbeat from connection `conn_id`. Returns whether the reported task status
+    /// changed; `None` when the connection is not the node's current one.
+    pub(crate) fn heartbeat(&mut self, conn_id: u64, hb: nodepb::NodeHeartbeat, now: Instant) -> Option<bool> {
+        let entry = self.nodes.get_mut(&hb.node_id)?;
+        let conn = entry.conn.as_mut().filter(|c| c.id == conn_id)?;
+        conn.last_seen = now;
+        entry.applied_generation = hb.applied_generation;
+        let statuses: BTreeMap<String, nodepb::TaskStatus> =
+            hb.tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect();
+        let changed = statuses != entry.statuses;
+        entry.statuses = statuses;
+        Some(changed)
+    }
+
+    /// The node's stream `conn_id` ended. Returns whether the node is now lost.
+    pub(crate) fn disconnect(&mut self, node_id: &str, conn_id: u64) -> bool {
+        match self.nodes.get_mut(node_id) {
+            Some(entry) if entry.conn.as_ref().is_some_and(|c| c.id == conn_id) => {
+                entry.conn = None;
+                entry.statuses.clear();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks nodes silent for longer than `timeout` as lost; returns their ids. Dropping the
+    /// connection closes the node's stream, so a node that is merely slow reconnects.
+    pub(crate) fn expire_nodes(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
+        let mut lost = Vec::new();
+        for (id, entry) in &mut self.nodes {
+            if entry.conn.as_ref().is_some_and(|c| now.saturating_duration_since(c.last_seen) > timeout) {
+                entry.conn = None;
+                entry.statuses.clear();
+                lost.push(id.clone());
+            }
+        }
+        lost
+    }
+
+    /// Whether every node that holds a task is connected. Until then a restarted cell holds
+    /// placement back, so tasks are not moved off nodes that simply have not reconnected yet.
+    pub(crate) fn all_task_nodes_connected(&self) -> bool {
+        self.tasks.values().all(|t| self.nodes.get(&t.node_id).is_some_and(|n| n.conn.is_some()))
+    }
+
+    /// Plans and applies one placement step. Returns whether tasks or blockers changed.
+    pub(crate) fn place(&mut self) -> bool {
+        if self.desired_epoch.is_none() || self.shutting_down {
+            return false;
+        }
+        let nodes: Vec<NodeView> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| NodeView {
+                id: id.clone(),
+                healthy: n.conn.is_some(),
+                capacity: n.reg.capacity,
+                port_min: n.reg.port_min,
+                port_max: n.reg.port_max,
+            })
+            .collect();
+        let tasks: Vec<TaskView> = self
+            .tasks
+            .values()
+            .map(|t| TaskView {
+                task_id: t.task_id.clone(),
+                group: t.group.clone(),
+                app: t.app.clone(),
+                node_id: t.node_id.clone(),
+                port: t.port,
+                resources: t.resources,
+                seq: t.seq,
+            })
+            .collect();
+        let demand: Vec<GroupDemand> = self
+            .managed
+            .iter()
+            .filter_map(|name| self.groups.get(name))
+            .map(|g| GroupDemand {
+                group: g.name.clone(),
+                apps: g
+                    .apps
+                    .iter()
+                    .map(|a| AppDemand { app: a.name.clone(), instances: a.instances, resources: a.resources })
+                    .collect(),
+            })
+            .collect();
+        let plan = placement::plan_placement(&nodes, &tasks, &demand);
+
+        for id in &plan.stop {
+            if let Some(t) = self.tasks.remove(id) {
+                tracing::info!(task = %id, node = %t.node_id, "task removed from the plan");
+            }
+        }
+        for s in &plan.start {
+            self.task_counter += 1;
+            let task_id = format!("{}.{}.{}", s.group, s.app, self.task_counter);
+            tracing::info!(task = %task_id, node = %s.node_id, port = s.port, "task placed");
+            self.tasks.insert(
+                task_id.clone(),
+                TaskRecord {
+                    task_id,
+                    group: s.group.clone(),
+                    app: s.app.clone(),
+                    node_id: s.node_id.clone(),
+                    port: s.port,
+                    resources: s.resources,
+                    seq: self.task_counter,
+                },
+            );
+        }
+        let blockers: BTreeMap<(String, String), String> =
+            plan.blockers.into_iter().map(|b| ((b.group, b.app), b.message)).collect();
+        let blockers_changed = blockers != self.blockers;
+        self.blockers = blockers;
+        let tasks_changed = !plan.stop.is_empty() || !plan.start.is_empty();
+        self.dirty |= tasks_changed;
+        if tasks_changed {
+            self.prune_groups();
+        }
+        tasks_changed || blockers_changed
+    }
+
+    /// The persisted tables, if they changed since the last call.
+    pub(crate) fn take_snapshot(&mut self) -> Option<CellStateFile> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(CellStateFile {
+            version: FORMAT_VERSION,
+            site: self.site.clone(),
+            task_counter: self.task_counter,
+            desired_epoch: self.desired_epoch,
+            managed: self.managed.clone(),
+            groups: self.groups.values().cloned().collect(),
+            tasks: self.tasks.values().cloned().collect(),
+        })
+    }
+
+    /// A snapshot could not be written; try again on the next pass.
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Stops placement and closes every node stream, so the server can drain. Nodes are not
+    /// marked lost: the persisted tables keep every task where it is for the next start.
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        for entry in self.nodes.values_mut() {
+            entry.conn = None;
+        }
+    }
+
+    fn task_spec(&self, t: &TaskRecord, node: &NodeEntry) -> Option<nodepb::TaskSpec> {
+        let app = self.groups.get(&t.group)?.app(&t.app)?;
+        let mut env: std::collections::HashMap<String, String> =
+            app.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let address = node.reg.address.to_string();
+        for (k, v) in [
+            ("PORT", t.port.to_string()),
+            ("HOST", address),
+            ("SWITCHYARD_SITE", self.site.clone()),
+            ("SWITCHYARD_NODE", t.node_id.clone()),
+            ("SWITCHYARD_GROUP", t.group.clone()),
+            ("SWITCHYARD_APP", t.app.clone()),
+            ("SWITCHYARD_TASK_ID", t.task_id.clone()),
+        ] {
+            env.insert(k.to_string(), v);
+        }
+        Some(nodepb::TaskSpec {
+            task_id: t.task_id.clone(),
+            group: t.group.clone(),
+            app: t.app.clone(),
+            command: app.command.clone(),
+            args: app.args.clone(),
+            env,
+            port: u32::from(t.port),
+            health: Some(convert::health_to_proto(&app.health)),
+        })
+    }
+
+    /// Sends every connected node its complete task list if it differs from what that
+    /// connection last received. Nothing is sent before a desired state is known, so a cell that
+    /// lost its data directory never empties its nodes. Returns the number of assignments sent.
+    pub(crate) fn send_assignments(&mut self) -> usize {
+        if self.desired_epoch.is_none() || self.shutting_down {
+            return 0;
+        }
+        let mut wanted: BTreeMap<String, Vec<nodepb::TaskSpec>> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            if node.conn.is_none() {
+                continue;
+            }
+            let specs = self
+                .tasks
+                .values()
+                .filter(|t| &t.node_id == id)
+                .filter_map(|t| {
+                    let spec = self.task_spec(t, node);
+                    if spec.is_none() {
+                        tracing::error!(task = %t.task_id, "no spec known for task; it is left out of the assignment");
+                    }
+                    spec
+                })
+                .collect();
+            wanted.insert(id.clone(), specs);
+        }
+        let mut sent = 0;
+        for (id, specs) in wanted {
+            let Some(node) = self.nodes.get_mut(&id) else { continue };
+            let Some(conn) = node.conn.as_mut() else { continue };
+            if conn.sent.as_ref() == Some(&specs) {
+                continue;
+            }
+            node.generation += 1;
+            let assignment =
+                nodepb::NodeAssignment { generation: node.generation, epoch: self.applied_epoch, tasks: specs.clone() };
+            let msg = nodepb::CellToNode { body: Some(nodepb::cell_to_node::Body::Assignment(assignment)) };
+            match conn.tx.try_send(Ok(msg)) {
+                Ok(()) => {
+                    conn.sent = Some(specs);
+                    sent += 1;
+                }
+                // The node is not reading; the next pass sends the then-current list.
+                Err(TrySendError::Full(_)) => tracing::warn!(node = %id, "node stream is full; assignment deferred"),
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        sent
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            nodes: self.nodes.len(),
+            nodes_healthy: self.nodes.values().filter(|n| n.conn.is_some()).count(),
+            tasks: self.tasks.len(),
+            blocked_apps: self.blockers.len(),
+        }
+    }
+
+    pub(crate) fn hello(&self) -> agent::CellHello {
+        agent::CellHello {
+            site: self.site.clone(),
+            agent_version: crate::AGENT_VERSION.to_string(),
+            applied_epoch: self.applied_epoch,
+        }
+    }
+
+    pub(crate) fn report(&self, sequence: u64) -> agent::CellReport {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                let allocated = self
+                    .tasks
+                    .values()
+                    .filter(|t| &t.node_id == id)
+                    .fold(Resources::ZERO, |acc, t| acc.plus(&t.resources));
+                agent::NodeStatus {
+                    node_id: id.clone(),
+                    address: n.reg.address.to_string(),
+                    capacity: Some(convert::resources_to_proto(&n.reg.capacity)),
+                    allocated: Some(convert::resources_to_proto(&allocated)),
+                    healthy: n.conn.is_some(),
+                }
+            })
+            .collect();
+        let groups = self
+            .managed
+            .iter()
+            .filter_map(|name| self.groups.get(name))
+            .map(|g| agent::GroupStatus {
+                group: g.name.clone(),
+                applied_epoch: g.epoch,
+                apps: g
+                    .apps
+                    .iter()
+                    .map(|a| {
+                        let mut tasks: Vec<&TaskRecord> =
+                            self.tasks.values().filter(|t| t.group == g.name && t.app == a.name).collect();
+                        tasks.sort_by_key(|t| t.seq);
+                        agent::AppStatus {
+                            app: a.name.clone(),
+                            desired: a.instances,
+                            instances: tasks.into_iter().map(|t| self.instance_status(t)).collect(),
+                            blocker: self.blockers.get(&(g.name.clone(), a.name.clone())).cloned().unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        agent::CellReport { site: self.site.clone(), applied_epoch: self.applied_epoch, nodes, groups, sequence }
+    }
+
+    fn instance_status(&self, t: &TaskRecord) -> agent::InstanceStatus {
+        let node = self.nodes.get(&t.node_id);
+        let address = node.map(|n| n.reg.address.to_string()).unwrap_or_default();
+        let mut s = agent::InstanceStatus {
+            task_id: t.task_id.clone(),
+            node_id: t.node_id.clone(),
+            address,
+            port: u32::from(t.port),
+            ..Default::default()
+        };
+        match node.and_then(|n| n.statuses.get(&t.task_id)) {
+            Some(st) => {
+                s.pid = st.pid;
+                s.state = st.state;
+                s.healthy = st.healthy;
+                s.restarts = st.restarts;
+                s.message = st.message.clone();
+            }
+            None => {
+                s.state = TaskState::Starting as i32;
+                s.message = match node {
+                    Some(n) if n.conn.is_some() => "assigned; waiting for the node to report it".to_string(),
+                    _ => "its node is not connected".to_string(),
+                };
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn desired(epoch: u64, instances: u32) -> agent::DesiredState {
+        agent::DesiredState {
+            epoch,
+            site: "site-a".into(),
+            groups: vec![agent::GroupSpec {
+                name: "crm-web".into(),
+                epoch,
+                apps: vec![agent::AppSpec {
+                    name: "web".into(),
+                    command: "sample-app".into(),
+                    instances,
+                    resources: Some(switchyard_proto::common::v1::Resources {
+                        cpu_millis: 100,
+                        mem_mib: 64,
+                        disk_mib: 0,
+                    }),
+                    env: [("MODE".to_string(), "x".to_string())].into_iter().collect(),
+                    ..Default::default()
+                }],
+            }],
+        }
+    }
+
+    fn reg(id: &str) -> NodeRegistration {
+        NodeRegistration {
+            node_id: id.into(),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            capacity: Resources::new(1000, 1024, 0),
+            port_min: 9000,
+            port_max: 9009,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn assignment(rx: &mut mpsc::Receiver<Result<nodepb::CellToNode, tonic::Status>>) -> nodepb::NodeAssignment {
+        match rx.try_recv().expect("an assignment").expect("ok").body {
+            Some(nodepb::cell_to_node::Body::Assignment(a)) => a,
+            None => panic!("empty message"),
+        }
+    }
+
+    #[test]
+    fn fencing_rejects_older_epochs_and_other_sites() {
+        let mut s = CellState::new("site-a".into(), 5, None);
+        assert_eq!(s.check_desired(&desired(4, 1)).unwrap_err().reason, "stale_epoch");
+        let mut other = desired(6, 1);
+        other.site = "site-b".into();
+        assert_eq!(s.check_desired(&other).unwrap_err().reason, "wrong_site");
+        let ok = s.check_desired(&desired(5, 1)).unwrap();
+        assert!(s.commit_desired(ok));
+        assert!(!s.commit_desired(s.check_desired(&desired(5, 1)).unwrap()), "same state twice changes nothing");
+    }
+
+    #[test]
+    fn nothing_is_assigned_before_a_desired_state_is_known() {
+        let mut s = CellState::new("site-a".into(), 0, None);
+        let (tx, mut rx) = mpsc::channel(4);
+        s.register_node(reg("n1"), tx, Instant::now());
+        assert!(!s.place());
+        assert_eq!(s.send_assignments(), 0);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn assignments_carry_the_task_environment_and_are_sent_once() {
+        let mut s = CellState::new("site-a".into(), 0, None);
+        let (tx, mut rx) = mpsc::channel(4);
+        s.register_node(reg("n1"), tx, Instant::now());
+        let d = s.check_desired(&desired(3, 2)).unwrap();
+        s.commit_desired(d);
+        assert!(s.place());
+        assert_eq!(s.send_assignments(), 1);
+        let a = assignment(&mut rx);
+        assert_eq!((a.generation, a.epoch, a.tasks.len()), (1, 3, 2));
+        let t = &a.tasks[0];
+        assert_eq!(t.task_id, "crm-web.web.1");
+        for (k, v) in [
+            ("PORT", "9000"),
+            ("HOST", "127.0.0.1"),
+            ("SWITCHYARD_SITE", "site-a"),
+            ("SWITCHYARD_NODE", "n1"),
+            ("SWITCHYARD_GROUP", "crm-web"),
+            ("SWITCHYARD_APP", "web"),
+            ("SWITCHYARD_TASK_ID", "crm-web.web.1"),
+            ("MODE", "x"),
+        ] {
+            assert_eq!(t.env.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert!(!s.place());
+        assert_eq!(s.send_assignments(), 0, "unchanged task list is not resent");
+    }
+
+    #[test]
+    fn lost_node_tasks_move_and_restart_keeps_them_in_place() {
+        let mut s = CellState::new("site-a".into(), 0, None);
+        let t0 = Instant::now();
+        let (tx1, _rx1) = mpsc::channel(4);
+        let (tx2, _rx2) = mpsc::channel(4);
+        let c1 = s.register_node(reg("n1"), tx1, t0);
+        s.register_node(reg("n2"), tx2, t0);
+        let d = s.check_desired(&desired(1, 2)).unwrap();
+        s.commit_desired(d);
+        s.place();
+        let before: BTreeSet<String> = s.tasks.values().map(|t| t.node_id.clone()).collect();
+        assert_eq!(before.len(), 2, "spread over both nodes");
+
+        // n2 keeps heartbeating; n1 goes silent.
+        let later = t0 + Duration::from_secs(4);
+        s.heartbeat(99, nodepb::NodeHeartbeat { node_id: "n1".into(), ..Default::default() }, later);
+        let c2 = s.nodes["n2"].conn.as_ref().unwrap().id;
+        s.heartbeat(c2, nodepb::NodeHeartbeat { node_id: "n2".into(), ..Default::default() }, later);
+        assert_eq!(s.expire_nodes(later, Duration::from_secs(3)), vec!["n1".to_string()]);
+        assert!(!s.disconnect("n1", c1), "already lost");
+        assert!(s.place());
+        assert!(s.tasks.values().all(|t| t.node_id == "n2"));
+        let ids: BTreeSet<String> = s.tasks.keys().cloned().collect();
+
+        // A restarted cell restores the same tasks and holds placement until n2 reconnects.
+        let snap = s.take_snapshot().unwrap();
+        let mut r = CellState::new("site-a".into(), 1, Some(snap));
+        assert!(!r.all_task_nodes_connected());
+        let (tx3, _rx3) = mpsc::channel(4);
+        r.register_node(reg("n2"), tx3, later);
+        assert!(r.all_task_nodes_connected());
+        r.place();
+        assert_eq!(r.tasks.keys().cloned().collect::<BTreeSet<_>>(), ids);
+        assert_eq!(r.task_counter, s.task_counter, "task ids never repeat");
+    }
+
+    #[test]
+    fn groups_absent_from_a_newer_state_keep_their_tasks() {
+        let mut s = CellState::new("site-a".into(), 0, None);
+        let (tx, mut rx) = mpsc::channel(4);
+        s.register_node(reg("n1"), tx, Instant::now());
+        let d = s.check_desired(&desired(1, 1)).unwrap();
+        s.commit_desired(d);
+        s.place();
+        s.send_assignments();
+        let _ = assignment(&mut rx);
+
+        let empty = agent::DesiredState { epoch: 2, site: "site-a".into(), groups: vec![] };
+        let d = s.check_desired(&empty).unwrap();
+        s.commit_desired(d);
+        s.place();
+        assert_eq!(s.tasks.len(), 1);
+        assert_eq!(s.send_assignments(), 0, "the node keeps the same list");
+        let report = s.report(1);
+        assert!(report.groups.is_empty());
+        assert_eq!(report.nodes[0].allocated.unwrap().cpu_millis, 100);
+    }
+}

@@ -1,0 +1,546 @@
+//! Component test on loopback: a fake federator (a real CellLink server with mTLS), a real cell
+//! and a real node in this process, running real `python3` tasks.
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use switchyard_dc_agent::node::PidFile;
+use switchyard_dc_agent::{AgentError, CellArgs, NodeArgs, run_cell_until, run_node_until};
+use switchyard_proto::agent::v1 as agent;
+use switchyard_proto::agent::v1::cell_link_server::{CellLink, CellLinkServer};
+use switchyard_proto::common::v1 as common;
+use switchyard_proto::node::v1 as nodepb;
+use switchyard_proto::node::v1::node_link_client::NodeLinkClient;
+use switchyard_tls::{Bundle, CertAuthority, Identity, Role, TlsFiles};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SITE: &str = "site-a";
+
+/// Answers every GET with the task id from its environment, so the test sees that the node set
+/// it; binds HOST:PORT as assigned.
+const PY_SERVER: &str = r#"
+import os, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = os.environ['SWITCHYARD_TASK_ID'].encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    ca: CertAuthority,
+}
+
+impl Pki {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("certs");
+        let ca = CertAuthority::generate("test federation CA")?;
+        ca.save(&root)?;
+        Ok(Self { _dir: dir, root, ca })
+    }
+
+    fn issue(&self, stem: &str, role: Role, name: &str) -> anyhow::Result<TlsFiles> {
+        Ok(self.ca.issue_to_dir(&self.root, stem, &Identity::new(role, name)?, &["127.0.0.1".to_string()])?)
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A free port that tasks will not be assigned.
+fn free_port_outside(min: u16, max: u16) -> u16 {
+    std::iter::repeat_with(free_port).find(|p| !(min..=max).contains(p)).expect("endless iterator")
+}
+
+/// `n` consecutive ports that are free right now.
+fn free_port_range(n: u16) -> (u16, u16) {
+    for _ in 0..100 {
+        let base = free_port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        if (base..base + n).all(|p| StdListener::bind(("127.0.0.1", p)).is_ok()) {
+            return (base, base + n - 1);
+        }
+    }
+    panic!("no {n} consecutive free ports on loopback");
+}
+
+/// A CellLink server that sends the latest desired state to every attached cell and keeps the
+/// latest report and every hello it receives.
+#[derive(Clone)]
+struct FakeFederator {
+    desired: watch::Sender<Option<agent::DesiredState>>,
+    reports: watch::Sender<Option<agent::CellReport>>,
+    hellos: Arc<Mutex<Vec<agent::CellHello>>>,
+}
+
+#[tonic::async_trait]
+impl CellLink for FakeFederator {
+    type AttachStream = ReceiverStream<Result<agent::FederatorMessage, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<agent::CellMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = switchyard_tls::peer_identity(&request)?;
+        if peer.role != Role::Cell {
+            return Err(Status::permission_denied("cells only"));
+        }
+        let mut inbound = request.into_inner();
+        let (reports, hellos) = (self.reports.clone(), self.hellos.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                match msg.body {
+                    Some(agent::cell_message::Body::Hello(h)) => hellos.lock().unwrap().push(h),
+                    Some(agent::cell_message::Body::Report(r)) => {
+                        reports.send_replace(Some(r));
+                    }
+                    None => {}
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let mut desired = self.desired.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let current = desired.borrow_and_update().clone();
+                if let Some(d) = current {
+                    let msg = agent::FederatorMessage { body: Some(agent::federator_message::Body::Desired(d)) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                if desired.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn start_federator(pki: &Pki) -> anyhow::Result<(FakeFederator, u16)> {
+    let files = pki.issue("federator", Role::Federator, "fed-1")?;
+    let bundle = files.load()?;
+    let fed = FakeFederator {
+        desired: watch::channel(None).0,
+        reports: watch::channel(None).0,
+        hellos: Arc::new(Mutex::new(Vec::new())),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tonic::transport::Server::builder()
+        .tls_config(bundle.server_tls())?
+        .add_service(CellLinkServer::new(fed.clone()))
+        .serve_with_incoming(TcpIncoming::from(listener));
+    tokio::spawn(server);
+    Ok((fed, port))
+}
+
+fn cell_args(pki: &Pki, files: &TlsFiles, listen_port: u16, federator_port: u16, data_dir: &Path) -> CellArgs {
+    CellArgs {
+        site: SITE.into(),
+        listen: format!("127.0.0.1:{listen_port}"),
+        federator: format!("https://127.0.0.1:{federator_port}"),
+        tls_ca: pki.root.join("ca.pem"),
+        tls_cert: files.cert.clone(),
+        tls_key: files.key.clone(),
+        data_dir: data_dir.to_path_buf(),
+        metrics_listen: None,
+        report_interval_ms: 200,
+        node_timeout_ms: 3000,
+    }
+}
+
+/// A daemon running in this process, stopped through its shutdown future.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    join: JoinHandle<Result<(), AgentError>>,
+}
+
+impl Running {
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().context("already stopped")?.send(());
+        tokio::time::timeout(WAIT, self.join).await.context("daemon did not stop in time")??.map_err(Into::into)
+    }
+}
+
+fn start_cell(args: CellArgs) -> Running {
+    let (tx, rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(run_cell_until(args, async move {
+        let _ = rx.await;
+    }));
+    Running { stop: Some(tx), join }
+}
+
+fn start_node(args: NodeArgs) -> Running {
+    let (tx, rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(run_node_until(args, async move {
+        let _ = rx.await;
+    }));
+    Running { stop: Some(tx), join }
+}
+
+fn desired(epoch: u64, instances: u32) -> agent::DesiredState {
+    agent::DesiredState {
+        epoch,
+        site: SITE.into(),
+        groups: vec![agent::GroupSpec {
+            name: "crm-web".into(),
+            epoch,
+            apps: vec![agent::AppSpec {
+                name: "web".into(),
+                command: "python3".into(),
+                args: vec!["-c".into(), PY_SERVER.into()],
+                instances,
+                resources: Some(common::Resources { cpu_millis: 500, mem_mib: 128, disk_mib: 0 }),
+                health: Some(common::HealthCheck {
+                    http_path: "/health".into(),
+                    interval_ms: 200,
+                    timeout_ms: 1000,
+                    grace_ms: 15_000,
+                    max_failures: 3,
+                }),
+                ..Default::default()
+            }],
+        }],
+    }
+}
+
+fn web(report: &agent::CellReport) -> Option<&agent::AppStatus> {
+    report.groups.iter().find(|g| g.group == "crm-web")?.apps.iter().find(|a| a.app == "web")
+}
+
+async fn wait_report(
+    fed: &FakeFederator,
+    what: &str,
+    ok: impl Fn(&agent::CellReport) -> bool,
+) -> anyhow::Result<agent::CellReport> {
+    let mut rx = fed.reports.subscribe();
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone()
+                && ok(&r)
+            {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+    .await;
+    found.with_context(|| format!("timed out waiting for {what}; last report: {:#?}", fed.reports.borrow()))
+}
+
+/// Waits for `n` further reports, so a state change the cell would make has had time to show.
+async fn skip_reports(fed: &FakeFederator, n: u64) -> anyhow::Result<agent::CellReport> {
+    let start = fed.reports.borrow().as_ref().map_or(0, |r| r.sequence);
+    wait_report(fed, "more reports", |r| r.sequence >= start + n || r.sequence + 100 < start).await
+}
+
+fn alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+async fn wait_until(what: &str, f: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn http_get(port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_and_node_run_fence_and_stop_real_processes() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let node_files = pki.issue("node-1", Role::Node, &format!("{SITE}/node-1"))?;
+    let (port_min, port_max) = free_port_range(10);
+    let cell_port = free_port_outside(port_min, port_max);
+    let data_dir = data.path().join("cell");
+    let work_dir = data.path().join("node-1");
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data_dir));
+    let node = start_node(NodeArgs {
+        id: "node-1".into(),
+        site: SITE.into(),
+        cell: format!("https://127.0.0.1:{cell_port}"),
+        address: "127.0.0.1".into(),
+        cpu_millis: 2000,
+        mem_mib: 1024,
+        disk_mib: 1024,
+        port_range: format!("{port_min}-{port_max}"),
+        work_dir: work_dir.clone(),
+        tls_ca: pki.root.join("ca.pem"),
+        tls_cert: node_files.cert.clone(),
+        tls_key: node_files.key.clone(),
+        bin_dir: None,
+        metrics_listen: None,
+        heartbeat_ms: 200,
+    });
+
+    // The node registers and shows up with its capacity before any desired state exists.
+    let r = wait_report(&fed, "the node to register", |r| r.nodes.iter().any(|n| n.node_id == "node-1" && n.healthy))
+        .await?;
+    assert_eq!(r.nodes[0].capacity.unwrap().cpu_millis, 2000);
+    assert_eq!(fed.hellos.lock().unwrap()[0].site, SITE);
+
+    // Two healthy instances with real processes.
+    fed.desired.send_replace(Some(desired(5, 2)));
+    let r = wait_report(&fed, "2 healthy instances", |r| {
+        web(r).is_some_and(|a| {
+            a.instances.len() == 2
+                && a.instances.iter().all(|i| i.healthy && i.pid > 0 && i.state == common::TaskState::Running as i32)
+        })
+    })
+    .await?;
+    assert_eq!(r.applied_epoch, 5);
+    assert_eq!(r.groups[0].applied_epoch, 5);
+    assert_eq!(r.nodes[0].allocated.unwrap().cpu_millis, 1000);
+    let app = web(&r).unwrap();
+    assert_eq!((app.desired, app.blocker.as_str()), (2, ""));
+    let mut pids = Vec::new();
+    for i in &app.instances {
+        assert!(alive(i.pid), "task {} pid {} not running", i.task_id, i.pid);
+        assert!((port_min..=port_max).contains(&(i.port as u16)));
+        assert_eq!(i.address, "127.0.0.1");
+        let answer = http_get(i.port as u16)?;
+        assert!(answer.ends_with(&i.task_id), "task env not set: {answer}");
+        assert!(work_dir.join("tasks").join(&i.task_id).join("stdout.log").exists());
+        pids.push(i.pid);
+    }
+    let pid_file: PidFile = serde_json::from_slice(&std::fs::read(work_dir.join("tasks.json"))?)?;
+    let mut listed: Vec<i64> = pid_file.tasks.iter().map(|t| t.pid).collect();
+    listed.sort_unstable();
+    let mut expected = pids.clone();
+    expected.sort_unstable();
+    assert_eq!(listed, expected);
+
+    // An older epoch asking for zero instances is fenced off: nothing stops.
+    fed.desired.send_replace(Some(desired(3, 0)));
+    let r = skip_reports(&fed, 5).await?;
+    assert_eq!(r.applied_epoch, 5);
+    assert_eq!(web(&r).unwrap().instances.len(), 2);
+    assert!(pids.iter().all(|p| alive(*p)), "a fenced desired state stopped tasks");
+
+    // With the cell down the tasks keep running; a restarted cell remembers both the epoch
+    // (the stale state is still refused) and where its tasks run (nothing is restarted).
+    cell.stop().await?;
+    fed.reports.send_replace(None);
+    let hellos_before = fed.hellos.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(pids.iter().all(|p| alive(*p)), "tasks stopped while the cell was down");
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data_dir));
+    wait_until("the restarted cell says hello", || fed.hellos.lock().unwrap().len() > hellos_before).await?;
+    assert_eq!(fed.hellos.lock().unwrap().last().unwrap().applied_epoch, 5);
+    wait_report(&fed, "the same healthy tasks on the restarted cell", |r| {
+        let live: Vec<i64> =
+            web(r).map(|a| a.instances.iter().filter(|i| i.healthy).map(|i| i.pid).collect()).unwrap_or_default();
+        live.len() == 2 && live.iter().all(|p| pids.contains(p))
+    })
+    .await?;
+    let r = skip_reports(&fed, 5).await?;
+    assert_eq!(r.applied_epoch, 5);
+    let now: Vec<i64> = web(&r).unwrap().instances.iter().map(|i| i.pid).collect();
+    assert_eq!(now, pids, "a cell restart must not restart tasks");
+
+    // A newer epoch scaling to zero stops the processes.
+    fed.desired.send_replace(Some(desired(7, 0)));
+    let r = wait_report(&fed, "zero instances", |r| {
+        r.applied_epoch == 7 && web(r).is_some_and(|a| a.desired == 0 && a.instances.is_empty())
+    })
+    .await?;
+    assert_eq!(r.nodes[0].allocated.unwrap().cpu_millis, 0);
+    wait_until("the task processes are gone", || pids.iter().all(|p| !alive(*p))).await?;
+    let epoch: serde_json::Value = serde_json::from_slice(&std::fs::read(data_dir.join("epoch.json"))?)?;
+    assert_eq!(epoch["applied_epoch"], 7);
+
+    node.stop().await?;
+    cell.stop().await?;
+    let pid_file: PidFile = serde_json::from_slice(&std::fs::read(work_dir.join("tasks.json"))?)?;
+    assert!(pid_file.tasks.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_shutdown_stops_its_tasks_and_node_loss_is_reported() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let node_files = pki.issue("n1", Role::Node, "n1")?;
+    let (port_min, port_max) = free_port_range(4);
+    let cell_port = free_port_outside(port_min, port_max);
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell")));
+    let work_dir = data.path().join("n1");
+    let node = start_node(NodeArgs {
+        id: "n1".into(),
+        site: SITE.into(),
+        cell: format!("https://127.0.0.1:{cell_port}"),
+        address: "127.0.0.1".into(),
+        cpu_millis: 600,
+        mem_mib: 1024,
+        disk_mib: 0,
+        port_range: format!("{port_min}-{port_max}"),
+        work_dir: work_dir.clone(),
+        tls_ca: pki.root.join("ca.pem"),
+        tls_cert: node_files.cert.clone(),
+        tls_key: node_files.key.clone(),
+        bin_dir: None,
+        metrics_listen: None,
+        heartbeat_ms: 200,
+    });
+    // Room for one 500-cpu instance only: the second is a blocker, not an overcommit.
+    fed.desired.send_replace(Some(desired(1, 2)));
+    let r = wait_report(&fed, "one healthy instance and a blocker", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 1 && a.instances[0].healthy && !a.blocker.is_empty())
+    })
+    .await?;
+    let app = web(&r).unwrap();
+    assert!(app.blocker.contains("no node has 500 cpu_millis and 128 mem_mib free for crm-web/web"), "{}", app.blocker);
+    let pid = app.instances[0].pid;
+    assert!(alive(pid));
+
+    node.stop().await?;
+    assert!(!alive(pid), "node shutdown left task {pid} running");
+    // Tasks of a lost node are dropped from the plan and, with no other node, become a blocker.
+    let r = wait_report(&fed, "the node lost and its task gone", |r| {
+        r.nodes.iter().all(|n| !n.healthy) && web(r).is_some_and(|a| a.instances.is_empty())
+    })
+    .await?;
+    let app = web(&r).unwrap();
+    assert!(app.blocker.starts_with("no healthy node"), "{}", app.blocker);
+    cell.stop().await?;
+    Ok(())
+}
+
+fn register(node_id: &str) -> nodepb::NodeMessage {
+    nodepb::NodeMessage {
+        body: Some(nodepb::node_message::Body::Register(nodepb::NodeRegister {
+            node_id: node_id.into(),
+            address: "127.0.0.1".into(),
+            resources: Some(common::Resources { cpu_millis: 1000, mem_mib: 512, disk_mib: 0 }),
+            port_min: 20000,
+            port_max: 20010,
+            attributes: Default::default(),
+        })),
+    }
+}
+
+/// Connects to the cell with `bundle` and registers; `Ok` once the cell accepted the stream.
+async fn try_attach(port: u16, bundle: &Bundle, msg: nodepb::NodeMessage) -> Result<(), Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .map_err(|e| Status::internal(e.to_string()))?
+        .tls_config(bundle.client_tls("127.0.0.1"))
+        .map_err(|e| Status::internal(e.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("connect: {e:?}")))?;
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(msg).await.unwrap();
+    let attached = tokio::time::timeout(WAIT, NodeLinkClient::new(channel).attach(ReceiverStream::new(rx)))
+        .await
+        .map_err(|_| Status::deadline_exceeded("attach hung"))?;
+    attached.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_link_admits_only_federation_node_certificates() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    // Every certificate is issued before the cell starts: issuing rewrites ca.pem.
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let good = pki.issue("node-ok", Role::Node, "node-ok")?.load()?;
+    let cellish = pki.issue("cellish", Role::Cell, "site-b")?.load()?;
+    let other_cell = pki.issue("other-cell", Role::Cell, "site-b")?;
+    let cell_port = free_port();
+    // No federator: the cell serves its nodes regardless.
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, free_port(), &data.path().join("cell")));
+    let mut cell = cell;
+    wait_until_attached(cell_port, &good, &mut cell).await?;
+
+    // A node certificate from another CA, even trusting the right CA, gets nowhere.
+    let rogue_ca = CertAuthority::generate("rogue CA")?;
+    let rogue = rogue_ca.issue(&Identity::new(Role::Node, "node-ok")?, &["127.0.0.1".to_string()])?;
+    let rogue = Bundle { ca_pem: pki.ca.cert_pem().to_string(), ..rogue };
+    let err = try_attach(cell_port, &rogue, register("node-ok")).await.unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+
+    // A federation certificate with another role is refused by name.
+    let err = try_attach(cell_port, &cellish, register("node-ok")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("role node"), "{}", err.message());
+
+    // A node may not register under another node's id.
+    let err = try_attach(cell_port, &good, register("node-other")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // A malformed registration names the field.
+    let mut bad = register("node-ok");
+    if let Some(nodepb::node_message::Body::Register(r)) = bad.body.as_mut() {
+        r.port_min = 30000;
+    }
+    let err = try_attach(cell_port, &good, bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("port_min 30000 is above port_max 20010"), "{}", err.message());
+
+    // A cell refuses to start with a certificate that is not its own.
+    let wrong = cell_args(&pki, &other_cell, free_port(), free_port(), data.path());
+    assert!(matches!(run_cell_until(wrong, async {}).await, Err(AgentError::WrongIdentity(_))));
+
+    cell.stop().await?;
+    Ok(())
+}
+
+/// The cell may still be binding its port; retry the positive case until it is up.
+async fn wait_until_attached(port: u16, bundle: &Bundle, cell: &mut Running) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if cell.join.is_finished() {
+            anyhow::bail!("the cell stopped early: {:?}", (&mut cell.join).await);
+        }
+        match try_attach(port, bundle, register("node-ok")).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "cell not up yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("a valid node could not attach: {e}"),
+        }
+    }
+}
