@@ -63,8 +63,12 @@ pub fn dig_a(server: &str, name: &str) -> Vec<String> {
         .output()
         .expect("dig must be installed (scripts/test installs dnsutils)");
     assert!(out.status.success(), "dig failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut v: Vec<String> =
-        String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     v.sort();
     v
 }
@@ -135,7 +139,8 @@ pub fn task_processes(root: &Path) -> Vec<TaskProcess> {
 /// `GET /` of a sample-app instance; its JSON answer.
 pub fn http_get_json(host: &str, port: &str) -> Option<Value> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&format!("{host}:{port}").parse().ok()?, Duration::from_secs(2)).ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&format!("{host}:{port}").parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
     let mut body = String::new();
@@ -171,8 +176,9 @@ impl Federation {
     }
 
     pub fn reload(&mut self) {
-        self.cluster = serde_json::from_str(&std::fs::read_to_string(self.dir.join("cluster.json")).expect("cluster.json"))
-            .expect("cluster.json is JSON");
+        self.cluster =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join("cluster.json")).expect("cluster.json"))
+                .expect("cluster.json is JSON");
     }
 
     pub fn dns(&self) -> String {
@@ -180,7 +186,12 @@ impl Federation {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.cluster["processes"].as_array().expect("processes").iter().map(|p| p["pid"].as_u64().unwrap() as u32).collect()
+        self.cluster["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap() as u32)
+            .collect()
     }
 
     pub fn process(&self, name: &str) -> Value {

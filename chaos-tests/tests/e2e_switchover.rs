@@ -74,7 +74,18 @@ fn switchover_end_to_end_with_real_processes() {
     // The switchover, followed to the end.
     let out = fedctl_ok(
         &dir,
-        &["switchover", "start", "crm-web", "--to", "site-2", "--reason", "CHG-1 power work", "--wait", "--wait-timeout-s", "120"],
+        &[
+            "switchover",
+            "start",
+            "crm-web",
+            "--to",
+            "site-2",
+            "--reason",
+            "CHG-1 power work",
+            "--wait",
+            "--wait-timeout-s",
+            "120",
+        ],
     );
     assert!(out.contains("succeeded"), "{out}");
     assert_eq!(dig_a(&dns, &name), ["127.0.2.1"], "DNS follows the switchover");
@@ -99,15 +110,26 @@ fn switchover_end_to_end_with_real_processes() {
 
     // Audit: the start by the operator's certificate identity, then every phase, same reason.
     let records = audit(&dir);
-    let switch: Vec<&Value> = records.iter().filter(|r| r["subject"] == "crm-web" && r["action"].as_str().unwrap().starts_with("switchover.")).collect();
+    let switch: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["subject"] == "crm-web" && r["action"].as_str().unwrap().starts_with("switchover."))
+        .collect();
     let actions: Vec<&str> = switch.iter().map(|r| r["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["switchover.start", "switchover.phase", "switchover.phase", "switchover.phase", "switchover.complete"]);
+    assert_eq!(
+        actions,
+        ["switchover.start", "switchover.phase", "switchover.phase", "switchover.phase", "switchover.complete"]
+    );
     assert!(switch[0]["actor"].as_str().unwrap().starts_with("operator:"), "{}", switch[0]);
     assert!(switch[1..].iter().all(|r| r["actor"] == "system"));
     assert!(switch.iter().all(|r| r["reason"] == "CHG-1 power work"));
     let phases: Vec<String> = switch
         .iter()
-        .map(|r| serde_json::from_str::<Value>(r["detail_json"].as_str().unwrap()).unwrap()["phase"].as_str().unwrap_or("").to_string())
+        .map(|r| {
+            serde_json::from_str::<Value>(r["detail_json"].as_str().unwrap()).unwrap()["phase"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     assert_eq!(phases, ["ScalingUp", "Verifying", "Draining", "ScalingDown", "Done"]);
     for pair in records.windows(2) {
@@ -132,7 +154,8 @@ fn switchover_end_to_end_with_real_processes() {
         let sites = fedctl_json(&dir, &["sites"]);
         sites.as_array()?.iter().filter(|s| s["name"] != "site-3").all(|s| s["cell_connected"] == true).then_some(())
     });
-    let out = fedctl_ok(&dir, &["switchover", "start", "crm-web", "--to", "site-1", "--reason", "CHG-1 done", "--wait"]);
+    let out =
+        fedctl_ok(&dir, &["switchover", "start", "crm-web", "--to", "site-1", "--reason", "CHG-1 done", "--wait"]);
     assert!(out.contains("succeeded"), "{out}");
     assert_eq!(dig_a(&dns, &name), ["127.0.1.1"]);
 

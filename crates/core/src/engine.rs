@@ -55,7 +55,7 @@ pub fn reserved_on(state: &State, site: &str) -> Resources {
         .values()
         .filter(|o| o.is_running() && o.to == site)
         .map(|o| o.reserved)
-        .fold(Resources::default(), Resources::add)
+        .fold(Resources::default(), Resources::plus)
 }
 
 /// Preflight of a planned switchover of `group` to `to` at leader time `at_ms`. Used both by the

@@ -22,7 +22,7 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub fn add(self, o: Resources) -> Resources {
+    pub fn plus(self, o: Resources) -> Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
             mem_mib: self.mem_mib.saturating_add(o.mem_mib),
@@ -198,7 +198,7 @@ impl AppGroup {
             .apps
             .iter()
             .map(|a| a.resources.times(instances.get(&a.name).copied().unwrap_or(0)))
-            .fold(Resources::default(), Resources::add)
+            .fold(Resources::default(), Resources::plus)
     }
 }
 

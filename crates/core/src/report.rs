@@ -76,15 +76,15 @@ impl CellReport {
             .iter()
             .filter(|n| n.healthy)
             .map(|n| n.capacity.saturating_sub(n.allocated))
-            .fold(Resources::default(), Resources::add)
+            .fold(Resources::default(), Resources::plus)
     }
 
     pub fn capacity(&self) -> Resources {
-        self.nodes.iter().filter(|n| n.healthy).map(|n| n.capacity).fold(Resources::default(), Resources::add)
+        self.nodes.iter().filter(|n| n.healthy).map(|n| n.capacity).fold(Resources::default(), Resources::plus)
     }
 
     pub fn allocated(&self) -> Resources {
-        self.nodes.iter().filter(|n| n.healthy).map(|n| n.allocated).fold(Resources::default(), Resources::add)
+        self.nodes.iter().filter(|n| n.healthy).map(|n| n.allocated).fold(Resources::default(), Resources::plus)
     }
 }
 

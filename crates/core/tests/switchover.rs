@@ -155,7 +155,8 @@ fn registering_places_group_on_home_site_and_audits() {
 #[test]
 fn refusals_name_the_problem_and_change_nothing() {
     let mut f = Fed::new();
-    let cases: Vec<(&str, &str, fn(&Refusal) -> bool)> = vec![
+    type Check = fn(&Refusal) -> bool;
+    let cases: Vec<(&str, &str, Check)> = vec![
         ("crm-web", "site-9", |r| matches!(r, Refusal::UnknownSite(s) if s == "site-9")),
         ("nope", "site-2", |r| matches!(r, Refusal::UnknownGroup(g) if g == "nope")),
         ("crm-web", "site-1", |r| matches!(r, Refusal::AlreadyActive { .. })),

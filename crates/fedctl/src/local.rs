@@ -236,14 +236,14 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     }
     std::fs::create_dir_all(&args.dir).map_err(io)?;
     let dir = args.dir.canonicalize().map_err(io)?;
-    if let Some(existing) = ClusterFile::load(&dir)? {
-        if existing.processes.iter().any(|p| is_alive(p.pid)) {
-            return Err(CliError::Usage(format!(
-                "a federation is already running from {}; stop it with `fedctl down --dir {}`",
-                dir.display(),
-                dir.display()
-            )));
-        }
+    if let Some(existing) = ClusterFile::load(&dir)?
+        && existing.processes.iter().any(|p| is_alive(p.pid))
+    {
+        return Err(CliError::Usage(format!(
+            "a federation is already running from {}; stop it with `fedctl down --dir {}`",
+            dir.display(),
+            dir.display()
+        )));
     }
     let bins = binary_dir()?;
     // A fresh federation each time: old state and logs go, the CA stays.
@@ -390,7 +390,8 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             });
             for node in &site.nodes {
                 let ip: IpAddr = node.address.parse().expect("valid");
-                let tls = issue(&format!("node-{}", node.id), Role::Node, &node.id, &[node.address.clone()])?;
+                let tls =
+                    issue(&format!("node-{}", node.id), Role::Node, &node.id, std::slice::from_ref(&node.address))?;
                 let metrics = SocketAddr::new(ip, free_port(ip)?);
                 let mut argv = vec![
                     "node".to_string(),

@@ -275,8 +275,8 @@ async fn sites(cfg: &Path, output: Format) -> Result<(), CliError> {
                 "epoch",
             ]);
             for s in &r.sites {
-                let cap = s.capacity.clone().unwrap_or_default();
-                let alloc = s.allocated.clone().unwrap_or_default();
+                let cap = s.capacity.unwrap_or_default();
+                let alloc = s.allocated.unwrap_or_default();
                 t.add_row(vec![
                     s.name.clone(),
                     s.state.clone(),
