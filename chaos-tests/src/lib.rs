@@ -136,6 +136,19 @@ pub fn task_processes(root: &Path) -> Vec<TaskProcess> {
     out
 }
 
+/// `GET path` over plain HTTP/1.1; the status code and body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
 /// `GET /` of a sample-app instance; its JSON answer.
 pub fn http_get_json(host: &str, port: &str) -> Option<Value> {
     use std::io::{Read, Write};

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_chaos_tests::{
-    Federation, dig_a, dig_raw, fedctl, fedctl_json, fedctl_ok, http_get_json, is_alive, task_processes, wait_for,
+    Federation, dig_a, dig_raw, fedctl, fedctl_json, fedctl_ok, http_get, http_get_json, is_alive, task_processes,
+    wait_for,
 };
 
 const ZONE: &str = "fed.local.";
@@ -46,6 +47,19 @@ fn switchover_end_to_end_with_real_processes() {
     let raw = dig_raw(&dns, &name, "A");
     assert!(raw.contains(" aa"), "authoritative answer expected:\n{raw}");
     assert!(raw.contains("\t5\tIN\tA\t127.0.1.1") || raw.contains(" 5 IN A 127.0.1.1"), "TTL 5 expected:\n{raw}");
+    // Every daemon serves Prometheus metrics.
+    for (process, metric) in [
+        ("federator", "federator_raft_term"),
+        ("cell-site-1", "cell_nodes_healthy"),
+        ("node-site-1-node-1", "node_tasks"),
+        ("dns-1", "dns_queries_total"),
+    ] {
+        let addr = fed.process(process)["listen"]["metrics"].as_str().expect("metrics address").to_string();
+        let text = wait_for(Duration::from_secs(10), &format!("{metric} on {process}"), || {
+            http_get(&addr, "/metrics").filter(|(code, body)| *code == 200 && body.contains(metric)).map(|(_, b)| b)
+        });
+        assert!(text.contains("# TYPE"), "{process}: not Prometheus text:\n{text}");
+    }
     let before = instances_by_site(&dir, "crm-web");
     assert_eq!(before.get("site-1").map(Vec::len), Some(2), "2 instances on site-1: {before:?}");
     assert!(!before.contains_key("site-2"));

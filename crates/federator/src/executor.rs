@@ -16,6 +16,7 @@ pub async fn run(fed: Arc<Federator>) {
     let mut registered_in_term = None;
     loop {
         tokio::time::sleep(TICK).await;
+        publish_gauges(&fed);
         if !fed.is_leader() {
             continue;
         }
@@ -52,6 +53,20 @@ pub async fn run(fed: Arc<Federator>) {
             }
         }
     }
+}
+
+/// Raft and federation state as Prometheus gauges, refreshed every tick on every replica.
+fn publish_gauges(fed: &Federator) {
+    let m = fed.raft.metrics().borrow().clone();
+    metrics::gauge!("federator_is_leader").set(if m.current_leader == Some(fed.id) { 1.0 } else { 0.0 });
+    metrics::gauge!("federator_raft_term").set(m.current_term as f64);
+    metrics::gauge!("federator_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+    let (applied, in_flight, routing, audit) =
+        fed.shared.read(|s| (s.last_applied, s.operations_in_flight(), s.routing_version, s.audit.len()));
+    metrics::gauge!("federator_last_applied_index").set(applied as f64);
+    metrics::gauge!("federator_operations_in_flight").set(in_flight as f64);
+    metrics::gauge!("federator_routing_version").set(routing as f64);
+    metrics::gauge!("federator_audit_records").set(audit as f64);
 }
 
 fn describe(action: &Action) -> String {
