@@ -16,6 +16,7 @@ pub mod config;
 mod convert;
 pub mod error;
 mod grpc;
+pub mod lb;
 pub mod model;
 pub mod node;
 mod persist;
