@@ -54,6 +54,11 @@ pub struct CellArgs {
     /// A node that sends nothing for this long is lost and its tasks are placed elsewhere.
     #[arg(long, default_value_t = 3000)]
     pub node_timeout_ms: u64,
+    /// Admin socket of the site's HAProxy (runtime API). When set, every app's running tasks
+    /// are published to the backend `be_<group>_<app>`, which the HAProxy configuration must
+    /// declare.
+    #[arg(long)]
+    pub haproxy_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -143,6 +148,7 @@ pub struct CellConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub report_interval: Duration,
     pub node_timeout: Duration,
+    pub haproxy_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -243,6 +249,7 @@ impl CellArgs {
                 metrics_listen: metrics_listen?,
                 report_interval,
                 node_timeout,
+                haproxy_socket: self.haproxy_socket.clone(),
             })
         })();
         p.finish(built)

@@ -21,6 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
+mod support;
+
 const WAIT: Duration = Duration::from_secs(20);
 const SITE: &str = "site-a";
 
@@ -167,6 +169,7 @@ fn cell_args(pki: &Pki, files: &TlsFiles, listen_port: u16, federator_port: u16,
         metrics_listen: None,
         report_interval_ms: 200,
         node_timeout_ms: 3000,
+        haproxy_socket: None,
     }
 }
 
@@ -543,4 +546,86 @@ async fn wait_until_attached(port: u16, bundle: &Bundle, cell: &mut Running) -> 
             Err(e) => anyhow::bail!("a valid node could not attach: {e}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
+    use switchyard_dc_agent::lb::{HaproxyRuntime, LoadBalancer};
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let haproxy = support::haproxy::start_haproxy(data.path(), "be_crm-web_web", &["be_crm-web_web"]);
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let node_files = pki.issue("node-1", Role::Node, &format!("{SITE}/node-1"))?;
+    let (port_min, port_max) = free_port_range(10);
+    let cell_port = free_port_outside(port_min, port_max);
+    let mut args = cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell"));
+    args.haproxy_socket = Some(haproxy.socket.clone());
+    let cell = start_cell(args);
+    let node = start_node(NodeArgs {
+        id: "node-1".into(),
+        site: SITE.into(),
+        cell: format!("https://127.0.0.1:{cell_port}"),
+        address: "127.0.0.1".into(),
+        cpu_millis: 2000,
+        mem_mib: 1024,
+        disk_mib: 1024,
+        port_range: format!("{port_min}-{port_max}"),
+        work_dir: data.path().join("node-1"),
+        tls_ca: pki.root.join("ca.pem"),
+        tls_cert: node_files.cert.clone(),
+        tls_key: node_files.key.clone(),
+        bin_dir: None,
+        metrics_listen: None,
+        heartbeat_ms: 200,
+    });
+    let lb = HaproxyRuntime::new(&haproxy.socket);
+    let ready_servers = || async {
+        lb.servers("be_crm-web_web")
+            .await
+            .map(|s| s.into_iter().filter(|s| !s.maintenance && !s.draining).map(|s| s.name).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+
+    // Two healthy instances: both published, and requests through HAProxy reach both.
+    fed.desired.send_replace(Some(desired(5, 2)));
+    let r = wait_report(&fed, "2 healthy instances", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 2 && a.instances.iter().all(|i| i.healthy))
+    })
+    .await?;
+    let mut ids: Vec<String> = web(&r).unwrap().instances.iter().map(|i| i.task_id.clone()).collect();
+    ids.sort();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready_servers().await != ids {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "HAProxy never listed {ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let frontend = haproxy.frontend;
+    let answers = tokio::task::spawn_blocking(move || {
+        (0..10).map(|_| support::haproxy::get(frontend).unwrap_or_else(|| "FAILED".into())).collect::<Vec<_>>()
+    })
+    .await?;
+    let mut seen: Vec<String> = answers.clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ids, "requests through HAProxy reach exactly the published tasks: {answers:?}");
+
+    // Scaling down to one leaves exactly the remaining task in the backend.
+    fed.desired.send_replace(Some(desired(6, 1)));
+    let r = wait_report(&fed, "1 instance", |r| web(r).is_some_and(|a| a.instances.len() == 1)).await?;
+    let left = vec![web(&r).unwrap().instances[0].task_id.clone()];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all: Vec<String> =
+            lb.servers("be_crm-web_web").await.unwrap_or_default().into_iter().map(|s| s.name).collect();
+        if all == left {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "backend still has {all:?}, want {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.stop().await?;
+    cell.stop().await?;
+    Ok(())
 }

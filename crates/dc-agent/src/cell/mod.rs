@@ -2,6 +2,7 @@
 //! client stream to the federator's CellLink, and converges the nodes on the desired state.
 
 mod federator_link;
+mod lb_publisher;
 mod node_service;
 mod reconcile;
 pub(crate) mod state;
@@ -135,6 +136,10 @@ pub async fn run_cell_until(
     // Spawned only once nothing can fail any more, so an early error leaves no task behind.
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), cfg.node_timeout, shutdown.clone()));
     let link = tokio::spawn(federator_link::run(shared.clone(), federator, cfg.clone(), shutdown.clone()));
+    let publisher = cfg.haproxy_socket.clone().map(|socket| {
+        tracing::info!(socket = %socket.display(), "publishing endpoints to HAProxy");
+        tokio::spawn(lb_publisher::run(shared.clone(), crate::lb::HaproxyRuntime::new(socket), shutdown.clone()))
+    });
     let result = tokio::select! {
         r = server => r.map_err(AgentError::Serve),
         () = async { shutdown.wait().await; tokio::time::sleep(SERVER_DRAIN).await } => Ok(()),
@@ -142,6 +147,10 @@ pub async fn run_cell_until(
     shared.state().begin_shutdown();
     link.abort();
     reconciler.abort();
+    if let Some(p) = publisher {
+        p.abort();
+        let _ = p.await;
+    }
     let _ = link.await;
     let _ = reconciler.await;
     tracing::info!(site = %cfg.site, "cell stopped");

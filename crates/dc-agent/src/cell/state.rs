@@ -45,6 +45,9 @@ struct NodeEntry {
     applied_generation: u64,
 }
 
+/// Every task of an app carries the same load-balancer weight; shares between sites are DNS's.
+const LB_WEIGHT: u16 = 10;
+
 pub(crate) struct CellState {
     site: String,
     applied_epoch: u64,
@@ -415,6 +418,38 @@ impl CellState {
             tasks: self.tasks.len(),
             blocked_apps: self.blockers.len(),
         }
+    }
+
+    /// Every managed app's tasks as load-balancer endpoints, by backend (`be_<group>_<app>`).
+    /// A task takes traffic only while its node reports it running and healthy.
+    pub(crate) fn lb_endpoints(&self) -> BTreeMap<String, Vec<crate::lb::Endpoint>> {
+        let mut out = BTreeMap::new();
+        for g in self.managed.iter().filter_map(|name| self.groups.get(name)) {
+            for a in &g.apps {
+                let endpoints = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.group == g.name && t.app == a.name)
+                    .filter_map(|t| {
+                        let node = self.nodes.get(&t.node_id)?;
+                        let ready = node.conn.is_some()
+                            && node
+                                .statuses
+                                .get(&t.task_id)
+                                .is_some_and(|st| st.state == TaskState::Running as i32 && st.healthy);
+                        Some(crate::lb::Endpoint {
+                            name: t.task_id.clone(),
+                            addr: node.reg.address,
+                            port: t.port,
+                            weight: LB_WEIGHT,
+                            ready,
+                        })
+                    })
+                    .collect();
+                out.insert(format!("be_{}_{}", g.name, a.name), endpoints);
+            }
+        }
+        out
     }
 
     pub(crate) fn hello(&self) -> agent::CellHello {
