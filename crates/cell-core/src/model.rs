@@ -54,7 +54,9 @@ impl Resources {
 
     /// Whether `self` fits inside `available` in every dimension.
     pub fn fits_in(self, available: Resources) -> bool {
-        self.cpu_millis <= available.cpu_millis && self.mem_mib <= available.mem_mib && self.disk_mib <= available.disk_mib
+        self.cpu_millis <= available.cpu_millis
+            && self.mem_mib <= available.mem_mib
+            && self.disk_mib <= available.disk_mib
     }
 
     pub fn is_zero(self) -> bool {
