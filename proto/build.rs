@@ -16,8 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // `fedctl -o json` prints API messages as they are.
-        .type_attribute(".", "#[derive(serde::Serialize)]")
+        // `fedctl -o json` prints API messages as they are; nodes persist task specs.
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_fds(fds)?;
     Ok(())
 }

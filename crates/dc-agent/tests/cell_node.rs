@@ -629,3 +629,113 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
     cell.stop().await?;
     Ok(())
 }
+
+/// A node agent running as a real process, so that SIGKILL behaves as in production. Killed
+/// when dropped, so a failing test leaves nothing behind.
+struct NodeProcess(std::process::Child);
+
+impl NodeProcess {
+    fn sigkill(&mut self) -> anyhow::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+
+    fn sigterm(&mut self) -> anyhow::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Task processes that must not outlive the test, whatever happens.
+struct TaskGuard(Vec<i64>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn spawn_node_process(pki: &Pki, files: &TlsFiles, cell_port: u16, ports: (u16, u16), work_dir: &Path) -> NodeProcess {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dc-agent"))
+        .args(["node", "--id", "node-1", "--site", SITE, "--address", "127.0.0.1"])
+        .args(["--cell", &format!("https://127.0.0.1:{cell_port}")])
+        .args(["--cpu-millis", "2000", "--mem-mib", "1024", "--disk-mib", "1024", "--heartbeat-ms", "200"])
+        .args(["--port-range", &format!("{}-{}", ports.0, ports.1)])
+        .arg("--work-dir")
+        .arg(work_dir)
+        .arg("--tls-ca")
+        .arg(pki.root.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(work_dir.with_extension("log")).expect("log file"))
+        .spawn()
+        .expect("dc-agent node starts");
+    NodeProcess(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_adopts_its_running_tasks() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let node_files = pki.issue("node-1", Role::Node, &format!("{SITE}/node-1"))?;
+    let ports = free_port_range(10);
+    let cell_port = free_port_outside(ports.0, ports.1);
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell")));
+    let work_dir = data.path().join("node-1");
+    std::fs::create_dir_all(&work_dir)?;
+    let mut node = spawn_node_process(&pki, &node_files, cell_port, ports, &work_dir);
+
+    fed.desired.send_replace(Some(desired(5, 2)));
+    let healthy_pids = |r: &agent::CellReport| -> Option<Vec<i64>> {
+        let a = web(r)?;
+        let mut pids: Vec<i64> = a.instances.iter().filter(|i| i.healthy && i.pid > 0).map(|i| i.pid).collect();
+        pids.sort();
+        (pids.len() == 2).then_some(pids)
+    };
+    let r = wait_report(&fed, "2 healthy instances", |r| healthy_pids(r).is_some()).await?;
+    let before = healthy_pids(&r).unwrap();
+    let _tasks = TaskGuard(before.clone());
+
+    // The node agent dies without a chance to clean up; its tasks keep running.
+    node.sigkill()?;
+    wait_report(&fed, "the node to be reported lost", |r| r.nodes.iter().any(|n| n.node_id == "node-1" && !n.healthy))
+        .await?;
+    assert!(before.iter().all(|p| alive(*p)), "tasks must outlive their node agent");
+
+    // Restarted, it adopts them: the same processes are reported healthy, none relaunched.
+    let mut node = spawn_node_process(&pki, &node_files, cell_port, ports, &work_dir);
+    let r = wait_report(&fed, "the same 2 tasks healthy again", |r| {
+        r.nodes.iter().any(|n| n.node_id == "node-1" && n.healthy) && healthy_pids(r).is_some_and(|p| p == before)
+    })
+    .await?;
+    let restarts: Vec<u32> = web(&r).unwrap().instances.iter().map(|i| i.restarts).collect();
+    assert_eq!(restarts, [0, 0], "adopted tasks were not restarted");
+    skip_reports(&fed, 5).await?;
+    let r = fed.reports.borrow().clone().unwrap();
+    assert_eq!(healthy_pids(&r), Some(before.clone()), "still the same processes a moment later");
+
+    // Scaling to zero stops the adopted processes too.
+    fed.desired.send_replace(Some(desired(6, 0)));
+    wait_until("adopted tasks to be stopped", || before.iter().all(|p| !alive(*p))).await?;
+    node.sigterm()?;
+    cell.stop().await?;
+    Ok(())
+}

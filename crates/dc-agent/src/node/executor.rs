@@ -54,12 +54,14 @@ impl TaskContext {
 /// Latest status of every task, read by heartbeats and the pid file writer.
 pub struct StatusBoard {
     tasks: Mutex<BTreeMap<String, nodepb::TaskStatus>>,
+    /// The spec each reported task runs with, persisted so a restarted node can adopt it.
+    specs: Mutex<BTreeMap<String, nodepb::TaskSpec>>,
     changed: watch::Sender<u64>,
 }
 
 impl StatusBoard {
     fn new() -> Self {
-        Self { tasks: Mutex::new(BTreeMap::new()), changed: watch::channel(0).0 }
+        Self { tasks: Mutex::new(BTreeMap::new()), specs: Mutex::new(BTreeMap::new()), changed: watch::channel(0).0 }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, nodepb::TaskStatus>> {
@@ -71,6 +73,7 @@ impl StatusBoard {
     }
 
     fn update(&self, spec: &nodepb::TaskSpec, f: impl FnOnce(&mut nodepb::TaskStatus)) {
+        self.specs.lock().expect("status board mutex poisoned by a panic").insert(spec.task_id.clone(), spec.clone());
         let changed = {
             let mut tasks = self.lock();
             let entry = tasks.entry(spec.task_id.clone()).or_insert_with(|| nodepb::TaskStatus {
@@ -93,6 +96,7 @@ impl StatusBoard {
     }
 
     fn remove(&self, task_id: &str) {
+        self.specs.lock().expect("status board mutex poisoned by a panic").remove(task_id);
         if self.lock().remove(task_id).is_some() {
             self.poke();
         }
@@ -105,6 +109,16 @@ impl StatusBoard {
     /// `(task_id, pid)` of every task with a live process.
     pub fn pids(&self) -> Vec<(String, i64)> {
         self.lock().values().filter(|s| s.pid > 0).map(|s| (s.task_id.clone(), s.pid)).collect()
+    }
+
+    /// `(spec, pid)` of every task with a live process.
+    pub fn running(&self) -> Vec<(nodepb::TaskSpec, i64)> {
+        let specs = self.specs.lock().expect("status board mutex poisoned by a panic");
+        self.lock()
+            .values()
+            .filter(|s| s.pid > 0)
+            .filter_map(|s| specs.get(&s.task_id).map(|spec| (spec.clone(), s.pid)))
+            .collect()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -141,9 +155,22 @@ struct Supervised {
 
 impl Executor {
     pub fn start(ctx: Arc<TaskContext>) -> Self {
+        Self::start_adopting(ctx, Vec::new())
+    }
+
+    /// Starts the executor supervising `adopted` processes (left running by a previous run of
+    /// this node) as if it had launched them; the next assignment decides whether they stay.
+    pub fn start_adopting(ctx: Arc<TaskContext>, adopted: Vec<(nodepb::TaskSpec, u32)>) -> Self {
         let board = Arc::new(StatusBoard::new());
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        tokio::spawn(actor(ctx, board.clone(), rx));
+        let tasks = adopted
+            .into_iter()
+            .map(|(spec, pid)| {
+                tracing::info!(task = %spec.task_id, pid, "adopting a running task");
+                (spec.task_id.clone(), spawn_supervisor(&ctx, &board, spec, Some(pid)))
+            })
+            .collect();
+        tokio::spawn(actor(ctx, board.clone(), rx, tasks));
         Self { tx, board }
     }
 
@@ -167,8 +194,12 @@ impl Executor {
     }
 }
 
-async fn actor(ctx: Arc<TaskContext>, board: Arc<StatusBoard>, mut rx: mpsc::Receiver<ExecCommand>) {
-    let mut tasks: BTreeMap<String, Supervised> = BTreeMap::new();
+async fn actor(
+    ctx: Arc<TaskContext>,
+    board: Arc<StatusBoard>,
+    mut rx: mpsc::Receiver<ExecCommand>,
+    mut tasks: BTreeMap<String, Supervised>,
+) {
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -190,9 +221,14 @@ async fn actor(ctx: Arc<TaskContext>, board: Arc<StatusBoard>, mut rx: mpsc::Rec
     }
 }
 
-fn spawn_supervisor(ctx: &Arc<TaskContext>, board: &Arc<StatusBoard>, spec: nodepb::TaskSpec) -> Supervised {
+fn spawn_supervisor(
+    ctx: &Arc<TaskContext>,
+    board: &Arc<StatusBoard>,
+    spec: nodepb::TaskSpec,
+    adopted: Option<u32>,
+) -> Supervised {
     let (ctl, rx) = watch::channel(Control::Run(Box::new(spec)));
-    let handle = tokio::spawn(supervise(ctx.clone(), board.clone(), rx));
+    let handle = tokio::spawn(supervise(ctx.clone(), board.clone(), rx, adopted));
     Supervised { ctl, handle }
 }
 
@@ -229,7 +265,7 @@ fn apply(
             }
             _ => {
                 tracing::info!(task = %id, command = %spec.command, port = spec.port, "starting task");
-                tasks.insert(id, spawn_supervisor(ctx, board, spec));
+                tasks.insert(id, spawn_supervisor(ctx, board, spec, None));
             }
         }
     }
@@ -244,7 +280,7 @@ fn reap_finished(ctx: &Arc<TaskContext>, board: &Arc<StatusBoard>, tasks: &mut B
         let Some(t) = tasks.remove(&id) else { continue };
         if let Control::Run(spec) = t.ctl.borrow().clone() {
             tracing::warn!(task = %id, "supervisor ended while its task is assigned; restarting it");
-            tasks.insert(id, spawn_supervisor(ctx, board, *spec));
+            tasks.insert(id, spawn_supervisor(ctx, board, *spec, None));
         }
     }
 }
@@ -277,15 +313,24 @@ fn current_control(ctl: &mut watch::Receiver<Control>, closed: bool) -> Control 
     if closed { Control::Stop } else { ctl.borrow_and_update().clone() }
 }
 
-async fn supervise(ctx: Arc<TaskContext>, board: Arc<StatusBoard>, mut ctl: watch::Receiver<Control>) {
+async fn supervise(
+    ctx: Arc<TaskContext>,
+    board: Arc<StatusBoard>,
+    mut ctl: watch::Receiver<Control>,
+    mut adopted: Option<u32>,
+) {
     let Control::Run(spec) = ctl.borrow_and_update().clone() else { return };
     let mut spec = *spec;
     let task_id = spec.task_id.clone();
     let mut restarts: u32 = 0;
     let mut backoff = Backoff::new(RESTART_BACKOFF_INITIAL_MS, RESTART_BACKOFF_MAX_MS);
     loop {
-        let outcome = match launch(&ctx, &spec) {
-            Ok(child) => watch_child(&ctx, &board, &spec, child, &mut ctl).await,
+        let process = match adopted.take() {
+            Some(pid) => Ok(Process::Adopted { pid }),
+            None => launch(&ctx, &spec).map(Process::Child),
+        };
+        let outcome = match process {
+            Ok(process) => watch_child(&ctx, &board, &spec, process, &mut ctl).await,
             Err(message) => Outcome::Failed { message },
         };
         let mut closed = false;
@@ -397,6 +442,49 @@ fn launch(ctx: &TaskContext, spec: &nodepb::TaskSpec) -> Result<Child, String> {
 }
 
 /// Signals the task's process group, falling back to the process alone.
+/// A task's process: one this node launched, or one a previous run of the node launched and
+/// this run adopted (not our child, so its exit is noticed by polling `/proc`).
+enum Process {
+    Child(Child),
+    Adopted { pid: u32 },
+}
+
+/// How often an adopted process is checked for having exited.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
+impl Process {
+    fn id(&self) -> Option<u32> {
+        match self {
+            Process::Child(c) => c.id(),
+            Process::Adopted { pid } => Some(*pid),
+        }
+    }
+
+    /// Waits for the process to exit; describes how it ended.
+    async fn wait(&mut self) -> String {
+        match self {
+            Process::Child(c) => match c.wait().await {
+                Ok(s) => format!("process exited ({s})"),
+                Err(e) => format!("lost track of the process: {e}"),
+            },
+            Process::Adopted { pid } => {
+                while process_alive(*pid) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                "adopted process exited".to_string()
+            }
+        }
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
 fn signal_task(pid: u32, signal: Signal) {
     let Ok(raw) = i32::try_from(pid) else { return };
     let pid = Pid::from_raw(raw);
@@ -405,25 +493,17 @@ fn signal_task(pid: u32, signal: Signal) {
     }
 }
 
-async fn terminate(
-    child: &mut Child,
-    board: &StatusBoard,
-    spec: &nodepb::TaskSpec,
-    grace: Duration,
-) -> Option<std::process::ExitStatus> {
-    let pid = child.id()?;
+async fn terminate(child: &mut Process, board: &StatusBoard, spec: &nodepb::TaskSpec, grace: Duration) {
+    let Some(pid) = child.id() else { return };
     board.update(spec, |s| {
         s.state = TaskState::Stopping as i32;
         s.healthy = false;
     });
     signal_task(pid, Signal::SIGTERM);
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            tracing::warn!(task = %spec.task_id, pid, grace_ms = grace.as_millis() as u64, "task ignored SIGTERM; killing it");
-            signal_task(pid, Signal::SIGKILL);
-            child.wait().await.ok()
-        }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(task = %spec.task_id, pid, grace_ms = grace.as_millis() as u64, "task ignored SIGTERM; killing it");
+        signal_task(pid, Signal::SIGKILL);
+        child.wait().await;
     }
 }
 
@@ -431,7 +511,7 @@ async fn watch_child(
     ctx: &TaskContext,
     board: &StatusBoard,
     spec: &nodepb::TaskSpec,
-    mut child: Child,
+    mut child: Process,
     ctl: &mut watch::Receiver<Control>,
 ) -> Outcome {
     let pid = child.id().map_or(0, i64::from);
@@ -454,11 +534,7 @@ async fn watch_child(
     let mut next_check = started + interval;
     loop {
         tokio::select! {
-            status = child.wait() => {
-                let message = match status {
-                    Ok(s) => format!("process exited ({s})"),
-                    Err(e) => format!("lost track of the process: {e}"),
-                };
+            message = child.wait() => {
                 return Outcome::Exited { ran: started.elapsed(), message };
             }
             r = ctl.changed() => {

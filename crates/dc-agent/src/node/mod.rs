@@ -35,10 +35,11 @@ const HEARTBEAT_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Messages queued towards the cell; the stream applies backpressure beyond that.
 const OUTBOUND_QUEUE: usize = 8;
 
-/// `tasks.json` in the work directory: the processes this node started, so that an outside
-/// tool (or the next start of this node) can clean up if the node is killed with SIGKILL.
-/// Every pid is also the id of the task's process group.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `tasks.json` in the work directory: the processes this node runs and their specs, so that
+/// the next start of this node adopts them (a crashed or upgraded node agent does not take its
+/// tasks down) and an outside tool can clean up. Every pid is also the id of the task's
+/// process group.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PidFile {
     pub version: u32,
@@ -46,11 +47,14 @@ pub struct PidFile {
     pub tasks: Vec<PidEntry>,
 }
 
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PidEntry {
     pub task_id: String,
     pub pid: i64,
+    /// What the task runs with; entries without one are killed rather than adopted.
+    #[serde(default)]
+    pub spec: Option<nodepb::TaskSpec>,
 }
 
 pub fn pid_file_path(work_dir: &Path) -> PathBuf {
@@ -96,7 +100,7 @@ pub async fn run_node_until(
     std::fs::create_dir_all(&tasks_dir).map_err(|source| AgentError::Io { path: tasks_dir.clone(), source })?;
     let work_dir =
         std::fs::canonicalize(&cfg.work_dir).map_err(|source| AgentError::Io { path: cfg.work_dir.clone(), source })?;
-    kill_leftovers(&work_dir);
+    let adopted = recover_leftovers(&work_dir);
     if let Some(addr) = cfg.metrics_listen {
         let handle = switchyard_telemetry::init_metrics().map_err(|e| AgentError::Metrics(e.to_string()))?;
         let bound = switchyard_telemetry::serve_metrics(addr, handle)
@@ -113,7 +117,7 @@ pub async fn run_node_until(
         bin_dir: cfg.bin_dir.clone(),
         stop_grace: STOP_GRACE,
     });
-    let executor = Executor::start(ctx);
+    let executor = Executor::start_adopting(ctx, adopted);
     let shutdown = Shutdown::from_future(shutdown);
     let pid_writer =
         AbortOnDrop(tokio::spawn(pid_file_loop(executor.board().clone(), work_dir.clone(), cfg.node_id.clone())));
@@ -235,11 +239,14 @@ async fn heartbeat_loop(
     }
 }
 
-fn write_pid_file(work_dir: &Path, node_id: &str, pids: &[(String, i64)]) {
+fn write_pid_file(work_dir: &Path, node_id: &str, running: &[(nodepb::TaskSpec, i64)]) {
     let file = PidFile {
         version: FORMAT_VERSION,
         node_id: node_id.to_string(),
-        tasks: pids.iter().map(|(task_id, pid)| PidEntry { task_id: task_id.clone(), pid: *pid }).collect(),
+        tasks: running
+            .iter()
+            .map(|(spec, pid)| PidEntry { task_id: spec.task_id.clone(), pid: *pid, spec: Some(spec.clone()) })
+            .collect(),
     };
     if let Err(e) = persist::write_json_atomic(&pid_file_path(work_dir), &file) {
         tracing::error!(error = %e, dir = %work_dir.display(), "cannot write tasks.json");
@@ -248,10 +255,10 @@ fn write_pid_file(work_dir: &Path, node_id: &str, pids: &[(String, i64)]) {
 
 async fn pid_file_loop(board: Arc<StatusBoard>, work_dir: PathBuf, node_id: String) {
     let mut changes = board.subscribe();
-    let mut written: Option<Vec<(String, i64)>> = None;
+    let mut written: Option<Vec<(nodepb::TaskSpec, i64)>> = None;
     loop {
         changes.borrow_and_update();
-        let pids = board.pids();
+        let pids = board.running();
         if written.as_ref() != Some(&pids) {
             let (dir, id, p) = (work_dir.clone(), node_id.clone(), pids.clone());
             let _ = tokio::task::spawn_blocking(move || write_pid_file(&dir, &id, &p)).await;
@@ -264,33 +271,41 @@ async fn pid_file_loop(board: Arc<StatusBoard>, work_dir: PathBuf, node_id: Stri
     }
 }
 
-/// Kills task processes a previous run of this node left behind (it was SIGKILLed). A pid is
-/// only trusted while its working directory is still the task's directory, so a recycled pid
-/// of an unrelated process is never signalled.
-fn kill_leftovers(work_dir: &Path) {
+/// Finds the task processes a previous run of this node left running (it crashed, was killed
+/// with SIGKILL, or is being upgraded) and returns those to adopt. A pid is only trusted while
+/// its working directory is still the task's directory, so a recycled pid of an unrelated
+/// process is never adopted or signalled; a trusted process without a recorded spec is killed.
+fn recover_leftovers(work_dir: &Path) -> Vec<(nodepb::TaskSpec, u32)> {
     let path = pid_file_path(work_dir);
     let file = match persist::read_json::<PidFile>(&path) {
         Ok(Some(f)) => f,
-        Ok(None) => return,
+        Ok(None) => return Vec::new(),
         Err(e) => {
             tracing::warn!(error = %e, "ignoring unreadable tasks.json");
-            return;
+            return Vec::new();
         }
     };
+    let mut adopt = Vec::new();
     let mut killed = BTreeMap::new();
-    for entry in &file.tasks {
+    for entry in file.tasks {
         let Ok(raw) = i32::try_from(entry.pid) else { continue };
         let Ok(cwd) = std::fs::read_link(format!("/proc/{raw}/cwd")) else { continue };
         if cwd != work_dir.join("tasks").join(&entry.task_id) {
             continue;
         }
-        let pid = nix::unistd::Pid::from_raw(raw);
-        if nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).is_err() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        match entry.spec {
+            Some(spec) if spec.task_id == entry.task_id => adopt.push((spec, raw.unsigned_abs())),
+            _ => {
+                let pid = nix::unistd::Pid::from_raw(raw);
+                if nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).is_err() {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                killed.insert(entry.task_id, raw);
+            }
         }
-        killed.insert(entry.task_id.clone(), raw);
     }
     if !killed.is_empty() {
-        tracing::warn!(?killed, "killed task processes left behind by a previous run");
+        tracing::warn!(?killed, "killed task processes left behind without a spec");
     }
+    adopt
 }
