@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/routing/v1/routing.proto",
         "switchyard/operator/v1/operator.proto",
         "switchyard/raft/v1/raft.proto",
+        "switchyard/cell/v1/cell.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -32,6 +32,12 @@ pub mod operator {
     }
 }
 
+pub mod cell {
+    pub mod v1 {
+        tonic::include_proto!("switchyard.cell.v1");
+    }
+}
+
 pub mod raft {
     pub mod v1 {
         tonic::include_proto!("switchyard.raft.v1");

@@ -98,6 +98,9 @@ pub struct CellStateFile {
     /// Last known spec of every group that still has tasks or is managed.
     pub groups: Vec<GroupRecord>,
     pub tasks: Vec<TaskRecord>,
+    /// Nodes in maintenance; they stay so across restarts until undrained.
+    #[serde(default)]
+    pub draining: Vec<String>,
 }
 
 pub fn state_path(data_dir: &Path) -> PathBuf {
@@ -148,6 +151,7 @@ mod tests {
             managed: vec![],
             groups: vec![],
             tasks: vec![],
+            draining: vec!["node-1".into()],
         };
         write_json_atomic(&state_path(dir.path()), &s).unwrap();
         assert_eq!(load_state(dir.path(), "a").unwrap(), Some(s));

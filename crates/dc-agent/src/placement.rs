@@ -6,6 +6,9 @@
 //! - only groups listed in the demand are touched; tasks of any other group keep running where
 //!   they are and keep their resources and ports reserved;
 //! - tasks of a demanded group on an unhealthy or unknown node are stopped and replaced;
+//! - a draining node (maintenance) gets no new tasks; the tasks on it are replaced elsewhere
+//!   and stopped only once the app has its full count of ready tasks on other nodes
+//!   (make-before-break), so a drain never lowers an app's serving capacity;
 //! - tasks of an app no longer in its group are stopped;
 //! - scale-down stops the newest tasks (highest `seq`) first;
 //! - scale-up places on healthy nodes that have the resources and a free port, preferring the
@@ -21,6 +24,8 @@ use crate::model::Resources;
 pub struct NodeView {
     pub id: String,
     pub healthy: bool,
+    /// In maintenance: nothing new lands here and its tasks move off.
+    pub draining: bool,
     pub capacity: Resources,
     pub port_min: u16,
     pub port_max: u16,
@@ -36,6 +41,8 @@ pub struct TaskView {
     pub port: u16,
     pub resources: Resources,
     pub seq: u64,
+    /// Running and passing its health check on its node.
+    pub ready: bool,
 }
 
 /// A group the desired state manages, with the instances wanted per app.
@@ -108,15 +115,17 @@ pub fn plan_placement(nodes: &[NodeView], tasks: &[TaskView], demand: &[GroupDem
     let healthy: BTreeMap<&str, &NodeView> = nodes.iter().filter(|n| n.healthy).map(|n| (n.id.as_str(), n)).collect();
 
     let mut stop: BTreeSet<&str> = BTreeSet::new();
-    // Live tasks of every demanded app, oldest first.
+    // Live tasks of every demanded app, oldest first; those on draining nodes apart.
     let mut live: BTreeMap<(&str, &str), Vec<&TaskView>> = BTreeMap::new();
+    let mut leaving: BTreeMap<(&str, &str), Vec<&TaskView>> = BTreeMap::new();
     for task in tasks {
         let Some(apps) = demanded.get(task.group.as_str()) else { continue };
-        if !apps.contains_key(task.app.as_str()) || !healthy.contains_key(task.node_id.as_str()) {
+        let Some(node) = healthy.get(task.node_id.as_str()).filter(|_| apps.contains_key(task.app.as_str())) else {
             stop.insert(&task.task_id);
             continue;
-        }
-        live.entry((&task.group, &task.app)).or_default().push(task);
+        };
+        let bucket = if node.draining { &mut leaving } else { &mut live };
+        bucket.entry((&task.group, &task.app)).or_default().push(task);
     }
     for ((group, app), list) in &mut live {
         list.sort_by(|a, b| (a.seq, &a.task_id).cmp(&(b.seq, &b.task_id)));
@@ -127,11 +136,20 @@ pub fn plan_placement(nodes: &[NodeView], tasks: &[TaskView], demand: &[GroupDem
             }
         }
     }
+    // Tasks on draining nodes go once their replacements are ready (or they are surplus).
+    for (key, list) in &leaving {
+        let wanted = demanded[key.0][key.1].instances as usize;
+        let ready_elsewhere = live.get(key).map_or(0, |l| l.iter().filter(|t| t.ready).count());
+        if ready_elsewhere >= wanted {
+            stop.extend(list.iter().map(|t| t.task_id.as_str()));
+        }
+    }
 
     // Room left on each healthy node once the stops are done. Tasks of groups outside the
     // demand still hold their resources and ports.
     let mut rooms: BTreeMap<&str, NodeRoom<'_>> = healthy
         .iter()
+        .filter(|(_, n)| !n.draining)
         .map(|(id, n)| {
             (*id, NodeRoom { node: n, free: n.capacity, used_ports: BTreeSet::new(), instances: BTreeMap::new() })
         })
@@ -199,7 +217,9 @@ impl Shortage {
         }
         let progress = format!("{placed} of {desired} instances placed");
         match self {
-            Shortage::NoHealthyNode => format!("no healthy node to place {group}/{app} on ({progress})"),
+            Shortage::NoHealthyNode => {
+                format!("no healthy node outside maintenance to place {group}/{app} on ({progress})")
+            }
             Shortage::Resources => format!("no node has {amounts} free for {group}/{app} ({progress})"),
             Shortage::Ports => {
                 format!("no node with {amounts} free has a free port left in its range for {group}/{app} ({progress})")
@@ -251,6 +271,7 @@ mod tests {
         NodeView {
             id: id.into(),
             healthy: true,
+            draining: false,
             capacity: Resources::new(cpu, mem, 10_000),
             port_min: ports.0,
             port_max: ports.1,
@@ -266,6 +287,7 @@ mod tests {
             port,
             resources: res,
             seq,
+            ready: true,
         }
     }
 
@@ -466,5 +488,46 @@ mod tests {
             // 3500 cpu minus the api task leaves room for 6 web instances.
             assert_eq!(web, wanted.min(6));
         }
+    }
+
+    fn draining(mut n: NodeView) -> NodeView {
+        n.draining = true;
+        n
+    }
+
+    #[test]
+    fn draining_node_gets_nothing_new_and_its_tasks_move_make_before_break() {
+        let r = Resources::new(100, 64, 0);
+        let nodes = [draining(node("a", 1000, 1000, (100, 110))), node("b", 1000, 1000, (100, 110))];
+        let on_a = task("g.web.1", "g", "web", "a", 100, r, 1);
+        let d = [demand("g", "web", 1, r)];
+
+        // The replacement goes to b; the task on a keeps serving until then.
+        let plan = plan_placement(&nodes, &[on_a.clone()], &d);
+        assert_eq!(plan.start.len(), 1);
+        assert_eq!(plan.start[0].node_id, "b");
+        assert!(plan.stop.is_empty(), "{plan:?}");
+
+        // Replacement placed but not ready yet: still nothing stopped, nothing more started.
+        let mut on_b = task("g.web.2", "g", "web", "b", 100, r, 2);
+        on_b.ready = false;
+        let plan = plan_placement(&nodes, &[on_a.clone(), on_b.clone()], &d);
+        assert!(plan.is_empty(), "{plan:?}");
+
+        // Replacement ready: the task on the draining node is stopped.
+        on_b.ready = true;
+        let plan = plan_placement(&nodes, &[on_a, on_b], &d);
+        assert_eq!(plan.stop, ["g.web.1"]);
+        assert!(plan.start.is_empty());
+    }
+
+    #[test]
+    fn drain_without_room_elsewhere_keeps_the_task_and_says_why() {
+        let r = Resources::new(800, 64, 0);
+        let nodes = [draining(node("a", 1000, 1000, (100, 110))), node("b", 500, 1000, (100, 110))];
+        let plan = plan_placement(&nodes, &[task("g.web.1", "g", "web", "a", 100, r, 1)], &[demand("g", "web", 1, r)]);
+        assert!(plan.stop.is_empty(), "the only instance keeps serving: {plan:?}");
+        assert_eq!(plan.blockers.len(), 1);
+        assert!(plan.blockers[0].message.contains("no node has 800 cpu_millis"), "{}", plan.blockers[0].message);
     }
 }

@@ -4,6 +4,7 @@
 //! failed or needs attention; 2 bad input or a refused request (nothing changed); 3 the
 //! federator could not be reached.
 
+mod cell;
 mod client;
 mod dnsprobe;
 mod local;
@@ -118,6 +119,39 @@ enum Cmd {
     /// Certificates for the local federation's CA.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// One site's cell master: nodes, apps, tasks, node maintenance.
+    Cell {
+        #[command(subcommand)]
+        command: CellCmd,
+        /// The site whose cell to talk to.
+        #[arg(long, global = true, default_value = "site-1")]
+        site: String,
+        /// Cell admin address (https://HOST:PORT); default: from DIR/cluster.json.
+        #[arg(long, global = true)]
+        cell: Option<String>,
+        #[arg(long, global = true, default_value = ".switchyard")]
+        dir: PathBuf,
+        #[arg(short, long, global = true, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum CellCmd {
+    /// Nodes with their state (up, draining, lost), tasks and allocation.
+    Nodes,
+    /// Apps with desired, running and healthy counts, and what each one waits for.
+    Apps,
+    /// Tasks with their node, address, pid, state and health.
+    Tasks {
+        /// Only tasks on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Put a node in maintenance: nothing new lands there and its tasks move off, make-before-break.
+    Drain { node: String },
+    /// End a node's maintenance.
+    Undrain { node: String },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +242,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
         Cmd::Audit(AuditCmd::List { from, limit, output }) => audit_list(&cfg_path, from, limit, output).await,
+        Cmd::Cell { command, site, cell: url, dir, output } => {
+            let command = match command {
+                CellCmd::Nodes => cell::CellCommand::Nodes,
+                CellCmd::Apps => cell::CellCommand::Apps,
+                CellCmd::Tasks { node } => cell::CellCommand::Tasks { node },
+                CellCmd::Drain { node } => cell::CellCommand::Drain { node, drain: true },
+                CellCmd::Undrain { node } => cell::CellCommand::Drain { node, drain: false },
+            };
+            cell::run(&cfg_path, &site, url.as_deref(), &dir, command, output).await
+        }
     }
 }
 

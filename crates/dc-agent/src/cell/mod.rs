@@ -1,6 +1,7 @@
 //! `dc-agent cell`: the site's cell master. It serves NodeLink to the site's nodes, keeps a
 //! client stream to the federator's CellLink, and converges the nodes on the desired state.
 
+mod admin_service;
 mod federator_link;
 mod lb_publisher;
 mod node_service;
@@ -130,8 +131,14 @@ pub async fn run_cell_until(
             shared.state().begin_shutdown();
         }
     };
+    let admin = switchyard_proto::cell::v1::cell_admin_server::CellAdminServer::new(admin_service::AdminService::new(
+        shared.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = server_builder
         .add_service(service)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop_serving);
     // Spawned only once nothing can fail any more, so an early error leaves no task behind.
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), cfg.node_timeout, shutdown.clone()));

@@ -3,7 +3,9 @@
 //! The only side effect is a non-blocking `try_send` of node assignments into bounded channels.
 
 use std::collections::{BTreeMap, BTreeSet};
+
 use std::time::Duration;
+use switchyard_proto::cell::v1 as cellpb;
 
 use switchyard_proto::agent::v1 as agent;
 use switchyard_proto::common::v1::TaskState;
@@ -59,6 +61,8 @@ pub(crate) struct CellState {
     nodes: BTreeMap<String, NodeEntry>,
     next_conn_id: u64,
     blockers: BTreeMap<(String, String), String>,
+    /// Nodes in maintenance (persisted).
+    draining: BTreeSet<String>,
     /// Persisted tables changed since the last snapshot.
     dirty: bool,
     shutting_down: bool,
@@ -85,6 +89,7 @@ impl CellState {
             nodes: BTreeMap::new(),
             next_conn_id: 0,
             blockers: BTreeMap::new(),
+            draining: BTreeSet::new(),
             dirty: false,
             shutting_down: false,
         };
@@ -95,6 +100,7 @@ impl CellState {
             s.groups = r.groups.into_iter().map(|g| (g.name.clone(), g)).collect();
             s.tasks = r.tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect();
             s.task_counter = r.task_counter.max(s.tasks.values().map(|t| t.seq).max().unwrap_or(0));
+            s.draining = r.draining.into_iter().collect();
         }
         s
     }
@@ -235,6 +241,7 @@ impl CellState {
             .map(|(id, n)| NodeView {
                 id: id.clone(),
                 healthy: n.conn.is_some(),
+                draining: self.draining.contains(id),
                 capacity: n.reg.capacity,
                 port_min: n.reg.port_min,
                 port_max: n.reg.port_max,
@@ -251,6 +258,7 @@ impl CellState {
                 port: t.port,
                 resources: t.resources,
                 seq: t.seq,
+                ready: self.task_ready(t),
             })
             .collect();
         let demand: Vec<GroupDemand> = self
@@ -316,6 +324,7 @@ impl CellState {
             managed: self.managed.clone(),
             groups: self.groups.values().cloned().collect(),
             tasks: self.tasks.values().cloned().collect(),
+            draining: self.draining.iter().cloned().collect(),
         })
     }
 
@@ -420,6 +429,118 @@ impl CellState {
         }
     }
 
+    fn node_info(&self, id: &str, n: &NodeEntry) -> cellpb::NodeInfo {
+        let tasks: Vec<&TaskRecord> = self.tasks.values().filter(|t| t.node_id == id).collect();
+        let allocated = tasks.iter().fold(Resources::ZERO, |acc, t| acc.plus(&t.resources));
+        let state = match (n.conn.is_some(), self.draining.contains(id)) {
+            (false, _) => "lost",
+            (true, true) => "draining",
+            (true, false) => "up",
+        };
+        cellpb::NodeInfo {
+            node_id: id.to_string(),
+            address: n.reg.address.to_string(),
+            state: state.to_string(),
+            capacity: Some(convert::resources_to_proto(&n.reg.capacity)),
+            allocated: Some(convert::resources_to_proto(&allocated)),
+            tasks: tasks.len() as u32,
+            attributes: n.reg.attributes.clone().into_iter().collect(),
+        }
+    }
+
+    /// Every registered node, for operators.
+    pub(crate) fn admin_nodes(&self) -> Vec<cellpb::NodeInfo> {
+        self.nodes.iter().map(|(id, n)| self.node_info(id, n)).collect()
+    }
+
+    pub(crate) fn admin_node(&self, id: &str) -> Option<cellpb::NodeInfo> {
+        self.nodes.get(id).map(|n| self.node_info(id, n))
+    }
+
+    /// Every managed app with its counts and, when it is short, what it waits for.
+    pub(crate) fn admin_apps(&self) -> Vec<cellpb::AppInfo> {
+        let mut out = Vec::new();
+        for g in self.managed.iter().filter_map(|name| self.groups.get(name)) {
+            for a in &g.apps {
+                let tasks: Vec<&TaskRecord> =
+                    self.tasks.values().filter(|t| t.group == g.name && t.app == a.name).collect();
+                let statuses: Vec<agent::InstanceStatus> = tasks.iter().map(|t| self.instance_status(t)).collect();
+                let running = statuses.iter().filter(|s| s.state == TaskState::Running as i32).count() as u32;
+                let healthy = tasks.iter().filter(|t| self.task_ready(t)).count() as u32;
+                let on_draining = tasks.iter().filter(|t| self.draining.contains(&t.node_id)).count();
+                let waiting_for = match self.blockers.get(&(g.name.clone(), a.name.clone())) {
+                    Some(b) => b.clone(),
+                    None if healthy < a.instances => {
+                        let unhealthy: Vec<String> = statuses
+                            .iter()
+                            .filter(|s| !(s.healthy && s.state == TaskState::Running as i32))
+                            .map(|s| format!("{}: {}", s.task_id, s.message))
+                            .collect();
+                        format!("{healthy}/{} healthy; {}", a.instances, unhealthy.join("; "))
+                    }
+                    None if on_draining > 0 => {
+                        format!("{on_draining} task(s) on draining nodes wait for replacements to be ready")
+                    }
+                    None => String::new(),
+                };
+                out.push(cellpb::AppInfo {
+                    group: g.name.clone(),
+                    app: a.name.clone(),
+                    desired: a.instances,
+                    running,
+                    healthy,
+                    waiting_for,
+                    epoch: g.epoch,
+                });
+            }
+        }
+        out
+    }
+
+    /// Tasks, optionally only those on one node.
+    pub(crate) fn admin_tasks(&self, node: Option<&str>) -> Vec<cellpb::TaskInfo> {
+        self.tasks
+            .values()
+            .filter(|t| node.is_none_or(|n| t.node_id == n))
+            .map(|t| {
+                let s = self.instance_status(t);
+                cellpb::TaskInfo {
+                    task_id: t.task_id.clone(),
+                    group: t.group.clone(),
+                    app: t.app.clone(),
+                    node_id: t.node_id.clone(),
+                    address: s.address,
+                    port: s.port,
+                    pid: s.pid,
+                    state: s.state,
+                    healthy: s.healthy,
+                    restarts: s.restarts,
+                    message: s.message,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether a task's node reports it running and passing its health check.
+    fn task_ready(&self, t: &TaskRecord) -> bool {
+        self.nodes.get(&t.node_id).is_some_and(|n| {
+            n.conn.is_some()
+                && n.statuses.get(&t.task_id).is_some_and(|st| st.state == TaskState::Running as i32 && st.healthy)
+        })
+    }
+
+    /// Puts a node in or out of maintenance. Returns whether anything changed; unknown nodes are
+    /// an error naming the known ones.
+    pub(crate) fn set_draining(&mut self, node_id: &str, drain: bool) -> Result<bool, String> {
+        if !self.nodes.contains_key(node_id) {
+            let known: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
+            return Err(format!("node {node_id:?} is not registered with this cell (known: {})", known.join(", ")));
+        }
+        let changed = if drain { self.draining.insert(node_id.to_string()) } else { self.draining.remove(node_id) };
+        self.dirty |= changed;
+        Ok(changed)
+    }
+
     /// Every managed app's tasks as load-balancer endpoints, by backend (`be_<group>_<app>`).
     /// A task takes traffic only while its node reports it running and healthy.
     pub(crate) fn lb_endpoints(&self) -> BTreeMap<String, Vec<crate::lb::Endpoint>> {
@@ -432,11 +553,7 @@ impl CellState {
                     .filter(|t| t.group == g.name && t.app == a.name)
                     .filter_map(|t| {
                         let node = self.nodes.get(&t.node_id)?;
-                        let ready = node.conn.is_some()
-                            && node
-                                .statuses
-                                .get(&t.task_id)
-                                .is_some_and(|st| st.state == TaskState::Running as i32 && st.healthy);
+                        let ready = self.task_ready(t);
                         Some(crate::lb::Endpoint {
                             name: t.task_id.clone(),
                             addr: node.reg.address,
