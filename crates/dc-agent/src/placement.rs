@@ -503,7 +503,7 @@ mod tests {
         let d = [demand("g", "web", 1, r)];
 
         // The replacement goes to b; the task on a keeps serving until then.
-        let plan = plan_placement(&nodes, &[on_a.clone()], &d);
+        let plan = plan_placement(&nodes, std::slice::from_ref(&on_a), &d);
         assert_eq!(plan.start.len(), 1);
         assert_eq!(plan.start[0].node_id, "b");
         assert!(plan.stop.is_empty(), "{plan:?}");
