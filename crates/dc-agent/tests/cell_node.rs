@@ -92,6 +92,8 @@ struct FakeFederator {
     desired: watch::Sender<Option<agent::DesiredState>>,
     reports: watch::Sender<Option<agent::CellReport>>,
     hellos: Arc<Mutex<Vec<agent::CellHello>>>,
+    /// While true the federator is unreachable: attaches are refused and open links are cut.
+    down: watch::Sender<bool>,
 }
 
 #[tonic::async_trait]
@@ -105,6 +107,9 @@ impl CellLink for FakeFederator {
         let peer = switchyard_tls::peer_identity(&request)?;
         if peer.role != Role::Cell {
             return Err(Status::permission_denied("cells only"));
+        }
+        if *self.down.borrow() {
+            return Err(Status::unavailable("federator is down"));
         }
         let mut inbound = request.into_inner();
         let (reports, hellos) = (self.reports.clone(), self.hellos.clone());
@@ -121,6 +126,7 @@ impl CellLink for FakeFederator {
         });
         let (tx, rx) = mpsc::channel(4);
         let mut desired = self.desired.subscribe();
+        let mut down = self.down.subscribe();
         tokio::spawn(async move {
             loop {
                 let current = desired.borrow_and_update().clone();
@@ -130,8 +136,12 @@ impl CellLink for FakeFederator {
                         return;
                     }
                 }
-                if desired.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    r = desired.changed() => if r.is_err() { return },
+                    () = async { let _ = down.wait_for(|d| *d).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("federator is down"))).await;
+                        return;
+                    }
                 }
             }
         });
@@ -146,6 +156,7 @@ async fn start_federator(pki: &Pki) -> anyhow::Result<(FakeFederator, u16)> {
         desired: watch::channel(None).0,
         reports: watch::channel(None).0,
         hellos: Arc::new(Mutex::new(Vec::new())),
+        down: watch::channel(false).0,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -736,6 +747,102 @@ async fn restarted_node_adopts_its_running_tasks() -> anyhow::Result<()> {
     fed.desired.send_replace(Some(desired(6, 0)));
     wait_until("adopted tasks to be stopped", || before.iter().all(|p| !alive(*p))).await?;
     node.sigterm()?;
+    cell.stop().await?;
+    Ok(())
+}
+
+/// A node on its own loopback address (`127.0.0.N`), as hosts have their own addresses.
+fn node_args(
+    pki: &Pki,
+    files: &TlsFiles,
+    id: &str,
+    n: u8,
+    cell_port: u16,
+    ports: (u16, u16),
+    work_dir: &Path,
+) -> NodeArgs {
+    NodeArgs {
+        id: id.into(),
+        site: SITE.into(),
+        cell: format!("https://127.0.0.1:{cell_port}"),
+        address: format!("127.0.0.{n}"),
+        cpu_millis: 1000,
+        mem_mib: 1024,
+        disk_mib: 0,
+        port_range: format!("{}-{}", ports.0, ports.1),
+        work_dir: work_dir.to_path_buf(),
+        tls_ca: pki.root.join("ca.pem"),
+        tls_cert: files.cert.clone(),
+        tls_key: files.key.clone(),
+        bin_dir: None,
+        metrics_listen: None,
+        heartbeat_ms: 200,
+    }
+}
+
+/// Live pids a node lists in its `tasks.json`.
+fn node_pids(work_dir: &Path) -> Vec<i64> {
+    std::fs::read(work_dir.join("tasks.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<PidFile>(&b).ok())
+        .map(|f| f.tasks.iter().map(|t| t.pid).filter(|p| alive(*p)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_keeps_healing_while_the_federator_is_unreachable() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let ports = free_port_range(10);
+    let cell_port = free_port_outside(ports.0, ports.1);
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell")));
+    let (w1, w2) = (data.path().join("n1"), data.path().join("n2"));
+    let n1 = start_node(node_args(&pki, &pki.issue("n1", Role::Node, "n1")?, "n1", 1, cell_port, ports, &w1));
+    let n2 = start_node(node_args(&pki, &pki.issue("n2", Role::Node, "n2")?, "n2", 2, cell_port, ports, &w2));
+    wait_report(&fed, "both nodes", |r| r.nodes.iter().filter(|n| n.healthy).count() == 2).await?;
+
+    // One 500-cpu instance per node.
+    fed.desired.send_replace(Some(desired(3, 2)));
+    wait_report(&fed, "2 healthy instances", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 2 && a.instances.iter().all(|i| i.healthy))
+    })
+    .await?;
+    wait_until("one task per node", || node_pids(&w1).len() == 1 && node_pids(&w2).len() == 1).await?;
+
+    // The federator becomes unreachable.
+    fed.down.send_replace(true);
+    let last_report = fed.reports.borrow().as_ref().map_or(0, |r| r.sequence);
+
+    // A task killed with SIGKILL is restarted by its node.
+    let killed = node_pids(&w1)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed as i32), nix::sys::signal::Signal::SIGKILL)?;
+    wait_until("the killed task to be restarted", || {
+        let p = node_pids(&w1);
+        p.len() == 1 && p[0] != killed
+    })
+    .await?;
+
+    // A lost node's task is rescheduled on the remaining node: the cell heals on its own.
+    n2.stop().await?;
+    wait_until("the lost node's task to move to n1", || node_pids(&w1).len() == 2).await?;
+    assert_eq!(
+        fed.reports.borrow().as_ref().map_or(0, |r| r.sequence),
+        last_report,
+        "no report got through while down"
+    );
+
+    // The federator returns: the cell reports the full count at the epoch it had, nothing was
+    // scaled down because the federator was silent.
+    fed.down.send_replace(false);
+    let r = wait_report(&fed, "2 healthy instances on n1 after the outage", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 2 && a.instances.iter().all(|i| i.healthy && i.node_id == "n1"))
+    })
+    .await?;
+    assert_eq!(r.applied_epoch, 3);
+    n1.stop().await?;
     cell.stop().await?;
     Ok(())
 }
