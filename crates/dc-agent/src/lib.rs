@@ -19,7 +19,7 @@ mod grpc;
 pub mod lb;
 pub mod model;
 pub mod node;
-mod persist;
+pub mod persist;
 pub mod placement;
 mod shutdown;
 

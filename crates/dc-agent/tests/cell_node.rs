@@ -398,11 +398,11 @@ async fn cell_and_node_run_fence_and_stop_real_processes() -> anyhow::Result<()>
     .await?;
     assert_eq!(r.nodes[0].allocated.unwrap().cpu_millis, 0);
     wait_until("the task processes are gone", || pids.iter().all(|p| !alive(*p))).await?;
-    let epoch: serde_json::Value = serde_json::from_slice(&std::fs::read(data_dir.join("epoch.json"))?)?;
-    assert_eq!(epoch["applied_epoch"], 7);
-
     node.stop().await?;
     cell.stop().await?;
+    // The fencing epoch is durable in the cell's database.
+    let store = switchyard_dc_agent::persist::CellStore::open_waiting(&data_dir, Duration::from_secs(10)).await?;
+    assert_eq!(store.load_epoch()?, 7);
     let pid_file: PidFile = serde_json::from_slice(&std::fs::read(work_dir.join("tasks.json"))?)?;
     assert!(pid_file.tasks.is_empty());
     Ok(())

@@ -15,7 +15,6 @@ use tonic::transport::Endpoint;
 use super::Shared;
 use crate::backoff::Backoff;
 use crate::config::CellConfig;
-use crate::persist;
 use crate::shutdown::{AbortOnDrop, Shutdown};
 
 /// Reports wait this long after a change so a burst of changes becomes one report.
@@ -116,8 +115,8 @@ async fn apply_desired(shared: &Shared, desired: agent::DesiredState) {
         }
     };
     if epoch > shared.persisted_epoch.load(Ordering::Acquire) {
-        let dir = shared.data_dir.clone();
-        let saved = tokio::task::spawn_blocking(move || persist::save_epoch(&dir, epoch)).await;
+        let store = shared.store.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save_epoch(epoch)).await;
         if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
             // Applying without a durable epoch would let a restarted cell accept older states.
             tracing::error!(epoch, error = %e, dir = %shared.data_dir.display(), "cannot persist the epoch; desired state not applied");

@@ -26,6 +26,9 @@ use crate::persist;
 use crate::shutdown::{Shutdown, os_signal};
 use state::CellState;
 
+/// How long a starting cell waits for a previous instance to release its database.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the node server may take to close its streams after a shutdown request.
 const SERVER_DRAIN: Duration = Duration::from_secs(3);
 
@@ -33,7 +36,8 @@ const SERVER_DRAIN: Duration = Duration::from_secs(3);
 pub(crate) struct Shared {
     state: Mutex<CellState>,
     data_dir: PathBuf,
-    /// Highest epoch written to `epoch.json`.
+    store: persist::CellStore,
+    /// Highest epoch written to the store.
     persisted_epoch: AtomicU64,
     reconcile: watch::Sender<u64>,
     report: watch::Sender<u64>,
@@ -87,8 +91,9 @@ pub async fn run_cell_until(
     let mut server_builder = crate::grpc::server(&bundle).map_err(tls_setup)?;
     let federator = crate::grpc::endpoint(&cfg.federator, &bundle).map_err(tls_setup)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io { path: cfg.data_dir.clone(), source })?;
-    let epoch = persist::load_epoch(&cfg.data_dir)?;
-    let restored = persist::load_state(&cfg.data_dir, &cfg.site)?;
+    let store = persist::CellStore::open_waiting(&cfg.data_dir, STORE_WAIT).await?;
+    let epoch = store.load_epoch()?;
+    let restored = store.load_state(&cfg.site)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| AgentError::Bind { addr: cfg.listen, source })?;
@@ -112,6 +117,7 @@ pub async fn run_cell_until(
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         data_dir: cfg.data_dir.clone(),
+        store,
         persisted_epoch: AtomicU64::new(epoch),
         reconcile: watch::channel(0).0,
         report: watch::channel(0).0,

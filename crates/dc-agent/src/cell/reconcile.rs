@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::persist;
 use crate::shutdown::Shutdown;
 
 /// Longest time between two passes when nothing pokes the loop.
@@ -44,8 +43,8 @@ async fn reconcile_once(shared: &Shared, node_timeout: Duration, hold_until: Ins
         (st.take_snapshot(), placed || !lost.is_empty())
     };
     if let Some(snapshot) = snapshot {
-        let path = persist::state_path(&shared.data_dir);
-        let written = tokio::task::spawn_blocking(move || persist::write_json_atomic(&path, &snapshot)).await;
+        let store = shared.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.save_state(&snapshot)).await;
         if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
             // New task ids must be durable before any node hears of them, or a crash could
             // reuse them; keep the nodes on their current lists and retry next pass.
