@@ -20,6 +20,9 @@ use crate::client::{ClientConfig, connect};
 
 pub const CLUSTER_FILE: &str = "cluster.json";
 pub const ZONE: &str = "fed.local.";
+/// Ports nodes assign to app instances (below Linux's ephemeral range, which starts at 32768).
+const TASK_PORT_MIN: u16 = 31_000;
+const TASK_PORT_MAX: u16 = 31_999;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Proc {
@@ -246,6 +249,15 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         )));
     }
     let bins = binary_dir()?;
+    // The loopback layout is fixed (sites on 127.0.N.0/24, task ports 31000-31999): a second
+    // federation on the same machine would fight the first one over the same ports.
+    let probe = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 11)), TASK_PORT_MIN);
+    if TcpListener::bind(probe).is_err() {
+        return Err(CliError::Usage(format!(
+            "{probe} is in use: another local federation (or another program) holds the task addresses; \
+             stop it first (fedctl down --dir DIR) - one local federation runs per machine"
+        )));
+    }
     // A fresh federation each time: old state and logs go, the CA stays.
     for sub in ["data", "logs"] {
         let _ = std::fs::remove_dir_all(dir.join(sub));
@@ -410,7 +422,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                     "--disk-mib".into(),
                     "10240".into(),
                     "--port-range".into(),
-                    "31000-31999".into(),
+                    format!("{TASK_PORT_MIN}-{TASK_PORT_MAX}"),
                     "--work-dir".into(),
                     node.work_dir.display().to_string(),
                     "--bin-dir".into(),
