@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::REPORT_FRESH_MS;
 use crate::model::{AppName, Resources, SiteName, SiteState};
-use crate::operation::{Operation, Phase};
+use crate::operation::{Operation, Outcome, Phase};
 use crate::proposal::{Action, Proposal, Refusal};
 use crate::state::State;
 
@@ -238,6 +238,8 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
         }
         Phase::ScalingDown => match source_progress(state, op, now_ms) {
             Progress::Ready(detail) => Some(advance(Phase::Done, detail)),
+            // Already flagged: keep waiting for the source to report, never fail twice.
+            Progress::Waiting(_) if op.outcome == Outcome::NeedsAttention => None,
             Progress::Waiting(why) if in_phase_ms >= cfg.scale_down_timeout_ms => {
                 Some(fail(format!("source not scaled down after {in_phase_ms} ms: {why}")))
             }
@@ -251,12 +253,12 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
 /// it looks only at the committed state, so calling it twice proposes the same steps, and
 /// `apply` ignores a step whose phase has already moved on.
 pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
-    state.operations.values().filter(|o| o.is_running()).filter_map(|op| next_step(state, op, now_ms, cfg)).collect()
+    state.operations.values().filter(|o| o.holds_group()).filter_map(|op| next_step(state, op, now_ms, cfg)).collect()
 }
 
 /// What a running operation waits for, for status displays; empty when nothing.
 pub fn operation_blocker(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> String {
-    if !op.is_running() {
+    if !op.holds_group() {
         return op.error.clone().unwrap_or_default();
     }
     let in_phase_ms = now_ms.saturating_sub(op.phase_started_at_ms);

@@ -117,4 +117,11 @@ impl Operation {
     pub fn is_running(&self) -> bool {
         self.outcome == Outcome::Running
     }
+
+    /// Whether the operation still holds its group's lock (running, or stopped for a human
+    /// with traffic already moved; such an operation still completes once the source reports
+    /// its instances gone).
+    pub fn holds_group(&self) -> bool {
+        matches!(self.outcome, Outcome::Running | Outcome::NeedsAttention)
+    }
 }

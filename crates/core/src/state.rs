@@ -193,7 +193,7 @@ impl State {
 
     fn running_op(&self, id: &str, phase: Phase) -> Result<&Operation, Refusal> {
         let op = self.operations.get(id).ok_or_else(|| Refusal::UnknownOperation(id.to_string()))?;
-        if !op.is_running() || op.phase != phase {
+        if !op.holds_group() || op.phase != phase {
             return Err(Refusal::StalePhase {
                 id: id.to_string(),
                 expected: phase.as_str().to_string(),
@@ -230,14 +230,19 @@ impl State {
                 to.as_str()
             )));
         }
+        if !op.is_running() && to != Phase::Done {
+            return Err(Refusal::Invalid(format!("operation {id} needs attention; it can only complete")));
+        }
         let (group_name, src, dst) = (op.group.clone(), op.from.clone(), op.to.clone());
         let g = self.groups.get_mut(&group_name).expect("an operation's group is never removed");
         let before = g.placement.clone();
         let op = self.operations.get_mut(id).expect("checked above");
         match to {
-            Phase::Verifying => op.reserved = Default::default(),
-            Phase::ScalingUp => {}
+            // The reservation is held until traffic moves: a verify that falls back to
+            // ScalingUp (a target instance died) must still own the capacity it needs.
+            Phase::Verifying | Phase::ScalingUp => {}
             Phase::Draining => {
+                op.reserved = Default::default();
                 for (site, share) in g.placement.sites.iter_mut() {
                     share.weight = if *site == dst { FULL_WEIGHT } else { 0 };
                 }
@@ -255,6 +260,9 @@ impl State {
                 g.operation = None;
                 op.outcome = Outcome::Succeeded;
                 op.finished_at_ms = Some(at);
+                // A needs-attention stop that resolved itself: the history keeps the error in
+                // the step detail and the audit chain.
+                op.error = None;
             }
         }
         if let Some(step) = op.steps.last_mut() {
@@ -295,6 +303,13 @@ impl State {
 
     fn fail(&mut self, index: u64, at: u64, actor: &str, id: &str, phase: Phase, error: &str) -> Response {
         let op = self.running_op(id, phase)?;
+        if !op.is_running() {
+            return Err(Refusal::StalePhase {
+                id: id.to_string(),
+                expected: "running".into(),
+                actual: op.outcome.as_str().to_string(),
+            });
+        }
         let group_name = op.group.clone();
         let g = self.groups.get_mut(&group_name).expect("an operation's group is never removed");
         let before = g.placement.clone();

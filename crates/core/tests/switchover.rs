@@ -203,13 +203,14 @@ fn switchover_runs_make_before_break_to_completion() {
     f.report("site-2", 1000, &[("crm-web", 2, 0)]);
     f.tick(500);
     assert_eq!(f.op(&id).phase, Phase::Verifying);
-    assert_eq!(f.op(&id).reserved, Resources::default(), "reservation released once running");
+    assert_eq!(f.op(&id).reserved.cpu_millis, 200, "reservation held until traffic moves");
 
     // Verify window: traffic does not move early.
     assert!(f.tick(1000).is_empty());
     assert_eq!(f.state.groups["crm-web"].placement.active_sites(), vec!["site-1"]);
     f.tick(f.cfg.verify_window_ms);
     assert_eq!(f.op(&id).phase, Phase::Draining);
+    assert_eq!(f.op(&id).reserved, Resources::default(), "reservation released once traffic moved");
     let g = &f.state.groups["crm-web"];
     assert_eq!(g.placement.active_sites(), vec!["site-2"], "single active site after the shift");
     assert_eq!(f.state.routing_version, f.index);
@@ -389,4 +390,60 @@ fn apply_is_deterministic_and_survives_serialization() {
     let restored: State = serde_json::from_str(&json).unwrap();
     assert_eq!(restored, f.state);
     assert_eq!(serde_json::to_string(&restored).unwrap(), json, "serialization is canonical");
+}
+
+#[test]
+fn unreachable_source_needs_attention_then_completes_when_it_reports() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    f.tick(100);
+    f.tick(f.cfg.verify_window_ms);
+    f.tick(6_000);
+    assert_eq!(f.op(&id).phase, Phase::ScalingDown);
+    // site-1's cell is gone: it never confirms the scale-down.
+    let started = f.now;
+    while f.op(&id).outcome == Outcome::Running {
+        assert!(f.now - started <= f.cfg.scale_down_timeout_ms + 10_000, "never timed out");
+        f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+        f.tick(5_000);
+    }
+    assert_eq!(f.op(&id).outcome, Outcome::NeedsAttention);
+    assert!(f.state.groups["crm-web"].operation.is_some(), "traffic moved; the group stays locked");
+    assert!(matches!(f.start("crm-web", "site-3"), Err(Refusal::GroupBusy { .. })));
+    assert!(f.tick(60_000).is_empty(), "no second failure while still waiting");
+    assert!(operation_blocker(&f.state, f.op(&id), f.now, &f.cfg).contains("waiting for source"));
+
+    // The source comes back and reports nothing left: the operation completes by itself.
+    f.report("site-1", 1000, &[("crm-web", 0, 0)]);
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    f.tick(100);
+    let op = f.op(&id);
+    assert_eq!((op.phase, op.outcome), (Phase::Done, Outcome::Succeeded));
+    assert!(f.state.groups["crm-web"].operation.is_none(), "lock released");
+    let actions: Vec<_> = f.state.audit.records().iter().rev().take(2).map(|r| r.action.clone()).collect();
+    assert_eq!(actions, ["switchover.complete", "switchover.needs-attention"]);
+    verify_chain(f.state.audit.records()).unwrap();
+    assert!(f.start("crm-web", "site-1").is_ok(), "the group can move again");
+}
+
+#[test]
+fn verify_falling_back_to_scale_up_keeps_the_reservation() {
+    let mut f = Fed::new();
+    let mut g2 = group("mobile-app", 2, 100);
+    g2.dns_name = "mobile".into();
+    f.ok("system:config", Action::RegisterGroup(g2));
+    f.report("site-1", 2000, &[("crm-web", 2, 0), ("mobile-app", 2, 0)]);
+    f.report("site-2", 400, &[]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    f.report("site-2", 400, &[("crm-web", 2, 0)]);
+    f.tick(100);
+    assert_eq!(f.op(&id).phase, Phase::Verifying);
+    f.report("site-2", 400, &[("crm-web", 1, 1)]);
+    f.tick(100);
+    assert_eq!(f.op(&id).phase, Phase::ScalingUp);
+    // site-2 has 200 free by its report, but crm-web still holds its 200: mobile-app is refused.
+    let err = f.start("mobile-app", "site-2").unwrap_err();
+    assert!(matches!(err, Refusal::InsufficientCapacity { .. }), "{err}");
 }

@@ -30,17 +30,18 @@ pub async fn run(fed: Arc<Federator>) {
                 }
             }
         }
-        let now = now_ms();
-        let actions = fed.shared.read(|s| decide(s, now, &fed.config.engine));
-        if actions.is_empty() {
+        if !fed.shared.read(|s| s.operations.values().any(|o| o.holds_group())) {
             continue;
         }
-        // Confirm leadership with a quorum before acting, so a deposed leader that has not
-        // noticed yet does not drive operations.
+        // Confirm leadership with a quorum and wait until everything committed is applied
+        // before deciding, so neither a deposed leader nor a new leader still catching up acts
+        // on stale observations.
         if let Err(e) = fed.raft.ensure_linearizable().await {
             tracing::info!(error = %e, "leadership not confirmed; skipping this round");
             continue;
         }
+        let now = now_ms();
+        let actions = fed.shared.read(|s| decide(s, now, &fed.config.engine));
         for action in actions {
             let what = describe(&action);
             match fed.propose(SYSTEM_ACTOR, action).await {

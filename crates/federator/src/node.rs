@@ -128,6 +128,9 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         election_timeout_max: config.raft.election_timeout_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: 500,
+        // Snapshot chunks travel JSON-encoded (several bytes per byte of data): keep each
+        // InstallSnapshot message far below the gRPC message limit.
+        snapshot_max_chunk_size: 512 * 1024,
         ..Default::default()
     }
     .validate()
