@@ -13,6 +13,9 @@ pub struct NodeReport {
     pub capacity: Resources,
     pub allocated: Resources,
     pub healthy: bool,
+    /// Accepts new tasks (connected and not in maintenance).
+    #[serde(default)]
+    pub schedulable: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,11 +73,12 @@ pub struct CellReport {
 }
 
 impl CellReport {
-    /// Capacity of healthy nodes minus what is allocated on them.
+    /// What new tasks can use: capacity minus allocation of nodes that accept new tasks (a
+    /// node in maintenance is healthy but takes nothing new).
     pub fn free(&self) -> Resources {
         self.nodes
             .iter()
-            .filter(|n| n.healthy)
+            .filter(|n| n.healthy && n.schedulable)
             .map(|n| n.capacity.saturating_sub(n.allocated))
             .fold(Resources::default(), Resources::plus)
     }

@@ -78,6 +78,7 @@ impl Fed {
                 capacity: Resources { cpu_millis: cpu, mem_mib: 4096, disk_mib: 0 },
                 allocated: Resources::default(),
                 healthy: true,
+                schedulable: true,
             }],
             groups: BTreeMap::new(),
         };
@@ -446,4 +447,30 @@ fn verify_falling_back_to_scale_up_keeps_the_reservation() {
     // site-2 has 200 free by its report, but crm-web still holds its 200: mobile-app is refused.
     let err = f.start("mobile-app", "site-2").unwrap_err();
     assert!(matches!(err, Refusal::InsufficientCapacity { .. }), "{err}");
+}
+
+#[test]
+fn nodes_in_maintenance_are_not_free_capacity() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    // site-2's only node is in maintenance: healthy, but it takes nothing new.
+    let mut report = CellReport {
+        site: "site-2".into(),
+        applied_epoch: f.state.max_epoch(),
+        nodes: vec![NodeReport {
+            node_id: "site-2-n1".into(),
+            address: "127.0.2.11".into(),
+            capacity: Resources { cpu_millis: 4000, mem_mib: 4096, disk_mib: 0 },
+            allocated: Resources::default(),
+            healthy: true,
+            schedulable: false,
+        }],
+        groups: BTreeMap::new(),
+    };
+    f.ok("cell:site-2", Action::CellReport(report.clone()));
+    let err = f.start("crm-web", "site-2").unwrap_err();
+    assert!(matches!(err, Refusal::InsufficientCapacity { .. }), "{err}");
+    report.nodes[0].schedulable = true;
+    f.ok("cell:site-2", Action::CellReport(report));
+    assert!(f.start("crm-web", "site-2").is_ok());
 }

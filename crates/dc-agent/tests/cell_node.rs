@@ -571,9 +571,12 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
     let node_files = pki.issue("node-1", Role::Node, &format!("{SITE}/node-1"))?;
     let (port_min, port_max) = free_port_range(10);
     let cell_port = free_port_outside(port_min, port_max);
-    let mut args = cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell"));
-    args.haproxy_socket = Some(haproxy.socket.clone());
-    let cell = start_cell(args);
+    let haproxy_cell_args = || {
+        let mut args = cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell"));
+        args.haproxy_socket = Some(haproxy.socket.clone());
+        args
+    };
+    let cell = start_cell(haproxy_cell_args());
     let node = start_node(NodeArgs {
         id: "node-1".into(),
         site: SITE.into(),
@@ -635,6 +638,16 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "backend still has {all:?}, want {left:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A cell restart (its nodes reconnect a moment later) must not empty a working backend.
+    cell.stop().await?;
+    let cell = start_cell(haproxy_cell_args());
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        let now = ready_servers().await;
+        anyhow::ensure!(now == left, "backend changed to {now:?} across a cell restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     node.stop().await?;
     cell.stop().await?;

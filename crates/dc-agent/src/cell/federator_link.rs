@@ -28,6 +28,10 @@ enum LinkError {
     Connect(#[from] tonic::transport::Error),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
+    /// The epoch of a desired state could not be made durable. The link is dropped so that the
+    /// federator sends the state again after the reconnect.
+    #[error("cannot persist epoch {epoch}: {reason}")]
+    Persist { epoch: u64, reason: String },
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, endpoint: Endpoint, cfg: Arc<CellConfig>, shutdown: Shutdown) {
@@ -72,7 +76,7 @@ async fn attach_once(
     backoff.reset();
     while let Some(msg) = inbound.message().await? {
         match msg.body {
-            Some(agent::federator_message::Body::Desired(d)) => apply_desired(shared, d).await,
+            Some(agent::federator_message::Body::Desired(d)) => apply_desired(shared, d).await?,
             None => tracing::debug!("empty federator message ignored"),
         }
     }
@@ -102,8 +106,9 @@ async fn report_loop(shared: Arc<Shared>, tx: mpsc::Sender<agent::CellMessage>, 
     }
 }
 
-/// Fences, validates, persists the epoch, then applies. A rejected state changes nothing.
-async fn apply_desired(shared: &Shared, desired: agent::DesiredState) {
+/// Fences, validates, persists the epoch, then applies. A rejected state changes nothing; a state
+/// whose epoch cannot be persisted is an error that drops the link (see [`LinkError::Persist`]).
+async fn apply_desired(shared: &Shared, desired: agent::DesiredState) -> Result<(), LinkError> {
     let epoch = desired.epoch;
     let checked = shared.state().check_desired(&desired);
     let record = match checked {
@@ -111,7 +116,7 @@ async fn apply_desired(shared: &Shared, desired: agent::DesiredState) {
         Err(rejection) => {
             tracing::warn!(epoch, reason = rejection.reason, detail = %rejection.detail, "desired state rejected");
             metrics::counter!("cell_desired_rejected_total", "reason" => rejection.reason).increment(1);
-            return;
+            return Ok(());
         }
     };
     if epoch > shared.persisted_epoch.load(Ordering::Acquire) {
@@ -121,7 +126,7 @@ async fn apply_desired(shared: &Shared, desired: agent::DesiredState) {
             // Applying without a durable epoch would let a restarted cell accept older states.
             tracing::error!(epoch, error = %e, dir = %shared.data_dir.display(), "cannot persist the epoch; desired state not applied");
             metrics::counter!("cell_desired_rejected_total", "reason" => "persist_failed").increment(1);
-            return;
+            return Err(LinkError::Persist { epoch, reason: e.to_string() });
         }
         shared.persisted_epoch.fetch_max(epoch, Ordering::AcqRel);
     }
@@ -133,4 +138,5 @@ async fn apply_desired(shared: &Shared, desired: agent::DesiredState) {
         shared.poke_reconcile();
         shared.poke_report();
     }
+    Ok(())
 }

@@ -26,7 +26,13 @@ pub(crate) async fn run<L: LoadBalancer>(shared: Arc<Shared>, lb: L, shutdown: S
         let mut wanted = shared.state().lb_endpoints();
         known.extend(wanted.keys().cloned());
         for backend in &known {
-            let endpoints = wanted.remove(backend).unwrap_or_default();
+            let endpoints = match wanted.remove(backend) {
+                Some(Some(endpoints)) => endpoints,
+                // Some task's state is unknown: leave the backend exactly as it is.
+                Some(None) => continue,
+                // The app is gone from the managed groups: empty its backend.
+                None => Vec::new(),
+            };
             let outcome = match sync_backend(&lb, backend, &endpoints).await {
                 Ok(report) => {
                     for c in &report.applied {

@@ -542,24 +542,27 @@ impl CellState {
     }
 
     /// Every managed app's tasks as load-balancer endpoints, by backend (`be_<group>_<app>`).
-    /// A task takes traffic only while its node reports it running and healthy.
-    pub(crate) fn lb_endpoints(&self) -> BTreeMap<String, Vec<crate::lb::Endpoint>> {
+    /// A task takes traffic only while its node reports it running and healthy. A backend is
+    /// `None` while any of its tasks has no known status (its node is lost, reconnecting, or
+    /// has not reported it yet, as after a cell restart): nothing is changed on missing
+    /// information, so a restart never empties a working backend.
+    pub(crate) fn lb_endpoints(&self) -> BTreeMap<String, Option<Vec<crate::lb::Endpoint>>> {
         let mut out = BTreeMap::new();
         for g in self.managed.iter().filter_map(|name| self.groups.get(name)) {
             for a in &g.apps {
-                let endpoints = self
+                let endpoints: Option<Vec<crate::lb::Endpoint>> = self
                     .tasks
                     .values()
                     .filter(|t| t.group == g.name && t.app == a.name)
-                    .filter_map(|t| {
-                        let node = self.nodes.get(&t.node_id)?;
-                        let ready = self.task_ready(t);
+                    .map(|t| {
+                        let node = self.nodes.get(&t.node_id).filter(|n| n.conn.is_some())?;
+                        let status = node.statuses.get(&t.task_id)?;
                         Some(crate::lb::Endpoint {
                             name: t.task_id.clone(),
                             addr: node.reg.address,
                             port: t.port,
                             weight: LB_WEIGHT,
-                            ready,
+                            ready: status.state == TaskState::Running as i32 && status.healthy,
                         })
                     })
                     .collect();
@@ -593,6 +596,7 @@ impl CellState {
                     capacity: Some(convert::resources_to_proto(&n.reg.capacity)),
                     allocated: Some(convert::resources_to_proto(&allocated)),
                     healthy: n.conn.is_some(),
+                    schedulable: n.conn.is_some() && !self.draining.contains(id),
                 }
             })
             .collect();

@@ -505,6 +505,16 @@ async fn terminate(child: &mut Process, board: &StatusBoard, spec: &nodepb::Task
         signal_task(pid, Signal::SIGKILL);
         child.wait().await;
     }
+    kill_group_leftovers(pid);
+}
+
+/// Kills whatever is left of a task's process group once its leader is gone (children that
+/// trapped SIGTERM, or outlived a leader that exited by itself), so none of them keeps the
+/// task's port and the replacement can start. ESRCH (nothing left) is the normal case.
+fn kill_group_leftovers(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
+    }
 }
 
 async fn watch_child(
@@ -535,6 +545,9 @@ async fn watch_child(
     loop {
         tokio::select! {
             message = child.wait() => {
+                if let Ok(leader) = u32::try_from(pid) {
+                    kill_group_leftovers(leader);
+                }
                 return Outcome::Exited { ran: started.elapsed(), message };
             }
             r = ctl.changed() => {

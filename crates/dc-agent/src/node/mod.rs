@@ -34,6 +34,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 const HEARTBEAT_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Messages queued towards the cell; the stream applies backpressure beyond that.
 const OUTBOUND_QUEUE: usize = 8;
+/// Retry interval for a `tasks.json` write that failed.
+const PID_FILE_RETRY: Duration = Duration::from_secs(1);
 
 /// `tasks.json` in the work directory: the processes this node runs and their specs, so that
 /// the next start of this node adopts them (a crashed or upgraded node agent does not take its
@@ -130,7 +132,7 @@ pub async fn run_node_until(
     tracing::info!(node = %cfg.node_id, "stopping all tasks");
     executor.shutdown().await;
     drop(pid_writer);
-    write_pid_file(&work_dir, &cfg.node_id, &[]);
+    let _ = write_pid_file(&work_dir, &cfg.node_id, &[]);
     tracing::info!(node = %cfg.node_id, "node stopped");
     Ok(())
 }
@@ -239,7 +241,7 @@ async fn heartbeat_loop(
     }
 }
 
-fn write_pid_file(work_dir: &Path, node_id: &str, running: &[(nodepb::TaskSpec, i64)]) {
+fn write_pid_file(work_dir: &Path, node_id: &str, running: &[(nodepb::TaskSpec, i64)]) -> bool {
     let file = PidFile {
         version: FORMAT_VERSION,
         node_id: node_id.to_string(),
@@ -248,8 +250,12 @@ fn write_pid_file(work_dir: &Path, node_id: &str, running: &[(nodepb::TaskSpec, 
             .map(|(spec, pid)| PidEntry { task_id: spec.task_id.clone(), pid: *pid, spec: Some(spec.clone()) })
             .collect(),
     };
-    if let Err(e) = persist::write_json_atomic(&pid_file_path(work_dir), &file) {
-        tracing::error!(error = %e, dir = %work_dir.display(), "cannot write tasks.json");
+    match persist::write_json_atomic(&pid_file_path(work_dir), &file) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, dir = %work_dir.display(), "cannot write tasks.json; retrying");
+            false
+        }
     }
 }
 
@@ -261,8 +267,14 @@ async fn pid_file_loop(board: Arc<StatusBoard>, work_dir: PathBuf, node_id: Stri
         let pids = board.running();
         if written.as_ref() != Some(&pids) {
             let (dir, id, p) = (work_dir.clone(), node_id.clone(), pids.clone());
-            let _ = tokio::task::spawn_blocking(move || write_pid_file(&dir, &id, &p)).await;
-            written = Some(pids);
+            let ok = tokio::task::spawn_blocking(move || write_pid_file(&dir, &id, &p)).await.unwrap_or(false);
+            if ok {
+                written = Some(pids);
+            } else {
+                // Not durable: a crash now would orphan the tasks started since; try again soon.
+                tokio::time::sleep(PID_FILE_RETRY).await;
+                continue;
+            }
         }
         if changes.changed().await.is_err() {
             return;
