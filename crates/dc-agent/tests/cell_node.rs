@@ -415,7 +415,7 @@ async fn node_shutdown_stops_its_tasks_and_node_loss_is_reported() -> anyhow::Re
     let data = tempfile::tempdir()?;
     let (fed, fed_port) = start_federator(&pki).await?;
     let cell_files = pki.issue("cell", Role::Cell, SITE)?;
-    let node_files = pki.issue("n1", Role::Node, "n1")?;
+    let node_files = pki.issue("n1", Role::Node, &format!("{SITE}/n1"))?;
     let (port_min, port_max) = free_port_range(4);
     let cell_port = free_port_outside(port_min, port_max);
     let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell")));
@@ -499,7 +499,7 @@ async fn node_link_admits_only_federation_node_certificates() -> anyhow::Result<
     let data = tempfile::tempdir()?;
     // Every certificate is issued before the cell starts: issuing rewrites ca.pem.
     let cell_files = pki.issue("cell", Role::Cell, SITE)?;
-    let good = pki.issue("node-ok", Role::Node, "node-ok")?.load()?;
+    let good = pki.issue("node-ok", Role::Node, &format!("{SITE}/node-ok"))?.load()?;
     let cellish = pki.issue("cellish", Role::Cell, "site-b")?.load()?;
     let other_cell = pki.issue("other-cell", Role::Cell, "site-b")?;
     let cell_port = free_port();
@@ -510,7 +510,7 @@ async fn node_link_admits_only_federation_node_certificates() -> anyhow::Result<
 
     // A node certificate from another CA, even trusting the right CA, gets nowhere.
     let rogue_ca = CertAuthority::generate("rogue CA")?;
-    let rogue = rogue_ca.issue(&Identity::new(Role::Node, "node-ok")?, &["127.0.0.1".to_string()])?;
+    let rogue = rogue_ca.issue(&Identity::new(Role::Node, &format!("{SITE}/node-ok"))?, &["127.0.0.1".to_string()])?;
     let rogue = Bundle { ca_pem: pki.ca.cert_pem().to_string(), ..rogue };
     let err = try_attach(cell_port, &rogue, register("node-ok")).await.unwrap_err();
     assert_ne!(err.code(), tonic::Code::Ok);
@@ -523,6 +523,12 @@ async fn node_link_admits_only_federation_node_certificates() -> anyhow::Result<
     // A node may not register under another node's id.
     let err = try_attach(cell_port, &good, register("node-other")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // A node of another site (same federation CA, same node name) may not register here.
+    let foreign = pki.issue("foreign-node", Role::Node, "site-b/node-ok")?.load()?;
+    let err = try_attach(cell_port, &foreign, register("node-ok")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("site-a/node-ok"), "{}", err.message());
 
     // A malformed registration names the field.
     let mut bad = register("node-ok");
@@ -813,8 +819,24 @@ async fn cell_keeps_healing_while_the_federator_is_unreachable() -> anyhow::Resu
     let cell_port = free_port_outside(ports.0, ports.1);
     let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell")));
     let (w1, w2) = (data.path().join("n1"), data.path().join("n2"));
-    let n1 = start_node(node_args(&pki, &pki.issue("n1", Role::Node, "n1")?, "n1", 1, cell_port, ports, &w1));
-    let n2 = start_node(node_args(&pki, &pki.issue("n2", Role::Node, "n2")?, "n2", 2, cell_port, ports, &w2));
+    let n1 = start_node(node_args(
+        &pki,
+        &pki.issue("n1", Role::Node, &format!("{SITE}/n1"))?,
+        "n1",
+        1,
+        cell_port,
+        ports,
+        &w1,
+    ));
+    let n2 = start_node(node_args(
+        &pki,
+        &pki.issue("n2", Role::Node, &format!("{SITE}/n2"))?,
+        "n2",
+        2,
+        cell_port,
+        ports,
+        &w2,
+    ));
     wait_report(&fed, "both nodes", |r| r.nodes.iter().filter(|n| n.healthy).count() == 2).await?;
 
     // One 500-cpu instance per node.

@@ -402,8 +402,12 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             });
             for node in &site.nodes {
                 let ip: IpAddr = node.address.parse().expect("valid");
-                let tls =
-                    issue(&format!("node-{}", node.id), Role::Node, &node.id, std::slice::from_ref(&node.address))?;
+                let tls = issue(
+                    &format!("node-{}", node.id),
+                    Role::Node,
+                    &format!("{}/{}", site.name, node.id),
+                    std::slice::from_ref(&node.address),
+                )?;
                 let metrics = SocketAddr::new(ip, free_port(ip)?);
                 let mut argv = vec![
                     "node".to_string(),

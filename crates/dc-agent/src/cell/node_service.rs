@@ -32,12 +32,15 @@ impl NodeService {
 
 /// A node certificate names the node either plainly or as `<site>/<node>`; any other name
 /// would let one host speak for another.
+/// A node certificate names its site and node (`node:<site>/<node>`): with one CA for the
+/// whole federation, a bare node name would let a node of another site register here under
+/// the same name and take over its tasks.
 fn check_node_identity(peer: &Identity, site: &str, node_id: &str) -> Result<(), Status> {
-    if peer.name == node_id || peer.name == format!("{site}/{node_id}") {
+    if peer.name == format!("{site}/{node_id}") {
         Ok(())
     } else {
         Err(Status::permission_denied(format!(
-            "certificate identity {peer} may not register node {node_id:?}; its name must be {node_id:?} or \
+            "certificate identity {peer} may not register node {node_id:?} at site {site:?}; its name must be \
              \"{site}/{node_id}\""
         )))
     }
@@ -122,7 +125,7 @@ mod tests {
     fn node_identity_must_name_the_registering_node() {
         let plain = Identity::new(Role::Node, "n1").unwrap();
         let scoped = Identity::new(Role::Node, "site-a/n1").unwrap();
-        assert!(check_node_identity(&plain, "site-a", "n1").is_ok());
+        assert!(check_node_identity(&plain, "site-a", "n1").is_err(), "bare names are not site-bound");
         assert!(check_node_identity(&scoped, "site-a", "n1").is_ok());
         let err = check_node_identity(&scoped, "site-a", "n2").unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);

@@ -85,13 +85,12 @@ pub async fn run_node_until(
     let cfg = args.validate()?;
     let bundle = cfg.tls.load()?;
     let me = bundle.identity(&cfg.tls.cert)?;
-    if me.role != Role::Node || (me.name != cfg.node_id && me.name != format!("{}/{}", cfg.site, cfg.node_id)) {
+    if me.role != Role::Node || me.name != format!("{}/{}", cfg.site, cfg.node_id) {
         return Err(AgentError::WrongIdentity(format!(
-            "{} holds identity {me}; node {} of site {} needs a certificate for node:{} or node:{}/{}",
+            "{} holds identity {me}; node {} of site {} needs a certificate for node:{}/{}",
             cfg.tls.cert.display(),
             cfg.node_id,
             cfg.site,
-            cfg.node_id,
             cfg.site,
             cfg.node_id
         )));
