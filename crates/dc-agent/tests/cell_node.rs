@@ -510,7 +510,7 @@ async fn node_link_admits_only_federation_node_certificates() -> anyhow::Result<
 
     // A node certificate from another CA, even trusting the right CA, gets nowhere.
     let rogue_ca = CertAuthority::generate("rogue CA")?;
-    let rogue = rogue_ca.issue(&Identity::new(Role::Node, &format!("{SITE}/node-ok"))?, &["127.0.0.1".to_string()])?;
+    let rogue = rogue_ca.issue(&Identity::new(Role::Node, format!("{SITE}/node-ok"))?, &["127.0.0.1".to_string()])?;
     let rogue = Bundle { ca_pem: pki.ca.cert_pem().to_string(), ..rogue };
     let err = try_attach(cell_port, &rogue, register("node-ok")).await.unwrap_err();
     assert_ne!(err.code(), tonic::Code::Ok);
