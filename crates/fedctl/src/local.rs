@@ -101,18 +101,46 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+/// Whether `pid` still runs the command line fedctl started it with, so that a pid the
+/// kernel has since given to an unrelated process is never signalled.
+fn runs(pid: u32, argv: &[String]) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let parts: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+    is_alive(pid) && parts.len() == argv.len() + 1 && parts[1..].iter().zip(argv).all(|(a, b)| *a == b.as_bytes())
+}
+
+/// The pids of `procs` that are still the processes fedctl started.
+fn ours<'a>(procs: impl IntoIterator<Item = &'a Proc>) -> Vec<u32> {
+    procs.into_iter().filter(|p| runs(p.pid, &p.argv)).map(|p| p.pid).collect()
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Process,
+    /// The whole process group led by the pid (app instances run in their own groups).
+    Group,
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal, target: Target) {
     if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = match target {
+            Target::Process => nix::sys::signal::kill(pid, sig),
+            Target::Group => nix::sys::signal::killpg(pid, sig),
+        };
     }
 }
 
 /// SIGTERM, then SIGKILL whatever is still alive after `grace`.
 fn stop_all(pids: &[u32], grace: Duration) {
+    stop_targets(pids, grace, Target::Process);
+}
+
+fn stop_targets(pids: &[u32], grace: Duration, target: Target) {
     use nix::sys::signal::Signal;
     for &p in pids {
         if is_alive(p) {
-            signal(p, Signal::SIGTERM);
+            signal(p, Signal::SIGTERM, target);
         }
     }
     let deadline = Instant::now() + grace;
@@ -121,7 +149,7 @@ fn stop_all(pids: &[u32], grace: Duration) {
     }
     for &p in pids {
         if is_alive(p) {
-            signal(p, Signal::SIGKILL);
+            signal(p, Signal::SIGKILL, target);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -240,7 +268,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&args.dir).map_err(io)?;
     let dir = args.dir.canonicalize().map_err(io)?;
     if let Some(existing) = ClusterFile::load(&dir)?
-        && existing.processes.iter().any(|p| is_alive(p.pid))
+        && !ours(&existing.processes).is_empty()
     {
         return Err(CliError::Usage(format!(
             "a federation is already running from {}; stop it with `fedctl down --dir {}`",
@@ -489,8 +517,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     .await;
 
     if let Err(e) = result {
-        let pids: Vec<u32> = cluster.processes.iter().map(|p| p.pid).collect();
-        stop_all(&pids, Duration::from_secs(5));
+        stop_all(&ours(&cluster.processes), Duration::from_secs(5));
         kill_leftover_tasks(&cluster);
         let _ = std::fs::remove_file(dir.join(CLUSTER_FILE));
         return Err(CliError::Failed(format!("{e}\n  logs: {}", logs.display())));
@@ -590,7 +617,8 @@ async fn check_ready(
     Ok(())
 }
 
-/// Stops task processes that nodes recorded in `tasks.json` and that outlived them.
+/// Stops task processes that nodes recorded in `tasks.json` and that outlived them: only those
+/// still working in their node's task directory (a reused pid is left alone), by process group.
 fn kill_leftover_tasks(cluster: &ClusterFile) {
     fn pids(v: &serde_json::Value, out: &mut Vec<u32>) {
         match v {
@@ -606,16 +634,20 @@ fn kill_leftover_tasks(cluster: &ClusterFile) {
             _ => {}
         }
     }
-    let mut found = Vec::new();
+    let mut leftover = Vec::new();
     for node in cluster.sites.iter().flat_map(|s| &s.nodes) {
+        let mut found = Vec::new();
         if let Ok(text) = std::fs::read_to_string(node.work_dir.join("tasks.json"))
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
         {
             pids(&v, &mut found);
         }
+        let tasks_dir = node.work_dir.join("tasks");
+        leftover.extend(found.into_iter().filter(|p| {
+            is_alive(*p) && std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&tasks_dir))
+        }));
     }
-    found.retain(|&p| is_alive(p));
-    stop_all(&found, Duration::from_secs(3));
+    stop_targets(&leftover, Duration::from_secs(3), Target::Group);
 }
 
 /// Stops every process of the federation in `dir`: DNS first, then nodes (which stop their
@@ -627,7 +659,7 @@ pub fn down(dir: &Path, purge: bool) -> Result<String, CliError> {
         }
         return Ok(format!("nothing is running from {}", dir.display()));
     };
-    let by_role = |role: &str| cluster.processes.iter().filter(|p| p.role == role).map(|p| p.pid).collect::<Vec<_>>();
+    let by_role = |role: &str| ours(cluster.processes.iter().filter(|p| p.role == role));
     for role in ["dns", "node", "cell", "federator"] {
         stop_all(&by_role(role), Duration::from_secs(10));
     }
@@ -649,7 +681,9 @@ pub fn restart(dir: &Path, name: &str) -> Result<String, CliError> {
         .iter_mut()
         .find(|p| p.name == name)
         .ok_or_else(|| CliError::Usage(format!("no process named {name:?}; known: {}", names.join(", "))))?;
-    stop_all(&[proc.pid], Duration::from_secs(10));
+    if runs(proc.pid, &proc.argv) {
+        stop_all(&[proc.pid], Duration::from_secs(10));
+    }
     let bin = binary_dir()?.join(match proc.role.as_str() {
         "federator" => "federator",
         "dns" => "fed-dns",
