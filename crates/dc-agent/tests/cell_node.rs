@@ -881,3 +881,69 @@ async fn cell_keeps_healing_while_the_federator_is_unreachable() -> anyhow::Resu
     cell.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_that_lost_its_data_adopts_running_tasks() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let ports = free_port_range(10);
+    let cell_port = free_port_outside(ports.0, ports.1);
+    let cell_dir = data.path().join("cell");
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &cell_dir));
+    let w1 = data.path().join("n1");
+    let node = start_node(node_args(
+        &pki,
+        &pki.issue("n1", Role::Node, &format!("{SITE}/n1"))?,
+        "n1",
+        1,
+        cell_port,
+        (ports.0, ports.1),
+        &w1,
+    ));
+    // Scale 1 -> 0 -> 1 so the running task is not the first id a fresh cell would invent.
+    fed.desired.send_replace(Some(desired(2, 1)));
+    wait_report(&fed, "1 instance", |r| web(r).is_some_and(|a| a.instances.len() == 1)).await?;
+    fed.desired.send_replace(Some(desired(3, 0)));
+    wait_report(&fed, "0 instances", |r| web(r).is_some_and(|a| a.instances.is_empty())).await?;
+    fed.desired.send_replace(Some(desired(4, 1)));
+    let r = wait_report(&fed, "1 healthy instance", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 1 && a.instances[0].healthy)
+    })
+    .await?;
+    let before = web(&r).unwrap().instances[0].clone();
+    assert_eq!(before.task_id, "crm-web.web.2");
+
+    // The cell master restarts on an empty disk.
+    cell.stop().await?;
+    std::fs::remove_dir_all(&cell_dir)?;
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &cell_dir));
+
+    // It adopts the instance its node reports instead of replacing it.
+    let r = wait_report(&fed, "the same instance reported by the new cell", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 1 && a.instances[0].healthy && a.instances[0].pid == before.pid)
+    })
+    .await?;
+    let after = &web(&r).unwrap().instances[0];
+    assert_eq!(after.task_id, before.task_id);
+    assert_eq!(after.restarts, 0);
+    assert!(alive(before.pid));
+    skip_reports(&fed, 5).await?;
+    let r = fed.reports.borrow().clone().unwrap();
+    assert_eq!(web(&r).unwrap().instances[0].pid, before.pid, "still the same process a moment later");
+
+    // New tasks get fresh ids after the adopted one.
+    fed.desired.send_replace(Some(desired(5, 2)));
+    let r = wait_report(&fed, "2 instances", |r| web(r).is_some_and(|a| a.instances.len() == 2)).await?;
+    let ids: Vec<&str> = web(&r).unwrap().instances.iter().map(|i| i.task_id.as_str()).collect();
+    assert!(
+        ids.contains(&before.task_id.as_str())
+            && ids.iter().all(|i| *i == before.task_id || *i > before.task_id.as_str()),
+        "{ids:?}"
+    );
+    node.stop().await?;
+    cell.stop().await?;
+    Ok(())
+}

@@ -31,16 +31,21 @@ pub(crate) async fn run(shared: Arc<Shared>, node_timeout: Duration, shutdown: S
 
 async fn reconcile_once(shared: &Shared, node_timeout: Duration, hold_until: Instant) {
     let now = Instant::now();
-    let (snapshot, changed) = {
+    let (snapshot, changed, may_place) = {
         let mut st = shared.state();
         let lost = st.expire_nodes(now, node_timeout);
         for id in &lost {
             tracing::warn!(node = %id, timeout_ms = node_timeout.as_millis() as u64, "node lost: no heartbeat");
             metrics::counter!("cell_nodes_lost_total").increment(1);
         }
-        let may_place = now >= hold_until || st.all_task_nodes_connected();
+        // A cell that lost (or never had) its task table waits the whole reconnect window, so
+        // that every node has reported what it runs before anything is planned or assigned.
+        let may_place = now >= hold_until || (!st.is_fresh_start() && st.all_task_nodes_connected());
+        if may_place {
+            st.adopt_reported_tasks();
+        }
         let placed = may_place && st.place();
-        (st.take_snapshot(), placed || !lost.is_empty())
+        (st.take_snapshot(), placed || !lost.is_empty(), may_place)
     };
     if let Some(snapshot) = snapshot {
         let store = shared.store.clone();
@@ -56,7 +61,9 @@ async fn reconcile_once(shared: &Shared, node_timeout: Duration, hold_until: Ins
     }
     let counts = {
         let mut st = shared.state();
-        let sent = st.send_assignments();
+        // Until the first placement, a fresh cell's table is empty: an assignment now would
+        // tell every node to stop everything.
+        let sent = if may_place || !st.is_fresh_start() { st.send_assignments() } else { 0 };
         if sent > 0 {
             metrics::counter!("cell_assignments_sent_total").increment(sent as u64);
         }

@@ -63,6 +63,9 @@ pub(crate) struct CellState {
     blockers: BTreeMap<(String, String), String>,
     /// Nodes in maintenance (persisted).
     draining: BTreeSet<String>,
+    /// Started without a persisted task table (new cell, or its data directory was lost):
+    /// until the first placement, tasks the nodes report are adopted instead of replaced.
+    fresh_start: bool,
     /// Persisted tables changed since the last snapshot.
     dirty: bool,
     shutting_down: bool,
@@ -90,6 +93,7 @@ impl CellState {
             next_conn_id: 0,
             blockers: BTreeMap::new(),
             draining: BTreeSet::new(),
+            fresh_start: restored.is_none(),
             dirty: false,
             shutting_down: false,
         };
@@ -226,6 +230,48 @@ impl CellState {
 
     /// Whether every node that holds a task is connected. Until then a restarted cell holds
     /// placement back, so tasks are not moved off nodes that simply have not reconnected yet.
+    pub(crate) fn is_fresh_start(&self) -> bool {
+        self.fresh_start
+    }
+
+    /// On a fresh start, takes into the task table every task a connected node reports for an
+    /// app of the desired state, so the first placement keeps running instances where they are
+    /// instead of handing nodes empty task lists. Returns how many were adopted.
+    pub(crate) fn adopt_reported_tasks(&mut self) -> usize {
+        if !self.fresh_start || self.desired_epoch.is_none() {
+            return 0;
+        }
+        let mut adopted = Vec::new();
+        for (node_id, node) in self.nodes.iter().filter(|(_, n)| n.conn.is_some()) {
+            for st in node.statuses.values() {
+                if self.tasks.contains_key(&st.task_id) {
+                    continue;
+                }
+                let Some(app) = self.groups.get(&st.group).and_then(|g| g.app(&st.app)) else { continue };
+                let Ok(port) = u16::try_from(st.port) else { continue };
+                // Task ids end with the cell's sequence number; keep ids unique after adoption.
+                let seq = st.task_id.rsplit('.').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                adopted.push(TaskRecord {
+                    task_id: st.task_id.clone(),
+                    group: st.group.clone(),
+                    app: st.app.clone(),
+                    node_id: node_id.clone(),
+                    port,
+                    resources: app.resources,
+                    seq,
+                });
+            }
+        }
+        for t in &adopted {
+            tracing::info!(task = %t.task_id, node = %t.node_id, "adopted a running task reported by its node");
+            self.task_counter = self.task_counter.max(t.seq);
+        }
+        let n = adopted.len();
+        self.tasks.extend(adopted.into_iter().map(|t| (t.task_id.clone(), t)));
+        self.dirty |= n > 0;
+        n
+    }
+
     pub(crate) fn all_task_nodes_connected(&self) -> bool {
         self.tasks.values().all(|t| self.nodes.get(&t.node_id).is_some_and(|n| n.conn.is_some()))
     }
@@ -275,6 +321,7 @@ impl CellState {
             })
             .collect();
         let plan = placement::plan_placement(&nodes, &tasks, &demand);
+        self.fresh_start = false;
 
         for id in &plan.stop {
             if let Some(t) = self.tasks.remove(id) {
