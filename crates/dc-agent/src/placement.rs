@@ -23,7 +23,11 @@ use crate::model::Resources;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
     pub id: String,
+    /// Not lost: its tasks count as running. A node whose link just dropped is still healthy
+    /// until the node timeout passes (a restarting agent must not lose its tasks).
     pub healthy: bool,
+    /// Connected right now: only reachable nodes get new tasks.
+    pub reachable: bool,
     /// In maintenance: nothing new lands here and its tasks move off.
     pub draining: bool,
     pub capacity: Resources,
@@ -149,7 +153,7 @@ pub fn plan_placement(nodes: &[NodeView], tasks: &[TaskView], demand: &[GroupDem
     // demand still hold their resources and ports.
     let mut rooms: BTreeMap<&str, NodeRoom<'_>> = healthy
         .iter()
-        .filter(|(_, n)| !n.draining)
+        .filter(|(_, n)| !n.draining && n.reachable)
         .map(|(id, n)| {
             (*id, NodeRoom { node: n, free: n.capacity, used_ports: BTreeSet::new(), instances: BTreeMap::new() })
         })
@@ -271,6 +275,7 @@ mod tests {
         NodeView {
             id: id.into(),
             healthy: true,
+            reachable: true,
             draining: false,
             capacity: Resources::new(cpu, mem, 10_000),
             port_min: ports.0,
@@ -529,5 +534,24 @@ mod tests {
         assert!(plan.stop.is_empty(), "the only instance keeps serving: {plan:?}");
         assert_eq!(plan.blockers.len(), 1);
         assert!(plan.blockers[0].message.contains("no node has 800 cpu_millis"), "{}", plan.blockers[0].message);
+    }
+
+    #[test]
+    fn unreachable_node_keeps_its_tasks_but_gets_nothing_new() {
+        let r = Resources::new(100, 64, 0);
+        let mut a = node("a", 1000, 1000, (100, 110));
+        a.reachable = false;
+        let nodes = [a, node("b", 1000, 1000, (100, 110))];
+        let on_a = task("g.web.1", "g", "web", "a", 100, r, 1);
+        // Scale to 2: the task on the unreachable node counts; the new one goes to b.
+        let plan = plan_placement(&nodes, std::slice::from_ref(&on_a), &[demand("g", "web", 2, r)]);
+        assert!(plan.stop.is_empty(), "{plan:?}");
+        assert_eq!(plan.start.iter().map(|s| s.node_id.as_str()).collect::<Vec<_>>(), ["b"]);
+        // Once it is lost (past the node timeout) its task is replaced.
+        let mut lost = nodes.clone();
+        lost[0].healthy = false;
+        let plan = plan_placement(&lost, &[on_a], &[demand("g", "web", 1, r)]);
+        assert_eq!(plan.stop, ["g.web.1"]);
+        assert_eq!(plan.start[0].node_id, "b");
     }
 }

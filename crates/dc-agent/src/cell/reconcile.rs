@@ -44,7 +44,7 @@ async fn reconcile_once(shared: &Shared, node_timeout: Duration, hold_until: Ins
         if may_place {
             st.adopt_reported_tasks();
         }
-        let placed = may_place && st.place();
+        let placed = may_place && st.place(now, node_timeout);
         (st.take_snapshot(), placed || !lost.is_empty(), may_place)
     };
     if let Some(snapshot) = snapshot {

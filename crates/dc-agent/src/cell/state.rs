@@ -39,6 +39,10 @@ struct NodeConn {
 
 struct NodeEntry {
     reg: NodeRegistration,
+    /// When the node was last heard from (registration or heartbeat), on any connection. A
+    /// node whose link dropped is unreachable, not lost, until the node timeout has passed
+    /// since then: a restarting node agent keeps its tasks.
+    last_seen: Instant,
     /// `None` while the node is lost.
     conn: Option<NodeConn>,
     statuses: BTreeMap<String, nodepb::TaskStatus>,
@@ -173,10 +177,12 @@ impl CellState {
                 entry.reg = reg;
                 entry.conn = Some(conn);
                 entry.statuses.clear();
+                entry.last_seen = now;
             }
             None => {
                 let entry = NodeEntry {
                     reg: reg.clone(),
+                    last_seen: now,
                     conn: Some(conn),
                     statuses: BTreeMap::new(),
                     generation: 0,
@@ -194,6 +200,7 @@ impl CellState {
         let entry = self.nodes.get_mut(&hb.node_id)?;
         let conn = entry.conn.as_mut().filter(|c| c.id == conn_id)?;
         conn.last_seen = now;
+        entry.last_seen = now;
         entry.applied_generation = hb.applied_generation;
         let statuses: BTreeMap<String, nodepb::TaskStatus> =
             hb.tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect();
@@ -277,7 +284,7 @@ impl CellState {
     }
 
     /// Plans and applies one placement step. Returns whether tasks or blockers changed.
-    pub(crate) fn place(&mut self) -> bool {
+    pub(crate) fn place(&mut self, now: Instant, node_timeout: Duration) -> bool {
         if self.desired_epoch.is_none() || self.shutting_down {
             return false;
         }
@@ -286,7 +293,8 @@ impl CellState {
             .iter()
             .map(|(id, n)| NodeView {
                 id: id.clone(),
-                healthy: n.conn.is_some(),
+                healthy: n.conn.is_some() || now.saturating_duration_since(n.last_seen) <= node_timeout,
+                reachable: n.conn.is_some(),
                 draining: self.draining.contains(id),
                 capacity: n.reg.capacity,
                 port_min: n.reg.port_min,
@@ -767,7 +775,7 @@ mod tests {
         let mut s = CellState::new("site-a".into(), 0, None);
         let (tx, mut rx) = mpsc::channel(4);
         s.register_node(reg("n1"), tx, Instant::now());
-        assert!(!s.place());
+        assert!(!s.place(Instant::now(), Duration::from_secs(3)));
         assert_eq!(s.send_assignments(), 0);
         assert!(rx.try_recv().is_err());
     }
@@ -779,7 +787,7 @@ mod tests {
         s.register_node(reg("n1"), tx, Instant::now());
         let d = s.check_desired(&desired(3, 2)).unwrap();
         s.commit_desired(d);
-        assert!(s.place());
+        assert!(s.place(Instant::now(), Duration::from_secs(3)));
         assert_eq!(s.send_assignments(), 1);
         let a = assignment(&mut rx);
         assert_eq!((a.generation, a.epoch, a.tasks.len()), (1, 3, 2));
@@ -797,7 +805,7 @@ mod tests {
         ] {
             assert_eq!(t.env.get(k).map(String::as_str), Some(v), "{k}");
         }
-        assert!(!s.place());
+        assert!(!s.place(Instant::now(), Duration::from_secs(3)));
         assert_eq!(s.send_assignments(), 0, "unchanged task list is not resent");
     }
 
@@ -811,7 +819,7 @@ mod tests {
         s.register_node(reg("n2"), tx2, t0);
         let d = s.check_desired(&desired(1, 2)).unwrap();
         s.commit_desired(d);
-        s.place();
+        s.place(t0, Duration::from_secs(3));
         let before: BTreeSet<String> = s.tasks.values().map(|t| t.node_id.clone()).collect();
         assert_eq!(before.len(), 2, "spread over both nodes");
 
@@ -822,7 +830,7 @@ mod tests {
         s.heartbeat(c2, nodepb::NodeHeartbeat { node_id: "n2".into(), ..Default::default() }, later);
         assert_eq!(s.expire_nodes(later, Duration::from_secs(3)), vec!["n1".to_string()]);
         assert!(!s.disconnect("n1", c1), "already lost");
-        assert!(s.place());
+        assert!(s.place(later, Duration::from_secs(3)));
         assert!(s.tasks.values().all(|t| t.node_id == "n2"));
         let ids: BTreeSet<String> = s.tasks.keys().cloned().collect();
 
@@ -833,7 +841,7 @@ mod tests {
         let (tx3, _rx3) = mpsc::channel(4);
         r.register_node(reg("n2"), tx3, later);
         assert!(r.all_task_nodes_connected());
-        r.place();
+        r.place(later, Duration::from_secs(3));
         assert_eq!(r.tasks.keys().cloned().collect::<BTreeSet<_>>(), ids);
         assert_eq!(r.task_counter, s.task_counter, "task ids never repeat");
     }
@@ -845,14 +853,14 @@ mod tests {
         s.register_node(reg("n1"), tx, Instant::now());
         let d = s.check_desired(&desired(1, 1)).unwrap();
         s.commit_desired(d);
-        s.place();
+        s.place(Instant::now(), Duration::from_secs(3));
         s.send_assignments();
         let _ = assignment(&mut rx);
 
         let empty = agent::DesiredState { epoch: 2, site: "site-a".into(), groups: vec![] };
         let d = s.check_desired(&empty).unwrap();
         s.commit_desired(d);
-        s.place();
+        s.place(Instant::now(), Duration::from_secs(3));
         assert_eq!(s.tasks.len(), 1);
         assert_eq!(s.send_assignments(), 0, "the node keeps the same list");
         let report = s.report(1);
