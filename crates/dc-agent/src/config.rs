@@ -59,6 +59,10 @@ pub struct CellArgs {
     /// declare.
     #[arg(long)]
     pub haproxy_socket: Option<PathBuf>,
+    /// With --haproxy-socket: how long a serving task that leaves the plan is drained from the
+    /// load balancer before its node stops it.
+    #[arg(long, default_value_t = 2000)]
+    pub lb_drain_ms: u64,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -149,6 +153,8 @@ pub struct CellConfig {
     pub report_interval: Duration,
     pub node_timeout: Duration,
     pub haproxy_socket: Option<PathBuf>,
+    /// Zero unless a load balancer is configured.
+    pub lb_drain: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -239,6 +245,7 @@ impl CellArgs {
         };
         let report_interval = p.millis("report-interval-ms", self.report_interval_ms, 50, 60_000);
         let node_timeout = p.millis("node-timeout-ms", self.node_timeout_ms, 300, 600_000);
+        let lb_drain = p.millis("lb-drain-ms", self.lb_drain_ms, 0, 600_000);
         let built = (|| {
             Some(CellConfig {
                 site: self.site.clone(),
@@ -250,6 +257,7 @@ impl CellArgs {
                 report_interval,
                 node_timeout,
                 haproxy_socket: self.haproxy_socket.clone(),
+                lb_drain: if self.haproxy_socket.is_some() { lb_drain } else { Duration::ZERO },
             })
         })();
         p.finish(built)

@@ -47,6 +47,9 @@ pub struct TaskView {
     pub seq: u64,
     /// Running and passing its health check on its node.
     pub ready: bool,
+    /// Already leaving (being drained from the load balancer before it is stopped): it still
+    /// holds its node's resources and port, but is neither counted nor stopped again.
+    pub stopping: bool,
 }
 
 /// A group the desired state manages, with the instances wanted per app.
@@ -123,6 +126,9 @@ pub fn plan_placement(nodes: &[NodeView], tasks: &[TaskView], demand: &[GroupDem
     let mut live: BTreeMap<(&str, &str), Vec<&TaskView>> = BTreeMap::new();
     let mut leaving: BTreeMap<(&str, &str), Vec<&TaskView>> = BTreeMap::new();
     for task in tasks {
+        if task.stopping {
+            continue;
+        }
         let Some(apps) = demanded.get(task.group.as_str()) else { continue };
         let Some(node) = healthy.get(task.node_id.as_str()).filter(|_| apps.contains_key(task.app.as_str())) else {
             stop.insert(&task.task_id);
@@ -293,6 +299,7 @@ mod tests {
             resources: res,
             seq,
             ready: true,
+            stopping: false,
         }
     }
 

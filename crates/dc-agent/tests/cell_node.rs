@@ -29,9 +29,11 @@ const SITE: &str = "site-a";
 /// Answers every GET with the task id from its environment, so the test sees that the node set
 /// it; binds HOST:PORT as assigned.
 const PY_SERVER: &str = r#"
-import os, http.server
+import os, time, http.server, socketserver
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == '/slow':
+            time.sleep(0.3)
         body = os.environ['SWITCHYARD_TASK_ID'].encode()
         self.send_response(200)
         self.send_header('Content-Length', str(len(body)))
@@ -39,7 +41,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+S((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()
 "#;
 
 struct Pki {
@@ -181,6 +185,7 @@ fn cell_args(pki: &Pki, files: &TlsFiles, listen_port: u16, federator_port: u16,
         report_interval_ms: 200,
         node_timeout_ms: 3000,
         haproxy_socket: None,
+        lb_drain_ms: 1000,
     }
 }
 
@@ -631,7 +636,27 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
     seen.dedup();
     assert_eq!(seen, ids, "requests through HAProxy reach exactly the published tasks: {answers:?}");
 
-    // Scaling down to one leaves exactly the remaining task in the backend.
+    // Scaling down to one under continuous load: the leaving task is drained from HAProxy
+    // before its node stops it, so no request fails.
+    let stop_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four clients with 300 ms requests: some request is always in flight on the leaving task.
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop_load.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    match support::haproxy::get_path(frontend, "/slow") {
+                        Some(_) => ok += 1,
+                        None => failed.push(ok),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     fed.desired.send_replace(Some(desired(6, 1)));
     let r = wait_report(&fed, "1 instance", |r| web(r).is_some_and(|a| a.instances.len() == 1)).await?;
     let left = vec![web(&r).unwrap().instances[0].task_id.clone()];
@@ -645,6 +670,19 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "backend still has {all:?}, want {left:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Keep the load on a while after the leaving task has gone from the backend.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = tokio::task::spawn_blocking(move || {
+        load.into_iter().map(|t| t.join().expect("load thread")).fold((0, Vec::new()), |(ok, mut f), (o, fl)| {
+            f.extend(fl);
+            (ok + o, f)
+        })
+    })
+    .await?;
+    assert!(ok > 20, "the load generator ran ({ok} requests)");
+    assert!(failed.is_empty(), "{} requests failed during the scale-down (after {:?} successes)", failed.len(), failed);
 
     // A cell restart (its nodes reconnect a moment later) must not empty a working backend.
     cell.stop().await?;

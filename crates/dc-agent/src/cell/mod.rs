@@ -106,7 +106,8 @@ pub async fn run_cell_until(
         tracing::info!(%bound, "metrics endpoint up");
     }
 
-    let state = CellState::new(cfg.site.clone(), epoch, restored);
+    let mut state = CellState::new(cfg.site.clone(), epoch, restored);
+    state.set_lb_drain(cfg.lb_drain);
     tracing::info!(
         site = %cfg.site,
         listen = %local,

@@ -34,6 +34,7 @@ async fn reconcile_once(shared: &Shared, node_timeout: Duration, hold_until: Ins
     let (snapshot, changed, may_place) = {
         let mut st = shared.state();
         let lost = st.expire_nodes(now, node_timeout);
+        let drained = st.finish_leaving(now);
         for id in &lost {
             tracing::warn!(node = %id, timeout_ms = node_timeout.as_millis() as u64, "node lost: no heartbeat");
             metrics::counter!("cell_nodes_lost_total").increment(1);
@@ -45,7 +46,7 @@ async fn reconcile_once(shared: &Shared, node_timeout: Duration, hold_until: Ins
             st.adopt_reported_tasks();
         }
         let placed = may_place && st.place(now, node_timeout);
-        (st.take_snapshot(), placed || !lost.is_empty(), may_place)
+        (st.take_snapshot(), placed || drained || !lost.is_empty(), may_place)
     };
     if let Some(snapshot) = snapshot {
         let store = shared.store.clone();

@@ -67,6 +67,11 @@ pub(crate) struct CellState {
     blockers: BTreeMap<(String, String), String>,
     /// Nodes in maintenance (persisted).
     draining: BTreeSet<String>,
+    /// Tasks leaving the plan that are drained from the load balancer first, until the given
+    /// deadline, and only then stopped (removed from their node's assignment).
+    leaving: BTreeMap<String, Instant>,
+    /// How long a serving task is drained before it is stopped; zero without a load balancer.
+    lb_drain: Duration,
     /// Started without a persisted task table (new cell, or its data directory was lost):
     /// until the first placement, tasks the nodes report are adopted instead of replaced.
     fresh_start: bool,
@@ -97,6 +102,8 @@ impl CellState {
             next_conn_id: 0,
             blockers: BTreeMap::new(),
             draining: BTreeSet::new(),
+            leaving: BTreeMap::new(),
+            lb_drain: Duration::ZERO,
             fresh_start: restored.is_none(),
             dirty: false,
             shutting_down: false,
@@ -237,6 +244,28 @@ impl CellState {
 
     /// Whether every node that holds a task is connected. Until then a restarted cell holds
     /// placement back, so tasks are not moved off nodes that simply have not reconnected yet.
+    /// Serving tasks leaving the plan are drained from the load balancer for `drain` first.
+    pub(crate) fn set_lb_drain(&mut self, drain: Duration) {
+        self.lb_drain = drain;
+    }
+
+    /// Stops the leaving tasks whose drain time is over. Returns whether any was stopped.
+    pub(crate) fn finish_leaving(&mut self, now: Instant) -> bool {
+        let done: Vec<String> =
+            self.leaving.iter().filter(|(_, until)| **until <= now).map(|(id, _)| id.clone()).collect();
+        for id in &done {
+            self.leaving.remove(id);
+            if let Some(t) = self.tasks.remove(id) {
+                tracing::info!(task = %id, node = %t.node_id, "drained task stopped");
+            }
+        }
+        self.dirty |= !done.is_empty();
+        if !done.is_empty() {
+            self.prune_groups();
+        }
+        !done.is_empty()
+    }
+
     pub(crate) fn is_fresh_start(&self) -> bool {
         self.fresh_start
     }
@@ -313,6 +342,7 @@ impl CellState {
                 resources: t.resources,
                 seq: t.seq,
                 ready: self.task_ready(t),
+                stopping: self.leaving.contains_key(&t.task_id),
             })
             .collect();
         let demand: Vec<GroupDemand> = self
@@ -332,7 +362,12 @@ impl CellState {
         self.fresh_start = false;
 
         for id in &plan.stop {
-            if let Some(t) = self.tasks.remove(id) {
+            let serving = self.tasks.get(id).is_some_and(|t| self.task_ready(t));
+            if serving && !self.lb_drain.is_zero() {
+                // Out of the load balancer first; the node stops it once the drain is over.
+                tracing::info!(task = %id, drain_ms = self.lb_drain.as_millis() as u64, "task leaving; draining it first");
+                self.leaving.insert(id.clone(), now + self.lb_drain);
+            } else if let Some(t) = self.tasks.remove(id) {
                 tracing::info!(task = %id, node = %t.node_id, "task removed from the plan");
             }
         }
@@ -617,7 +652,9 @@ impl CellState {
                             addr: node.reg.address,
                             port: t.port,
                             weight: LB_WEIGHT,
-                            ready: status.state == TaskState::Running as i32 && status.healthy,
+                            ready: status.state == TaskState::Running as i32
+                                && status.healthy
+                                && !self.leaving.contains_key(&t.task_id),
                         })
                     })
                     .collect();
@@ -707,6 +744,12 @@ impl CellState {
                     _ => "its node is not connected".to_string(),
                 };
             }
+        }
+        if self.leaving.contains_key(&t.task_id) {
+            // Still running, but no longer counted as serving: it is being drained.
+            s.state = TaskState::Stopping as i32;
+            s.healthy = false;
+            s.message = "leaving: drained from the load balancer before it is stopped".into();
         }
         s
     }

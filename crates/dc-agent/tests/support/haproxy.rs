@@ -62,9 +62,14 @@ pub fn which(bin: &str) -> Option<std::path::PathBuf> {
 
 /// `GET /` through `frontend`; the body of a 200 answer.
 pub fn get(frontend: SocketAddr) -> Option<String> {
+    get_path(frontend, "/")
+}
+
+/// `GET path` through `frontend`; the body of a 200 answer.
+pub fn get_path(frontend: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&frontend, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?;
