@@ -1,12 +1,14 @@
 //! A tiny HTTP/1.1 service used as the workload of local federations and tests. It binds
-//! `HOST:PORT` (defaults 127.0.0.1:8080), answers `GET /health` with `ok` and any other GET with
-//! a JSON description of where it runs, taken from the `SWITCHYARD_*` environment the node
-//! sets. Standard library only; one thread per connection; SIGTERM ends it.
+//! `HOST:PORT` (defaults 127.0.0.1:8080), answers `GET /health` with `ok`, `GET /metrics` with
+//! Prometheus text (requests in flight, the concurrency signal autoscaling reads, and requests
+//! served), `GET /work?ms=N` after N milliseconds of simulated work, and any other GET with a
+//! JSON description of where it runs, taken from the `SWITCHYARD_*` environment the node sets.
+//! Standard library only; one thread per connection; SIGTERM ends it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Connections served at once; beyond that new ones get 503 instead of a thread.
@@ -14,6 +16,31 @@ const MAX_CONNECTIONS: usize = 256;
 /// Longest request head accepted.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest simulated work one request may ask for.
+const MAX_WORK_MS: u64 = 30_000;
+
+/// Application requests (not /health or /metrics) being served now, and served in all.
+#[derive(Default)]
+struct Stats {
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+}
+
+/// A consistent reading of [`Stats`] for one reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StatsView {
+    in_flight: usize,
+    served: u64,
+}
+
+/// What to do for one request: the reply, how long to work before sending it, and whether it is
+/// application traffic (counted in the concurrency signal).
+#[derive(Debug, PartialEq, Eq)]
+struct Handled {
+    reply: Reply,
+    work: Duration,
+    counted: bool,
+}
 
 /// Where this instance runs, as the node described it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,26 +126,61 @@ impl Reply {
 }
 
 /// Decides the answer to one request line (`GET /path HTTP/1.1`). Pure, so it is tested alone.
-fn handle_request(request_line: &str, placement: &Placement) -> Reply {
+fn handle_request(request_line: &str, placement: &Placement, stats: StatsView) -> Handled {
+    let plain = |reply| Handled { reply, work: Duration::ZERO, counted: false };
     let mut parts = request_line.split_whitespace();
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Reply::text(400, "Bad Request", "malformed request line");
+        return plain(Reply::text(400, "Bad Request", "malformed request line"));
     };
     if !version.starts_with("HTTP/1.") {
-        return Reply::text(505, "HTTP Version Not Supported", "only HTTP/1.x is spoken here");
+        return plain(Reply::text(505, "HTTP Version Not Supported", "only HTTP/1.x is spoken here"));
     }
     if method != "GET" && method != "HEAD" {
-        return Reply::text(405, "Method Not Allowed", "only GET and HEAD are supported");
+        return plain(Reply::text(405, "Method Not Allowed", "only GET and HEAD are supported"));
     }
-    let path = target.split(['?', '#']).next().unwrap_or("/");
-    if path == "/health" {
-        return Reply::text(200, "OK", "ok");
+    let (path, query) = target.split('#').next().unwrap_or("/").split_once('?').unwrap_or((target, ""));
+    match path {
+        "/health" => plain(Reply::text(200, "OK", "ok")),
+        "/metrics" => plain(Reply::new(200, "OK", "text/plain; version=0.0.4", metrics_text(placement, stats))),
+        "/work" => {
+            let ms = query.split('&').find_map(|kv| kv.strip_prefix("ms=")).map(str::parse::<u64>);
+            match ms {
+                Some(Ok(ms)) if ms <= MAX_WORK_MS => Handled {
+                    reply: Reply::new(200, "OK", "application/json", format!("{}\n", placement.to_json())),
+                    work: Duration::from_millis(ms),
+                    counted: true,
+                },
+                _ => plain(Reply::text(400, "Bad Request", &format!("/work needs ms=0..{MAX_WORK_MS}"))),
+            }
+        }
+        _ => Handled {
+            reply: Reply::new(200, "OK", "application/json", format!("{}\n", placement.to_json())),
+            work: Duration::ZERO,
+            counted: true,
+        },
     }
-    Reply::new(200, "OK", "application/json", format!("{}\n", placement.to_json()))
 }
 
-fn serve(stream: TcpStream, placement: &Placement) -> std::io::Result<()> {
+fn metrics_text(p: &Placement, stats: StatsView) -> String {
+    let labels = format!(
+        "app=\"{}\",group=\"{}\",instance=\"{}\"",
+        json_escape(&p.app),
+        json_escape(&p.group),
+        json_escape(&p.instance)
+    );
+    format!(
+        "# HELP switchyard_sample_in_flight_requests Application requests being served now (concurrency).\n\
+         # TYPE switchyard_sample_in_flight_requests gauge\n\
+         switchyard_sample_in_flight_requests{{{labels}}} {}\n\
+         # HELP switchyard_sample_requests_total Application requests served.\n\
+         # TYPE switchyard_sample_requests_total counter\n\
+         switchyard_sample_requests_total{{{labels}}} {}\n",
+        stats.in_flight, stats.served
+    )
+}
+
+fn serve(stream: TcpStream, placement: &Placement, stats: &Stats) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     // The limit bounds memory even for a request line without a newline.
@@ -134,15 +196,27 @@ fn serve(stream: TcpStream, placement: &Placement) -> std::io::Result<()> {
             break;
         }
     }
-    let reply = if head_bytes > MAX_HEAD_BYTES {
-        Reply::text(431, "Request Header Fields Too Large", "request head too large")
-    } else {
-        handle_request(request_line.trim_end(), placement)
-    };
+    if head_bytes > MAX_HEAD_BYTES {
+        let reply = Reply::text(431, "Request Header Fields Too Large", "request head too large");
+        let mut stream = stream;
+        stream.write_all(&reply.to_bytes(false))?;
+        return stream.flush();
+    }
+    let view =
+        StatsView { in_flight: stats.in_flight.load(Ordering::Acquire), served: stats.served.load(Ordering::Acquire) };
+    let handled = handle_request(request_line.trim_end(), placement, view);
+    if handled.counted {
+        stats.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+    std::thread::sleep(handled.work);
     let head_only = request_line.starts_with("HEAD ");
     let mut stream = stream;
-    stream.write_all(&reply.to_bytes(head_only))?;
-    stream.flush()
+    let result = stream.write_all(&handled.reply.to_bytes(head_only)).and_then(|()| stream.flush());
+    if handled.counted {
+        stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+        stats.served.fetch_add(1, Ordering::AcqRel);
+    }
+    result
 }
 
 fn main() -> std::process::ExitCode {
@@ -164,6 +238,7 @@ fn main() -> std::process::ExitCode {
     let bound = listener.local_addr().map_or(addr, |a| a.to_string());
     println!("sample-app listening on http://{bound} (instance {:?})", placement.instance);
     let active = Arc::new(AtomicUsize::new(0));
+    let stats = Arc::new(Stats::default());
     for conn in listener.incoming() {
         let mut stream = match conn {
             Ok(s) => s,
@@ -177,9 +252,9 @@ fn main() -> std::process::ExitCode {
             let _ = stream.write_all(&Reply::text(503, "Service Unavailable", "too many connections").to_bytes(false));
             continue;
         }
-        let (placement, active) = (placement.clone(), active.clone());
+        let (placement, active, stats) = (placement.clone(), active.clone(), stats.clone());
         let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
-            if let Err(e) = serve(stream, &placement) {
+            if let Err(e) = serve(stream, &placement, &stats) {
                 eprintln!("sample-app: connection failed: {e}");
             }
             active.fetch_sub(1, Ordering::AcqRel);
@@ -195,6 +270,10 @@ fn main() -> std::process::ExitCode {
 mod tests {
     use super::*;
 
+    fn answer(line: &str, p: &Placement) -> Reply {
+        handle_request(line, p, StatsView::default()).reply
+    }
+
     fn here() -> Placement {
         Placement {
             site: "site-a".into(),
@@ -207,14 +286,14 @@ mod tests {
 
     #[test]
     fn health_answers_ok() {
-        let r = handle_request("GET /health HTTP/1.1", &here());
+        let r = answer("GET /health HTTP/1.1", &here());
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
-        assert_eq!(handle_request("GET /health?probe=1 HTTP/1.0", &here()).status, 200);
+        assert_eq!(answer("GET /health?probe=1 HTTP/1.0", &here()).status, 200);
     }
 
     #[test]
     fn other_paths_describe_the_instance_as_json() {
-        let r = handle_request("GET /anything HTTP/1.1", &here());
+        let r = answer("GET /anything HTTP/1.1", &here());
         assert_eq!(r.status, 200);
         assert_eq!(r.content_type, "application/json");
         assert_eq!(
@@ -225,21 +304,21 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        assert_eq!(handle_request("", &here()).status, 400);
-        assert_eq!(handle_request("GET /", &here()).status, 400);
-        assert_eq!(handle_request("POST / HTTP/1.1", &here()).status, 405);
-        assert_eq!(handle_request("GET / SPDY/3", &here()).status, 505);
+        assert_eq!(answer("", &here()).status, 400);
+        assert_eq!(answer("GET /", &here()).status, 400);
+        assert_eq!(answer("POST / HTTP/1.1", &here()).status, 405);
+        assert_eq!(answer("GET / SPDY/3", &here()).status, 505);
     }
 
     #[test]
     fn replies_carry_length_and_close() {
-        let bytes = handle_request("GET /health HTTP/1.1", &here()).to_bytes(false);
+        let bytes = answer("GET /health HTTP/1.1", &here()).to_bytes(false);
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(text.contains("Content-Length: 3\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.ends_with("\r\n\r\nok\n"));
-        let head = handle_request("HEAD /health HTTP/1.1", &here()).to_bytes(true);
+        let head = answer("HEAD /health HTTP/1.1", &here()).to_bytes(true);
         assert!(String::from_utf8(head).unwrap().ends_with("\r\n\r\n"));
     }
 
@@ -249,7 +328,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();
-            serve(s, &here()).unwrap();
+            serve(s, &here(), &Stats::default()).unwrap();
         });
         let mut c = TcpStream::connect(addr).unwrap();
         c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -257,5 +336,67 @@ mod tests {
         c.read_to_string(&mut out).unwrap();
         server.join().unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK") && out.ends_with("ok\n"), "{out}");
+    }
+
+    #[test]
+    fn metrics_expose_concurrency_in_prometheus_text() {
+        let view = StatsView { in_flight: 3, served: 41 };
+        let h = handle_request("GET /metrics HTTP/1.1", &here(), view);
+        assert!(!h.counted, "scrapes are not application traffic");
+        let body = String::from_utf8(h.reply.to_bytes(false)).unwrap();
+        assert!(body.contains("# TYPE switchyard_sample_in_flight_requests gauge"), "{body}");
+        assert!(
+            body.contains(
+                r#"switchyard_sample_in_flight_requests{app="web",group="crm-web",instance="crm-web.web.3"} 3"#
+            ),
+            "{body}"
+        );
+        assert!(body.contains("switchyard_sample_requests_total{") && body.trim_end().ends_with(" 41"), "{body}");
+    }
+
+    #[test]
+    fn work_simulates_slow_requests_within_bounds() {
+        let h = handle_request("GET /work?ms=250 HTTP/1.1", &here(), StatsView::default());
+        assert_eq!((h.reply.status, h.work, h.counted), (200, Duration::from_millis(250), true));
+        let h = handle_request("GET /work?x=1&ms=0 HTTP/1.1", &here(), StatsView::default());
+        assert_eq!((h.reply.status, h.work), (200, Duration::ZERO));
+        for bad in ["GET /work HTTP/1.1", "GET /work?ms=abc HTTP/1.1", "GET /work?ms=30001 HTTP/1.1"] {
+            let h = handle_request(bad, &here(), StatsView::default());
+            assert_eq!((h.reply.status, h.work), (400, Duration::ZERO), "{bad}");
+        }
+        assert!(!handle_request("GET /health HTTP/1.1", &here(), StatsView::default()).counted);
+        assert!(handle_request("GET / HTTP/1.1", &here(), StatsView::default()).counted);
+    }
+
+    #[test]
+    fn in_flight_counts_requests_being_worked_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let server_stats = stats.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(3) {
+                let stats = server_stats.clone();
+                std::thread::spawn(move || serve(conn.unwrap(), &here(), &stats));
+            }
+        });
+        let get = move |path: &str| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            out
+        };
+        let slow = std::thread::spawn(move || get("/work?ms=400"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while stats.in_flight.load(Ordering::Acquire) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the slow request never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let metrics = get("/metrics");
+        assert!(metrics.contains("switchyard_sample_in_flight_requests{") && metrics.contains("} 1\n"), "{metrics}");
+        assert!(slow.join().unwrap().starts_with("HTTP/1.1 200"));
+        assert_eq!(stats.in_flight.load(Ordering::Acquire), 0);
+        assert_eq!(stats.served.load(Ordering::Acquire), 1);
     }
 }
