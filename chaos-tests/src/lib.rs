@@ -149,6 +149,18 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_string()))
 }
 
+/// `GET /` with `Host: host` at `addr` (an ingress proxy); the status code and body.
+pub fn http_get_host(addr: &str, host: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
+}
+
 /// `GET /` of a sample-app instance; its JSON answer.
 pub fn http_get_json(host: &str, port: &str) -> Option<Value> {
     use std::io::{Read, Write};
@@ -192,6 +204,14 @@ impl Federation {
         self.cluster =
             serde_json::from_str(&std::fs::read_to_string(self.dir.join("cluster.json")).expect("cluster.json"))
                 .expect("cluster.json is JSON");
+    }
+
+    /// `ip:port` of a site's ingress proxy.
+    pub fn ingress(&self, site: &str) -> String {
+        let s = self.cluster["sites"].as_array().unwrap().iter().find(|s| s["name"] == site).expect("site");
+        let port =
+            s["ingress_port"].as_u64().expect("an ingress proxy (haproxy must be installed; scripts/test does it)");
+        format!("{}:{port}", s["ingress"][0].as_str().unwrap())
     }
 
     pub fn dns(&self) -> String {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_chaos_tests::{
-    Federation, dig_a, dig_raw, fedctl, fedctl_json, fedctl_ok, http_get, http_get_json, is_alive, task_processes,
-    wait_for,
+    Federation, dig_a, dig_raw, fedctl, fedctl_json, fedctl_ok, http_get, http_get_host, http_get_json, is_alive,
+    task_processes, wait_for,
 };
 
 const ZONE: &str = "fed.local.";
@@ -60,6 +60,13 @@ fn switchover_end_to_end_with_real_processes() {
         });
         assert!(text.contains("# TYPE"), "{process}: not Prometheus text:\n{text}");
     }
+    // The whole path: the DNS answer is site-1's ingress proxy, which reaches site-1's instances.
+    let host = name.trim_end_matches('.');
+    let ingress1 = fed.ingress("site-1");
+    assert!(ingress1.starts_with("127.0.1.1:"), "{ingress1}");
+    let (code, body) = http_get_host(&ingress1, host).expect("site-1 ingress answers");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["site"], "site-1");
     let before = instances_by_site(&dir, "crm-web");
     assert_eq!(before.get("site-1").map(Vec::len), Some(2), "2 instances on site-1: {before:?}");
     assert!(!before.contains_key("site-2"));
@@ -119,6 +126,15 @@ fn switchover_end_to_end_with_real_processes() {
         let answer = http_get_json(host, port).expect("instance answers HTTP");
         assert_eq!(answer["site"], "site-2", "{answer}");
     }
+    // Following DNS to site-2's ingress reaches site-2's instances; site-1 has none left.
+    let ingress2 = format!("127.0.2.1:{}", ingress1.rsplit_once(':').unwrap().1);
+    assert_eq!(ingress2, fed.ingress("site-2"));
+    let (code, body) = wait_for(Duration::from_secs(10), "site-2's ingress to serve crm-web", || {
+        http_get_host(&ingress2, host).filter(|(c, _)| *c == 200)
+    });
+    assert_eq!((code, serde_json::from_str::<Value>(&body).unwrap()["site"].clone()), (200, "site-2".into()));
+    let (code, _) = http_get_host(&ingress1, host).expect("site-1 ingress answers");
+    assert_eq!(code, 503, "site-1 has no crm-web instance behind its ingress any more");
     // The other group did not move.
     assert_eq!(dig_a(&dns, &format!("mobile-app.{ZONE}")), ["127.0.1.1"]);
 

@@ -48,6 +48,9 @@ pub struct NodeInfo {
 pub struct SiteInfo {
     pub name: String,
     pub ingress: Vec<String>,
+    /// HTTP port of the site's ingress proxy (HAProxy) on its ingress address, when started.
+    #[serde(default)]
+    pub ingress_port: Option<u16>,
     pub cell: String,
     pub nodes: Vec<NodeInfo>,
 }
@@ -254,6 +257,55 @@ pub struct UpArgs {
     pub sites: u32,
     pub nodes_per_site: u32,
     pub timeout: Duration,
+    /// Start an HAProxy per site on its ingress address (when `haproxy` is installed).
+    pub ingress: bool,
+}
+
+/// `name` found in a directory of `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// A port free on every site's ingress address, so one port serves all sites.
+fn ingress_port(ips: &[IpAddr]) -> Result<u16, CliError> {
+    for _ in 0..50 {
+        let port = free_port(ips[0])?;
+        if ips.iter().all(|ip| TcpListener::bind(SocketAddr::new(*ip, port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    Err(CliError::Failed("no port is free on every site's ingress address".into()))
+}
+
+/// The backend an app's tasks are published to by its cell (see `dc-agent cell --haproxy-socket`).
+fn backend_name(group: &str, app: &str) -> String {
+    format!("be_{group}_{app}")
+}
+
+/// HAProxy configuration of one site's ingress: requests are routed by Host header
+/// (`<dns_name>.<zone>`) to the group's first app; backends start empty and are filled by the
+/// cell through the runtime API on `socket`.
+fn haproxy_config(socket: &Path, bind: SocketAddr, groups: &[GroupSpec]) -> String {
+    let mut cfg = format!(
+        "global\n    stats socket {} mode 600 level admin\n    stats timeout 10s\n\
+         defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    \
+         retries 2\n    option redispatch\n\
+         frontend fe_ingress\n    bind {bind}\n",
+        socket.display()
+    );
+    for g in groups {
+        let host = format!("{}.{}", g.dns_name, ZONE.trim_end_matches('.'));
+        cfg.push_str(&format!("    acl host_{0} hdr(host),field(1,:) -i {host} {host}.\n", g.name));
+        if let Some(app) = g.apps.first() {
+            cfg.push_str(&format!("    use_backend {} if host_{}\n", backend_name(&g.name, &app.name), g.name));
+        }
+    }
+    for g in groups {
+        for app in &g.apps {
+            cfg.push_str(&format!("backend {}\n    balance roundrobin\n", backend_name(&g.name, &app.name)));
+        }
+    }
+    cfg
 }
 
 /// Starts the federation and waits until it is healthy. On failure everything started is
@@ -339,9 +391,23 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             ingress: vec![cell_ip],
             labels: BTreeMap::from([("region".to_string(), format!("local-{n}"))]),
         });
-        sites.push(SiteInfo { name: name.clone(), ingress: vec![ingress], cell, nodes });
+        sites.push(SiteInfo { name: name.clone(), ingress: vec![ingress], ingress_port: None, cell, nodes });
     }
     let groups = sample_groups(&site_names[0]);
+    let haproxy = if args.ingress { which("haproxy") } else { None };
+    if args.ingress && haproxy.is_none() {
+        eprintln!(
+            "note: haproxy is not installed, so the sites get no ingress proxy; DNS still answers. \
+             Install it (apt-get install haproxy) for the full DNS -> ingress -> instance path."
+        );
+    }
+    if haproxy.is_some() {
+        let ips: Vec<IpAddr> = sites.iter().map(|s| s.ingress[0].parse().expect("valid")).collect();
+        let port = ingress_port(&ips)?;
+        for s in &mut sites {
+            s.ingress_port = Some(port);
+        }
+    }
     let fed_addr = SocketAddr::new(loopback, free_port(loopback)?);
     let fed_url = format!("https://{fed_addr}");
     let dns_addr = SocketAddr::new(loopback, free_port(loopback)?);
@@ -396,9 +462,34 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         });
         cluster.save(&dir)?;
 
-        // One cell per site, then its nodes.
+        // One cell per site (with its ingress proxy), then its nodes.
         for site in &sites {
             let cell_ip: IpAddr = site.ingress[0].parse().expect("valid");
+            let lb_socket = match (&haproxy, site.ingress_port) {
+                (Some(bin), Some(port)) => {
+                    let socket = data.join(format!("haproxy-{}.sock", site.name));
+                    let cfg_path = dir.join(format!("haproxy-{}.cfg", site.name));
+                    let bind = SocketAddr::new(cell_ip, port);
+                    std::fs::write(&cfg_path, haproxy_config(&socket, bind, &groups)).map_err(io)?;
+                    let argv = vec!["-f".to_string(), cfg_path.display().to_string(), "-db".into()];
+                    let name = format!("haproxy-{}", site.name);
+                    let (pid, log) = spawn(&name, bin, &argv, &logs)?;
+                    cluster.processes.push(Proc {
+                        name,
+                        role: "haproxy".into(),
+                        site: Some(site.name.clone()),
+                        pid,
+                        listen: BTreeMap::from([
+                            ("http".into(), bind.to_string()),
+                            ("admin".into(), socket.display().to_string()),
+                        ]),
+                        argv,
+                        log,
+                    });
+                    Some(socket)
+                }
+                _ => None,
+            };
             let tls = issue(&format!("cell-{}", site.name), Role::Cell, &site.name, &[cell_ip.to_string()])?;
             let metrics = SocketAddr::new(cell_ip, free_port(cell_ip)?);
             let mut argv = vec![
@@ -416,6 +507,9 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                 "--report-interval-ms".into(),
                 "1000".into(),
             ];
+            if let Some(socket) = &lb_socket {
+                argv.extend(["--haproxy-socket".to_string(), socket.display().to_string()]);
+            }
             argv.extend(tls_args(&tls));
             let name = format!("cell-{}", site.name);
             let (pid, log) = spawn(&name, &bins.join("dc-agent"), &argv, &logs)?;
@@ -530,10 +624,18 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         format!("  export FEDCTL_CONFIG={}\n", dir.join("fedctl.toml").display())
     };
     let (dns_ip, dns_port) = (dns_addr.ip(), dns_addr.port());
+    let curl = match sites[0].ingress_port {
+        Some(port) => format!(
+            "  curl -s -H 'Host: crm-web.{}' http://{}:{port}/    # through site-1's ingress proxy\n",
+            ZONE.trim_end_matches('.'),
+            sites[0].ingress[0]
+        ),
+        None => String::new(),
+    };
     println!(
         "Switchyard is up in {:.1}s: {} sites x {} nodes, {} app groups on {}.\n\
          \n  federator  {fed_url}\n  fed-dns    {dns_addr} (zone {ZONE})\n  processes  {}\n  client     {} (identity operator:{operator})\n\
-         \nTry:\n{config_hint}  fedctl status\n  fedctl groups\n  dig @{dns_ip} -p {dns_port} crm-web.{ZONE} A +short\n  \
+         \nTry:\n{config_hint}  fedctl status\n  fedctl groups\n  dig @{dns_ip} -p {dns_port} crm-web.{ZONE} A +short\n{curl}  \
          fedctl switchover start crm-web --to site-2 --reason \"practice\" --wait\n  fedctl audit list\n  fedctl down{}\n",
         started.elapsed().as_secs_f64(),
         args.sites,
@@ -613,8 +715,28 @@ async fn check_ready(
             }
             Err(e) => return Err(format!("DNS query for {name}: {e}")),
         }
+        let home = cluster.sites.iter().find(|s| s.name == g.home_site);
+        if let Some((site, port)) = home.and_then(|s| s.ingress_port.map(|p| (s, p))) {
+            let addr = SocketAddr::new(site.ingress[0].parse().map_err(|e| format!("{e}"))?, port);
+            let host = name.trim_end_matches('.');
+            match http_status(addr, host) {
+                Some(200) => {}
+                other => return Err(format!("{host} through {}'s ingress {addr}: {other:?}", site.name)),
+            }
+        }
     }
     Ok(())
+}
+
+/// Status code of `GET /` with `Host: host` at `addr`, if it answers at all.
+fn http_status(addr: SocketAddr, host: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).ok()?;
+    std::str::from_utf8(&head[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Stops task processes that nodes recorded in `tasks.json` and that outlived them: only those
@@ -660,7 +782,7 @@ pub fn down(dir: &Path, purge: bool) -> Result<String, CliError> {
         return Ok(format!("nothing is running from {}", dir.display()));
     };
     let by_role = |role: &str| ours(cluster.processes.iter().filter(|p| p.role == role));
-    for role in ["dns", "node", "cell", "federator"] {
+    for role in ["dns", "node", "cell", "haproxy", "federator"] {
         stop_all(&by_role(role), Duration::from_secs(10));
     }
     kill_leftover_tasks(&cluster);
@@ -684,11 +806,12 @@ pub fn restart(dir: &Path, name: &str) -> Result<String, CliError> {
     if runs(proc.pid, &proc.argv) {
         stop_all(&[proc.pid], Duration::from_secs(10));
     }
-    let bin = binary_dir()?.join(match proc.role.as_str() {
-        "federator" => "federator",
-        "dns" => "fed-dns",
-        _ => "dc-agent",
-    });
+    let bin = match proc.role.as_str() {
+        "haproxy" => which("haproxy").ok_or_else(|| CliError::Usage("haproxy is not in PATH".into()))?,
+        "federator" => binary_dir()?.join("federator"),
+        "dns" => binary_dir()?.join("fed-dns"),
+        _ => binary_dir()?.join("dc-agent"),
+    };
     let logs = proc.log.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.join("logs"));
     let (pid, _) = spawn(&proc.name, &bin, &proc.argv, &logs)?;
     let old = std::mem::replace(&mut proc.pid, pid);

@@ -80,6 +80,9 @@ enum Cmd {
         /// Give up (and stop everything) if not healthy within this many seconds.
         #[arg(long, default_value_t = 90)]
         timeout_s: u64,
+        /// Do not start an HAProxy ingress per site (started only when haproxy is installed).
+        #[arg(long)]
+        no_ingress: bool,
     },
     /// Stop the local federation started with `fedctl up`.
     Down {
@@ -221,8 +224,15 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg_path = config_path(cli.config.as_deref());
     match cli.command {
-        Cmd::Up { dir, sites, nodes_per_site, timeout_s } => {
-            local::up(local::UpArgs { dir, sites, nodes_per_site, timeout: Duration::from_secs(timeout_s) }).await
+        Cmd::Up { dir, sites, nodes_per_site, timeout_s, no_ingress } => {
+            local::up(local::UpArgs {
+                dir,
+                sites,
+                nodes_per_site,
+                timeout: Duration::from_secs(timeout_s),
+                ingress: !no_ingress,
+            })
+            .await
         }
         Cmd::Down { dir, purge } => {
             println!("{}", local::down(&dir, purge)?);
