@@ -13,9 +13,9 @@ pub struct NodeReport {
     pub capacity: Resources,
     pub allocated: Resources,
     pub healthy: bool,
-    /// Accepts new tasks (connected and not in maintenance).
+    /// Takes no new tasks (in maintenance); absent means schedulable.
     #[serde(default)]
-    pub schedulable: bool,
+    pub unschedulable: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +78,7 @@ impl CellReport {
     pub fn free(&self) -> Resources {
         self.nodes
             .iter()
-            .filter(|n| n.healthy && n.schedulable)
+            .filter(|n| n.healthy && !n.unschedulable)
             .map(|n| n.capacity.saturating_sub(n.allocated))
             .fold(Resources::default(), Resources::plus)
     }

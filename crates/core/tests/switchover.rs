@@ -78,7 +78,7 @@ impl Fed {
                 capacity: Resources { cpu_millis: cpu, mem_mib: 4096, disk_mib: 0 },
                 allocated: Resources::default(),
                 healthy: true,
-                schedulable: true,
+                unschedulable: false,
             }],
             groups: BTreeMap::new(),
         };
@@ -463,14 +463,14 @@ fn nodes_in_maintenance_are_not_free_capacity() {
             capacity: Resources { cpu_millis: 4000, mem_mib: 4096, disk_mib: 0 },
             allocated: Resources::default(),
             healthy: true,
-            schedulable: false,
+            unschedulable: true,
         }],
         groups: BTreeMap::new(),
     };
     f.ok("cell:site-2", Action::CellReport(report.clone()));
     let err = f.start("crm-web", "site-2").unwrap_err();
     assert!(matches!(err, Refusal::InsufficientCapacity { .. }), "{err}");
-    report.nodes[0].schedulable = true;
+    report.nodes[0].unschedulable = false;
     f.ok("cell:site-2", Action::CellReport(report));
     assert!(f.start("crm-web", "site-2").is_ok());
 }

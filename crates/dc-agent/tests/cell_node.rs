@@ -693,6 +693,17 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
         anyhow::ensure!(now == left, "backend changed to {now:?} across a cell restart");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Nor must a restart on an empty data directory, while the cell rebuilds its task table.
+    cell.stop().await?;
+    std::fs::remove_dir_all(data.path().join("cell"))?;
+    let cell = start_cell(haproxy_cell_args());
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < until {
+        let now = ready_servers().await;
+        anyhow::ensure!(now == left, "backend changed to {now:?} across a restart on an empty disk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     node.stop().await?;
     cell.stop().await?;
     Ok(())

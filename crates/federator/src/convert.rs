@@ -42,7 +42,7 @@ pub fn report_from_proto(r: &agent::CellReport) -> Result<CellReport, String> {
             capacity: resources_from_proto(n.capacity.as_ref()),
             allocated: resources_from_proto(n.allocated.as_ref()),
             healthy: n.healthy,
-            schedulable: n.schedulable,
+            unschedulable: n.unschedulable,
         })
         .collect();
     let mut groups = BTreeMap::new();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
-use crate::lb::{LoadBalancer, sync_backend};
+use crate::lb::{LoadBalancer, sync_backend_keeping};
 use crate::shutdown::Shutdown;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -26,14 +26,15 @@ pub(crate) async fn run<L: LoadBalancer>(shared: Arc<Shared>, lb: L, shutdown: S
         let mut wanted = shared.state().lb_endpoints();
         known.extend(wanted.keys().cloned());
         for backend in &known {
-            let endpoints = match wanted.remove(backend) {
-                Some(Some(endpoints)) => endpoints,
-                // Some task's state is unknown: leave the backend exactly as it is.
+            let (endpoints, keep) = match wanted.remove(backend) {
+                // Servers of tasks whose state is unknown are left as they are; the rest syncs.
+                Some(Some(intent)) => (intent.endpoints, intent.keep),
+                // The cell has not rebuilt its task table yet: leave the backend alone.
                 Some(None) => continue,
                 // The app is gone from the managed groups: empty its backend.
-                None => Vec::new(),
+                None => (Vec::new(), Vec::new()),
             };
-            let outcome = match sync_backend(&lb, backend, &endpoints).await {
+            let outcome = match sync_backend_keeping(&lb, backend, &endpoints, &keep).await {
                 Ok(report) => {
                     for c in &report.applied {
                         tracing::info!(%backend, command = ?c, "load balancer updated");

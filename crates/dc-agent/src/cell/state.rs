@@ -51,6 +51,14 @@ struct NodeEntry {
     applied_generation: u64,
 }
 
+/// What one backend should hold: the endpoints whose state is known, and the names of servers
+/// to leave exactly as they are because their task's state is unknown right now.
+#[derive(Debug, Default)]
+pub(crate) struct LbIntent {
+    pub endpoints: Vec<crate::lb::Endpoint>,
+    pub keep: Vec<String>,
+}
+
 /// Every task of an app carries the same load-balancer weight; shares between sites are DNS's.
 const LB_WEIGHT: u16 = 10;
 
@@ -632,33 +640,43 @@ impl CellState {
     }
 
     /// Every managed app's tasks as load-balancer endpoints, by backend (`be_<group>_<app>`).
-    /// A task takes traffic only while its node reports it running and healthy. A backend is
-    /// `None` while any of its tasks has no known status (its node is lost, reconnecting, or
-    /// has not reported it yet, as after a cell restart): nothing is changed on missing
-    /// information, so a restart never empties a working backend.
-    pub(crate) fn lb_endpoints(&self) -> BTreeMap<String, Option<Vec<crate::lb::Endpoint>>> {
+    /// A task takes traffic only while its node reports it running and healthy. A task with no
+    /// known status (its node is lost, reconnecting, or has not reported it yet, as after a cell
+    /// restart) is kept exactly as the load balancer has it, and every backend is `None` (left
+    /// alone) until a cell that started without its table has rebuilt it: nothing is changed
+    /// on missing information, so a restart never empties a working backend.
+    pub(crate) fn lb_endpoints(&self) -> BTreeMap<String, Option<LbIntent>> {
         let mut out = BTreeMap::new();
         for g in self.managed.iter().filter_map(|name| self.groups.get(name)) {
             for a in &g.apps {
-                let endpoints: Option<Vec<crate::lb::Endpoint>> = self
-                    .tasks
-                    .values()
-                    .filter(|t| t.group == g.name && t.app == a.name)
-                    .map(|t| {
-                        let node = self.nodes.get(&t.node_id).filter(|n| n.conn.is_some())?;
-                        let status = node.statuses.get(&t.task_id)?;
-                        Some(crate::lb::Endpoint {
-                            name: t.task_id.clone(),
-                            addr: node.reg.address,
-                            port: t.port,
-                            weight: LB_WEIGHT,
-                            ready: status.state == TaskState::Running as i32
-                                && status.healthy
-                                && !self.leaving.contains_key(&t.task_id),
-                        })
-                    })
-                    .collect();
-                out.insert(format!("be_{}_{}", g.name, a.name), endpoints);
+                let backend = format!("be_{}_{}", g.name, a.name);
+                if self.fresh_start {
+                    // The task table is not rebuilt yet: an empty list would empty the backend.
+                    out.insert(backend, None);
+                    continue;
+                }
+                let mut intent = LbIntent::default();
+                for t in self.tasks.values().filter(|t| t.group == g.name && t.app == a.name) {
+                    let known = self
+                        .nodes
+                        .get(&t.node_id)
+                        .filter(|n| n.conn.is_some())
+                        .and_then(|n| n.statuses.get(&t.task_id).map(|st| (n, st)));
+                    let Some((node, status)) = known else {
+                        intent.keep.push(t.task_id.clone());
+                        continue;
+                    };
+                    intent.endpoints.push(crate::lb::Endpoint {
+                        name: t.task_id.clone(),
+                        addr: node.reg.address,
+                        port: t.port,
+                        weight: LB_WEIGHT,
+                        ready: status.state == TaskState::Running as i32
+                            && status.healthy
+                            && !self.leaving.contains_key(&t.task_id),
+                    });
+                }
+                out.insert(backend, Some(intent));
             }
         }
         out
@@ -688,7 +706,7 @@ impl CellState {
                     capacity: Some(convert::resources_to_proto(&n.reg.capacity)),
                     allocated: Some(convert::resources_to_proto(&allocated)),
                     healthy: n.conn.is_some(),
-                    schedulable: n.conn.is_some() && !self.draining.contains(id),
+                    unschedulable: self.draining.contains(id),
                 }
             })
             .collect();

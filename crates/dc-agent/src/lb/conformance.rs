@@ -74,7 +74,26 @@ pub async fn run<L: LoadBalancer>(lb: &L, backend: &str, addr: IpAddr, base_port
 
 #[cfg(test)]
 mod tests {
-    use super::super::FakeLoadBalancer;
+    use super::super::{FakeLoadBalancer, LoadBalancer, sync_backend, sync_backend_keeping};
+    use super::{ep, summary};
+
+    #[tokio::test]
+    async fn kept_servers_are_left_exactly_as_they_are() {
+        let lb = FakeLoadBalancer::with_backends(&["be"]);
+        let a = "127.0.0.1".parse().unwrap();
+        sync_backend(&lb, "be", &[ep("t1", a, 1, 10, true), ep("t2", a, 2, 10, true)]).await.unwrap();
+        // t1's state is unknown: it stays in rotation although it is not among the endpoints;
+        // t2 is known and drained; t3 is new.
+        let keep = vec!["t1".to_string()];
+        let r = sync_backend_keeping(&lb, "be", &[ep("t2", a, 2, 10, false), ep("t3", a, 3, 10, true)], &keep)
+            .await
+            .unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        let got = summary(lb.servers("be").await.unwrap());
+        let want: Vec<(String, u16, u16, &str)> =
+            vec![("t1".into(), 1, 10, "ready"), ("t2".into(), 2, 10, "drain"), ("t3".into(), 3, 10, "ready")];
+        assert_eq!(got, want);
+    }
 
     #[tokio::test]
     async fn fake_passes_the_battery() {

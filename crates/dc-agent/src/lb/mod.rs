@@ -74,7 +74,19 @@ pub struct SyncReport {
 /// command, recording failures instead of stopping at the first. Idempotent: a second call with
 /// the same desired endpoints does nothing.
 pub async fn sync_backend<L: LoadBalancer>(lb: &L, backend: &str, desired: &[Endpoint]) -> Result<SyncReport, LbError> {
-    let current = lb.servers(backend).await?;
+    sync_backend_keeping(lb, backend, desired, &[]).await
+}
+
+/// [`sync_backend`], leaving the servers named in `keep` exactly as they are (their state is
+/// unknown to the caller: neither added, changed nor removed).
+pub async fn sync_backend_keeping<L: LoadBalancer>(
+    lb: &L,
+    backend: &str,
+    desired: &[Endpoint],
+    keep: &[String],
+) -> Result<SyncReport, LbError> {
+    let current: Vec<ServerState> =
+        lb.servers(backend).await?.into_iter().filter(|s| !keep.contains(&s.name)).collect();
     let mut report = SyncReport::default();
     for command in plan_backend(backend, &current, desired)? {
         match lb.execute(&command).await {
