@@ -105,8 +105,8 @@ impl NodeLink for NodeService {
                 }
             };
             if shared.state().disconnect(&node_id, conn_id) {
-                tracing::warn!(node = %node_id, reason = %end, "node lost");
-                metrics::counter!("cell_nodes_lost_total").increment(1);
+                // Unreachable, not lost: its tasks stay until the node timeout passes.
+                tracing::warn!(node = %node_id, reason = %end, "node unreachable");
                 shared.poke_reconcile();
                 shared.poke_report();
             } else {

@@ -43,6 +43,8 @@ struct NodeEntry {
     /// node whose link dropped is unreachable, not lost, until the node timeout has passed
     /// since then: a restarting node agent keeps its tasks.
     last_seen: Instant,
+    /// Its loss has been reported (logged and counted) since it was last heard from.
+    lost_reported: bool,
     /// `None` while the node is lost.
     conn: Option<NodeConn>,
     statuses: BTreeMap<String, nodepb::TaskStatus>,
@@ -193,11 +195,13 @@ impl CellState {
                 entry.conn = Some(conn);
                 entry.statuses.clear();
                 entry.last_seen = now;
+                entry.lost_reported = false;
             }
             None => {
                 let entry = NodeEntry {
                     reg: reg.clone(),
                     last_seen: now,
+                    lost_reported: false,
                     conn: Some(conn),
                     statuses: BTreeMap::new(),
                     generation: 0,
@@ -236,16 +240,20 @@ impl CellState {
         }
     }
 
-    /// Marks nodes silent for longer than `timeout` as lost; returns their ids. Dropping the
-    /// connection closes the node's stream, so a node that is merely slow reconnects.
+    /// Declares lost, once, every node not heard from for longer than `timeout`, connected
+    /// (silent) or not (its link dropped); returns their ids. Dropping a silent node's
+    /// connection closes its stream, so a node that is merely slow reconnects.
     pub(crate) fn expire_nodes(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
         let mut lost = Vec::new();
         for (id, entry) in &mut self.nodes {
-            if entry.conn.as_ref().is_some_and(|c| now.saturating_duration_since(c.last_seen) > timeout) {
-                entry.conn = None;
-                entry.statuses.clear();
-                lost.push(id.clone());
+            if entry.lost_reported || now.saturating_duration_since(entry.last_seen) <= timeout {
+                continue;
             }
+            if entry.conn.take().is_some() {
+                entry.statuses.clear();
+            }
+            entry.lost_reported = true;
+            lost.push(id.clone());
         }
         lost
     }
@@ -927,5 +935,23 @@ mod tests {
         let report = s.report(1);
         assert!(report.groups.is_empty());
         assert_eq!(report.nodes[0].allocated.unwrap().cpu_millis, 100);
+    }
+
+    #[test]
+    fn a_dropped_link_is_reported_lost_once_and_only_after_the_timeout() {
+        let mut s = CellState::new("site-a".into(), 0, None);
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(3);
+        let (tx, _rx) = mpsc::channel(4);
+        let conn = s.register_node(reg("n1"), tx, t0);
+        assert!(s.disconnect("n1", conn));
+        assert!(s.expire_nodes(t0 + Duration::from_secs(2), timeout).is_empty(), "unreachable, not lost yet");
+        assert_eq!(s.expire_nodes(t0 + Duration::from_secs(4), timeout), ["n1"]);
+        assert!(s.expire_nodes(t0 + Duration::from_secs(9), timeout).is_empty(), "reported once");
+        // Back, then silent again: lost again after a new timeout.
+        let (tx, _rx2) = mpsc::channel(4);
+        s.register_node(reg("n1"), tx, t0 + Duration::from_secs(10));
+        assert!(s.expire_nodes(t0 + Duration::from_secs(12), timeout).is_empty());
+        assert_eq!(s.expire_nodes(t0 + Duration::from_secs(14), timeout), ["n1"]);
     }
 }
