@@ -312,23 +312,8 @@ async fn cell_and_node_run_fence_and_stop_real_processes() -> anyhow::Result<()>
     let data_dir = data.path().join("cell");
     let work_dir = data.path().join("node-1");
     let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data_dir));
-    let node = start_node(NodeArgs {
-        id: "node-1".into(),
-        site: SITE.into(),
-        cell: format!("https://127.0.0.1:{cell_port}"),
-        address: "127.0.0.1".into(),
-        cpu_millis: 2000,
-        mem_mib: 1024,
-        disk_mib: 1024,
-        port_range: format!("{port_min}-{port_max}"),
-        work_dir: work_dir.clone(),
-        tls_ca: pki.root.join("ca.pem"),
-        tls_cert: node_files.cert.clone(),
-        tls_key: node_files.key.clone(),
-        bin_dir: None,
-        metrics_listen: None,
-        heartbeat_ms: 200,
-    });
+    let node_1 = node_args(&pki, &node_files, "node-1", 1, cell_port, (port_min, port_max), &work_dir);
+    let node = start_node(NodeArgs { cpu_millis: 2000, ..node_1 });
 
     // The node registers and shows up with its capacity before any desired state exists.
     let r = wait_report(&fed, "the node to register", |r| r.nodes.iter().any(|n| n.node_id == "node-1" && n.healthy))
@@ -425,23 +410,8 @@ async fn node_shutdown_stops_its_tasks_and_node_loss_is_reported() -> anyhow::Re
     let cell_port = free_port_outside(port_min, port_max);
     let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell")));
     let work_dir = data.path().join("n1");
-    let node = start_node(NodeArgs {
-        id: "n1".into(),
-        site: SITE.into(),
-        cell: format!("https://127.0.0.1:{cell_port}"),
-        address: "127.0.0.1".into(),
-        cpu_millis: 600,
-        mem_mib: 1024,
-        disk_mib: 0,
-        port_range: format!("{port_min}-{port_max}"),
-        work_dir: work_dir.clone(),
-        tls_ca: pki.root.join("ca.pem"),
-        tls_cert: node_files.cert.clone(),
-        tls_key: node_files.key.clone(),
-        bin_dir: None,
-        metrics_listen: None,
-        heartbeat_ms: 200,
-    });
+    let n1 = node_args(&pki, &node_files, "n1", 1, cell_port, (port_min, port_max), &work_dir);
+    let node = start_node(NodeArgs { cpu_millis: 600, ..n1 });
     // Room for one 500-cpu instance only: the second is a blocker, not an overcommit.
     fed.desired.send_replace(Some(desired(1, 2)));
     let r = wait_report(&fed, "one healthy instance and a blocker", |r| {
@@ -588,23 +558,9 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
         args
     };
     let cell = start_cell(haproxy_cell_args());
-    let node = start_node(NodeArgs {
-        id: "node-1".into(),
-        site: SITE.into(),
-        cell: format!("https://127.0.0.1:{cell_port}"),
-        address: "127.0.0.1".into(),
-        cpu_millis: 2000,
-        mem_mib: 1024,
-        disk_mib: 1024,
-        port_range: format!("{port_min}-{port_max}"),
-        work_dir: data.path().join("node-1"),
-        tls_ca: pki.root.join("ca.pem"),
-        tls_cert: node_files.cert.clone(),
-        tls_key: node_files.key.clone(),
-        bin_dir: None,
-        metrics_listen: None,
-        heartbeat_ms: 200,
-    });
+    let node_1 =
+        node_args(&pki, &node_files, "node-1", 1, cell_port, (port_min, port_max), &data.path().join("node-1"));
+    let node = start_node(NodeArgs { cpu_millis: 2000, ..node_1 });
     let lb = HaproxyRuntime::new(&haproxy.socket);
     let ready_servers = || async {
         lb.servers("be_crm-web_web")
