@@ -48,13 +48,26 @@ impl SwitchoverPlan {
     }
 }
 
-/// Capacity held by running operations on `site` that its cell has not yet allocated.
+/// Capacity held by running operations on `site` that its cell has not yet allocated: each
+/// operation's reservation minus what the site's last committed report already shows of that
+/// group (those instances are in the report's `allocated`, so counting both would refuse
+/// switchovers that fit).
 pub fn reserved_on(state: &State, site: &str) -> Resources {
+    let report = state.reports.get(site).map(|r| &r.report);
     state
         .operations
         .values()
         .filter(|o| o.is_running() && o.to == site)
-        .map(|o| o.reserved)
+        .map(|o| {
+            let shown = match (report.and_then(|r| r.groups.get(&o.group)), state.groups.get(&o.group)) {
+                (Some(gr), Some(g)) => {
+                    let present = gr.apps.iter().map(|(app, a)| (app.clone(), a.instances.len() as u32)).collect();
+                    g.demand(&present)
+                }
+                _ => Resources::default(),
+            };
+            o.reserved.saturating_sub(shown)
+        })
         .fold(Resources::default(), Resources::plus)
 }
 

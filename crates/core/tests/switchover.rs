@@ -430,23 +430,36 @@ fn unreachable_source_needs_attention_then_completes_when_it_reports() {
 }
 
 #[test]
-fn verify_falling_back_to_scale_up_keeps_the_reservation() {
+fn reservations_count_each_instance_once_and_cover_lost_ones() {
     let mut f = Fed::new();
     let mut g2 = group("mobile-app", 2, 100);
     g2.dns_name = "mobile".into();
     f.ok("system:config", Action::RegisterGroup(g2));
-    f.report("site-1", 2000, &[("crm-web", 2, 0), ("mobile-app", 2, 0)]);
+    let mut g3 = group("batch", 3, 100);
+    g3.dns_name = "batch".into();
+    f.ok("system:config", Action::RegisterGroup(g3));
+    f.report("site-1", 4000, &[("crm-web", 2, 0), ("mobile-app", 2, 0), ("batch", 3, 0)]);
+    // site-2 holds 400: crm-web takes 200 of it.
     f.report("site-2", 400, &[]);
     let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
     f.report("site-2", 400, &[("crm-web", 2, 0)]);
     f.tick(100);
     assert_eq!(f.op(&id).phase, Phase::Verifying);
-    f.report("site-2", 400, &[("crm-web", 1, 1)]);
+    // Both instances are placed (in the report's allocation): they are not also reserved, so
+    // batch (300) is refused but mobile-app (200) fits.
+    assert!(matches!(f.start("batch", "site-2"), Err(Refusal::InsufficientCapacity { .. })));
+    // A target node is lost: one instance disappears and the verify falls back to ScalingUp.
+    f.report("site-2", 400, &[("crm-web", 1, 0)]);
     f.tick(100);
     assert_eq!(f.op(&id).phase, Phase::ScalingUp);
-    // site-2 has 200 free by its report, but crm-web still holds its 200: mobile-app is refused.
-    let err = f.start("mobile-app", "site-2").unwrap_err();
-    assert!(matches!(err, Refusal::InsufficientCapacity { .. }), "{err}");
+    // The report shows 100 allocated, but the lost instance's 100 is still reserved for
+    // crm-web: 200 left, so batch (300) is still refused.
+    let err = f.start("batch", "site-2").unwrap_err();
+    match err {
+        Refusal::InsufficientCapacity { free, .. } => assert_eq!(free.cpu_millis, 200),
+        other => panic!("{other}"),
+    }
+    assert!(f.start("mobile-app", "site-2").is_ok(), "200 still fits");
 }
 
 #[test]
