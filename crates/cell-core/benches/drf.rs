@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use switchyard_cell_core::drf::{self, DeclineFilter, Demand, FillRole, Usage};
 use switchyard_cell_core::model::{Node, NodeState, Resources, Role};
 
+use switchyard_cell_core::seeded::SeededRng as Rng;
+
 const NODES: usize = 10_000;
 const ROLES: usize = 1_000;
 const CYCLES: usize = 20;
@@ -19,25 +21,6 @@ const TARGET: Duration = Duration::from_millis(100);
 const SEED: u64 = 0x5157_C4A2_D2F0_0001;
 const NOW_MS: u64 = 1_000_000;
 const NODE_TOTAL: Resources = Resources::new(32_000, 128 * 1_024, 1_024 * 1_024);
-
-/// splitmix64, so the synthetic cell is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 struct Cell {
     nodes: Vec<Node>,

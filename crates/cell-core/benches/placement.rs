@@ -18,6 +18,8 @@ use switchyard_cell_core::constraints::Constraint;
 use switchyard_cell_core::model::{Node, NodeState, PortRange, Resources};
 use switchyard_cell_core::placement::{Placed, PlacementPlan, PlacementRequest, Placer, RunningTask, plan_placement};
 
+use switchyard_cell_core::seeded::SeededRng as Rng;
+
 const NODES: usize = 5_000;
 const NODES_PER_RACK: usize = 25;
 const APPS: usize = 500;
@@ -25,23 +27,6 @@ const INSTANCES: u32 = 50_000;
 const TARGET_PER_S: f64 = 50_000.0;
 const RUNS: usize = 5;
 const STATELESS_RUNS: usize = 3;
-
-/// splitmix64, so the cluster is the same on every run and machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn cluster(rng: &mut Rng) -> Vec<Node> {
     (0..NODES)

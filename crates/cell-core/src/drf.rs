@@ -960,26 +960,10 @@ mod tests {
 
     // ---- property-style: invariants over many seeded random inputs
 
-    /// splitmix64: a tiny deterministic generator for test inputs.
-    struct Rng(u64);
+    use crate::seeded::SeededRng as Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-        fn chance(&mut self, percent: u64) -> bool {
-            self.below(100) < percent
-        }
-        fn resources(&mut self, cpu_millis: u64, mem_mib: u64, disk_mib: u64) -> Resources {
-            Resources::new(self.below(cpu_millis + 1), self.below(mem_mib + 1), self.below(disk_mib + 1))
-        }
+    fn random_resources(rng: &mut Rng, cpu_millis: u64, mem_mib: u64, disk_mib: u64) -> Resources {
+        Resources::new(rng.below(cpu_millis + 1), rng.below(mem_mib + 1), rng.below(disk_mib + 1))
     }
 
     struct Case {
@@ -998,8 +982,9 @@ mod tests {
         let roles: Vec<Role> = names
             .iter()
             .map(|name| {
-                let guarantee = if rng.chance(30) { rng.resources(16_000, 16_000, 100) } else { Resources::ZERO };
-                let limit = rng.chance(40).then(|| guarantee.plus(rng.resources(16_000, 16_000, 200)));
+                let guarantee =
+                    if rng.chance(30) { random_resources(&mut rng, 16_000, 16_000, 100) } else { Resources::ZERO };
+                let limit = rng.chance(40).then(|| guarantee.plus(random_resources(&mut rng, 16_000, 16_000, 200)));
                 Role { name: name.clone(), weight: [0.5, 1.0, 2.0, 3.0][rng.below(4) as usize], guarantee, limit }
             })
             .collect();
@@ -1011,7 +996,8 @@ mod tests {
                 n.state = states[rng.below(states.len() as u64) as usize];
                 for _ in 0..rng.below(3) {
                     let r = &names[rng.below(role_count as u64) as usize];
-                    n.reserved.insert(r.clone(), rng.resources(n.total.cpu_millis / 2, n.total.mem_mib / 2, 50));
+                    n.reserved
+                        .insert(r.clone(), random_resources(&mut rng, n.total.cpu_millis / 2, n.total.mem_mib / 2, 50));
                 }
                 n
             })
@@ -1020,12 +1006,15 @@ mod tests {
         for n in &nodes {
             for _ in 0..rng.below(4) {
                 let r = &names[rng.below(role_count as u64) as usize];
-                usage.insert((n.id.clone(), r.clone()), rng.resources(n.total.cpu_millis / 2, n.total.mem_mib / 2, 60));
+                usage.insert(
+                    (n.id.clone(), r.clone()),
+                    random_resources(&mut rng, n.total.cpu_millis / 2, n.total.mem_mib / 2, 60),
+                );
             }
         }
         let mut demand = BTreeMap::new();
         for r in names.iter().filter(|_| rng.chance(80)).collect::<Vec<_>>() {
-            let min_offer = if rng.chance(50) { rng.resources(3_000, 3_000, 0) } else { Resources::ZERO };
+            let min_offer = if rng.chance(50) { random_resources(&mut rng, 3_000, 3_000, 0) } else { Resources::ZERO };
             demand.insert(r.clone(), Demand { min_offer });
         }
         let now_ms = 10_000;

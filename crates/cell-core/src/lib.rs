@@ -15,3 +15,4 @@ pub mod drf;
 pub mod health;
 pub mod model;
 pub mod placement;
+pub mod seeded;

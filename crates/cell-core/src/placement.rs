@@ -1167,26 +1167,7 @@ mod tests {
         assert!(placed > 2_000 && constrained > 300 && short > 200, "{placed} {constrained} {short}");
     }
 
-    /// splitmix64: a tiny seeded generator for test inputs.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
-        fn chance(&mut self, percent: u64) -> bool {
-            self.below(100) < percent
-        }
-    }
+    use crate::seeded::SeededRng as Rng;
 
     const RANDOM_CONSTRAINTS: &[&str] = &[
         "hostname:UNIQUE",
