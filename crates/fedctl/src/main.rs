@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use switchyard_proto::operator::v1 as pb;
 use switchyard_tls::{CertAuthority, Identity, Role};
 
-use crate::client::{ClientConfig, config_path, connect, source_chain};
+use crate::client::{ClientConfig, config_path, connect};
 use crate::output::{Format, duration_ms, json, table, time};
 
 #[derive(Debug, thiserror::Error)]
@@ -555,6 +555,5 @@ async fn audit_list(cfg: &Path, from: u64, limit: u32, output: Format) -> Result
             println!("{t}");
         }
     }
-    let _ = source_chain;
     Ok(())
 }
