@@ -117,6 +117,46 @@ pub struct HealthSpec {
     pub max_failures: u32,
 }
 
+/// Marathon's `upgradeStrategy`: how a changed app replaces its instances on a site. Both are
+/// fractions of the instance count in `[0, 1]`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSpec {
+    /// Instances (old or new) that must stay healthy during the upgrade. Default 1: every
+    /// replacement starts and is healthy before an old instance stops.
+    #[serde(default = "UpgradeSpec::one")]
+    pub minimum_health_capacity: f64,
+    /// Extra instances the upgrade may run at once. Default 1.
+    #[serde(default = "UpgradeSpec::one")]
+    pub maximum_over_capacity: f64,
+}
+
+impl UpgradeSpec {
+    fn one() -> f64 {
+        1.0
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == UpgradeSpec::default()
+    }
+}
+
+impl Default for UpgradeSpec {
+    fn default() -> Self {
+        UpgradeSpec { minimum_health_capacity: 1.0, maximum_over_capacity: 1.0 }
+    }
+}
+
+// Validated specs hold finite fractions, so bitwise equality is value equality.
+impl PartialEq for UpgradeSpec {
+    fn eq(&self, o: &Self) -> bool {
+        self.minimum_health_capacity.to_bits() == o.minimum_health_capacity.to_bits()
+            && self.maximum_over_capacity.to_bits() == o.maximum_over_capacity.to_bits()
+    }
+}
+
+impl Eq for UpgradeSpec {}
+
 /// One application of a group: a program run as `instances` processes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +173,12 @@ pub struct AppSpec {
     pub resources: Resources,
     #[serde(default)]
     pub health: HealthSpec,
+    /// Placement constraints in the form `field:OPERATOR[:value]` (`hostname:UNIQUE`,
+    /// `rack:GROUP_BY:2`, `zone:LIKE:z[12]`), applied by each site's cell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(default, skip_serializing_if = "UpgradeSpec::is_default")]
+    pub upgrade: UpgradeSpec,
 }
 
 /// An app group as declared in configuration: the unit that moves between sites.
@@ -147,7 +193,18 @@ pub struct GroupSpec {
     pub tier: u32,
     /// Site the group runs on when first registered.
     pub home_site: SiteName,
+    /// The cells' allocation role (tenant) the group's apps run under; empty means the group's
+    /// own name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
     pub apps: Vec<AppSpec>,
+}
+
+impl GroupSpec {
+    /// The allocation role the group's apps run under in every cell.
+    pub fn role(&self) -> &str {
+        if self.tenant.is_empty() { &self.name } else { &self.tenant }
+    }
 }
 
 /// What one site runs of a group, and its share of traffic.
@@ -235,6 +292,9 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
     if spec.ttl_s == 0 || spec.ttl_s > 86_400 {
         errs.push(format!("group {g:?}: ttl_s {} must be between 1 and 86400", spec.ttl_s));
     }
+    if !spec.tenant.is_empty() && !valid_label(&spec.tenant) {
+        errs.push(format!("group {g:?}: tenant {:?} must be 1-63 characters of [a-z0-9-]", spec.tenant));
+    }
     if spec.apps.is_empty() {
         errs.push(format!("group {g:?} has no apps"));
     }
@@ -254,6 +314,19 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
         }
         if app.instances > 10_000 {
             errs.push(format!("group {g:?}: app {:?} asks for {} instances (max 10000)", app.name, app.instances));
+        }
+        for c in &app.constraints {
+            if let Err(e) = switchyard_cell_core::constraints::Constraint::parse(c) {
+                errs.push(format!("group {g:?}: app {:?}: {e}", app.name));
+            }
+        }
+        for (what, v) in [
+            ("minimum_health_capacity", app.upgrade.minimum_health_capacity),
+            ("maximum_over_capacity", app.upgrade.maximum_over_capacity),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                errs.push(format!("group {g:?}: app {:?}: upgrade {what} {v} must be between 0 and 1", app.name));
+            }
         }
     }
     errs
@@ -280,6 +353,7 @@ mod tests {
             ttl_s: 0,
             tier: 0,
             home_site: "site-1".into(),
+            tenant: String::new(),
             apps: vec![],
         };
         let errs = validate_group(&spec);

@@ -67,6 +67,8 @@ pub struct DesiredApp {
 pub struct DesiredGroup {
     pub name: String,
     pub epoch: u64,
+    /// Allocation role (tenant) of the group's apps.
+    pub role: String,
     pub apps: Vec<DesiredApp>,
 }
 
@@ -88,6 +90,7 @@ pub fn desired_for_site(state: &State, site: &str) -> DesiredView {
             DesiredGroup {
                 name: g.spec.name.clone(),
                 epoch: g.placement.epoch,
+                role: g.spec.role().to_string(),
                 apps: g
                     .spec
                     .apps

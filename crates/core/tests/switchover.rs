@@ -32,6 +32,7 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
         ttl_s: 5,
         tier: 1,
         home_site: "site-1".into(),
+        tenant: String::new(),
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),
@@ -40,6 +41,8 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
             instances,
             resources: Resources { cpu_millis: cpu, mem_mib: 64, disk_mib: 0 },
             health: HealthSpec { http_path: "/health".into(), ..Default::default() },
+            constraints: vec![],
+            upgrade: Default::default(),
         }],
     }
 }

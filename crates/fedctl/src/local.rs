@@ -231,6 +231,8 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             grace_ms: 3000,
             max_failures: 3,
         },
+        constraints: vec![],
+        upgrade: Default::default(),
     };
     vec![
         GroupSpec {
@@ -239,6 +241,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             ttl_s: 5,
             tier: 1,
             home_site: home.into(),
+            tenant: String::new(),
             apps: vec![app("web", 2)],
         },
         GroupSpec {
@@ -247,6 +250,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             ttl_s: 5,
             tier: 2,
             home_site: home.into(),
+            tenant: String::new(),
             apps: vec![app("api", 2)],
         },
     ]

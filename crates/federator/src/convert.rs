@@ -103,6 +103,12 @@ pub fn desired_to_proto(d: &DesiredView) -> agent::DesiredState {
                             grace_ms: a.spec.health.grace_ms,
                             max_failures: a.spec.health.max_failures,
                         }),
+                        constraints: a.spec.constraints.clone(),
+                        upgrade: Some(agent::UpgradeStrategy {
+                            minimum_health_capacity: a.spec.upgrade.minimum_health_capacity,
+                            maximum_over_capacity: a.spec.upgrade.maximum_over_capacity,
+                        }),
+                        role: g.role.clone(),
                     })
                     .collect(),
             })
