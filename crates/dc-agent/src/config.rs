@@ -63,6 +63,10 @@ pub struct CellArgs {
     /// load balancer before its node stops it.
     #[arg(long, default_value_t = 2000)]
     pub lb_drain_ms: u64,
+    /// TOML file with the site's roles (DRF weight, quota guarantee and limit) and node
+    /// reservations; re-read when it changes. Without it every role has weight 1 and no quota.
+    #[arg(long)]
+    pub quotas: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -102,6 +106,10 @@ pub struct NodeArgs {
     pub metrics_listen: Option<String>,
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Node attribute placement constraints match on, KEY=VALUE (repeatable): rack, zone or
+    /// any label. `hostname` defaults to the node id and `site` is always the node's site.
+    #[arg(long = "attribute", value_name = "KEY=VALUE")]
+    pub attributes: Vec<String>,
 }
 
 /// Every problem found in a command line.
@@ -155,6 +163,7 @@ pub struct CellConfig {
     pub haproxy_socket: Option<PathBuf>,
     /// Zero unless a load balancer is configured.
     pub lb_drain: Duration,
+    pub quotas: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -171,6 +180,7 @@ pub struct NodeConfig {
     pub bin_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub heartbeat: Duration,
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 struct Problems(Vec<String>);
@@ -258,6 +268,7 @@ impl CellArgs {
                 node_timeout,
                 haproxy_socket: self.haproxy_socket.clone(),
                 lb_drain: if self.haproxy_socket.is_some() { lb_drain } else { Duration::ZERO },
+                quotas: self.quotas.clone(),
             })
         })();
         p.finish(built)
@@ -294,6 +305,20 @@ impl NodeArgs {
             None => Some(None),
         };
         let heartbeat = p.millis("heartbeat-ms", self.heartbeat_ms, 50, 60_000);
+        let mut attributes = std::collections::BTreeMap::new();
+        for raw in &self.attributes {
+            match raw.split_once('=') {
+                Some((k, v)) if is_valid_name(k) && !v.is_empty() && k != "site" => {
+                    if attributes.insert(k.to_string(), v.to_string()).is_some() {
+                        p.0.push(format!("--attribute {k} is given twice"));
+                    }
+                }
+                _ => p.0.push(format!(
+                    "--attribute {raw:?} must be KEY=VALUE with KEY of [A-Za-z0-9_-] (not \"site\") and a value"
+                )),
+            }
+        }
+        attributes.insert("site".to_string(), self.site.clone());
         let built = (|| {
             let (port_min, port_max) = ports?;
             Some(NodeConfig {
@@ -309,6 +334,7 @@ impl NodeArgs {
                 bin_dir: self.bin_dir.clone(),
                 metrics_listen: metrics_listen?,
                 heartbeat,
+                attributes,
             })
         })();
         p.finish(built)

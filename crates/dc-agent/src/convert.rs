@@ -9,7 +9,11 @@ use switchyard_proto::agent::v1 as agent;
 use switchyard_proto::common::v1 as common;
 use switchyard_proto::node::v1 as nodepb;
 
-use crate::model::{AppRecord, DesiredRecord, GroupRecord, HealthSpec, Resources, is_valid_name, is_valid_task_id};
+use switchyard_cell_core::constraints::Constraint;
+
+use crate::model::{
+    AppRecord, DesiredRecord, GroupRecord, HealthSpec, Resources, UpgradeStrategy, is_valid_name, is_valid_task_id,
+};
 
 /// Most instances one app may ask for on one site; a larger number is a bug upstream.
 pub const MAX_INSTANCES_PER_APP: u32 = 10_000;
@@ -100,7 +104,27 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
             if health.http_path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 problems.push(format!("{at}: health check path {:?} contains whitespace", health.http_path));
             }
-            apps.push(AppRecord {
+            for c in &a.constraints {
+                if let Err(e) = Constraint::parse(c) {
+                    problems.push(format!("{at}: {e}"));
+                }
+            }
+            let upgrade = a.upgrade.as_ref().map_or_else(UpgradeStrategy::default, |u| UpgradeStrategy {
+                minimum_health_capacity: u.minimum_health_capacity,
+                maximum_over_capacity: u.maximum_over_capacity,
+            });
+            for (what, v) in [
+                ("minimum_health_capacity", upgrade.minimum_health_capacity),
+                ("maximum_over_capacity", upgrade.maximum_over_capacity),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    problems.push(format!("{at}: upgrade {what} {v} is outside [0, 1]"));
+                }
+            }
+            if !a.role.is_empty() && !is_valid_name(&a.role) {
+                problems.push(format!("{at}: role {:?} is invalid: use 1-63 characters from [A-Za-z0-9_-]", a.role));
+            }
+            let mut app = AppRecord {
                 name: a.name.clone(),
                 command: a.command.clone(),
                 args: a.args.clone(),
@@ -108,7 +132,13 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
                 instances: a.instances,
                 resources: resources_from_proto(a.resources.as_ref()),
                 health,
-            });
+                constraints: a.constraints.clone(),
+                upgrade,
+                role: if a.role.is_empty() { g.name.clone() } else { a.role.clone() },
+                version: String::new(),
+            };
+            app.version = app.compute_version();
+            apps.push(app);
         }
         groups.push(GroupRecord { name: g.name.clone(), epoch: g.epoch, apps });
     }

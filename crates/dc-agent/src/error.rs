@@ -31,4 +31,6 @@ pub enum AgentError {
     },
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    #[error("quota file {0}")]
+    Quotas(String),
 }

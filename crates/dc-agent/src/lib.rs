@@ -7,8 +7,9 @@
 //! What it never does: apply a desired state older than one it has applied (fencing), stop a
 //! workload of a group that is absent from the desired state, stop running tasks because the
 //! federator or the cell is unreachable (static stability), or speak anything but mutual TLS.
-//! Placement decisions live in one pure function ([`placement::plan_placement`]) with no I/O and
-//! no clock, so they can be tested exhaustively and replaced by a fuller resource manager.
+//! Scheduling decisions live in one pure function ([`schedule::plan`]) with no I/O and no clock:
+//! the service scheduler, the DRF allocator and the constraint-aware placer of
+//! `switchyard-cell-core`, so they can be tested exhaustively.
 
 pub mod backoff;
 pub mod cell;
@@ -20,7 +21,8 @@ pub mod lb;
 pub mod model;
 pub mod node;
 pub mod persist;
-pub mod placement;
+pub mod quotas;
+pub mod schedule;
 mod shutdown;
 
 pub use cell::{run_cell, run_cell_until};

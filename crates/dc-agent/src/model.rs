@@ -76,7 +76,7 @@ impl HealthSpec {
 }
 
 /// One app of a group as the federator last described it to this cell.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppRecord {
     pub name: String,
@@ -86,10 +86,58 @@ pub struct AppRecord {
     pub instances: u32,
     pub resources: Resources,
     pub health: HealthSpec,
+    /// Placement constraints, `field:OPERATOR[:value]`, validated on receipt.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    #[serde(default)]
+    pub upgrade: UpgradeStrategy,
+    /// Allocation role (tenant); empty means the group's name.
+    #[serde(default)]
+    pub role: String,
+    /// Digest of everything that makes a task of this app what it is (see
+    /// [`AppRecord::compute_version`]); tasks of another version are replaced by a rolling upgrade.
+    #[serde(default)]
+    pub version: String,
+}
+
+pub use switchyard_cell_core::deploy::UpgradeStrategy;
+
+impl AppRecord {
+    /// Digest of the fields a running task embodies: program, arguments, environment,
+    /// resources, health check and constraints. `instances`, the upgrade strategy and the role
+    /// are left out: scaling or changing how to upgrade never replaces a task.
+    pub fn compute_version(&self) -> String {
+        use sha2::Digest as _;
+        let fields =
+            serde_json::json!([self.command, self.args, self.env, self.resources, self.health, self.constraints]);
+        let digest = sha2::Sha256::digest(fields.to_string().as_bytes());
+        hex::encode(&digest[..6])
+    }
+
+    /// What a task of this app is launched with.
+    pub fn launch(&self) -> LaunchSpec {
+        LaunchSpec {
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// What one task is launched with; kept per task so that tasks of an older version keep
+/// running as they were while a rolling upgrade replaces them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub health: HealthSpec,
 }
 
 /// A group with this site's share of its apps.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupRecord {
     pub name: String,
@@ -104,7 +152,7 @@ impl GroupRecord {
 }
 
 /// A validated desired state, as accepted from the federator.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DesiredRecord {
     pub epoch: u64,
     pub site: String,
@@ -124,6 +172,16 @@ pub struct TaskRecord {
     pub resources: Resources,
     /// Placement order: larger is newer. Scale-down removes the newest tasks first.
     pub seq: u64,
+    /// Version of the app spec the task was launched with (empty in tables written before
+    /// versions existed; such tasks take their app's version when the table is loaded).
+    #[serde(default)]
+    pub version: String,
+    /// Allocation role the task is accounted to.
+    #[serde(default)]
+    pub role: String,
+    /// What the task runs; `None` in older tables (the app's current spec is used).
+    #[serde(default)]
+    pub launch: Option<LaunchSpec>,
 }
 
 /// Whether `name` may be used as a group, app or node name. The characters are restricted so

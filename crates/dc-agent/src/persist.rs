@@ -67,7 +67,7 @@ pub struct EpochRecord {
 
 /// The cell's task table: what a restarted cell needs to keep running tasks where they are instead
 /// of replacing them, even while the federator is unreachable.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellStateFile {
     pub version: u32,

@@ -186,6 +186,7 @@ fn cell_args(pki: &Pki, files: &TlsFiles, listen_port: u16, federator_port: u16,
         node_timeout_ms: 3000,
         haproxy_socket: None,
         lb_drain_ms: 1000,
+        quotas: None,
     }
 }
 
@@ -419,7 +420,11 @@ async fn node_shutdown_stops_its_tasks_and_node_loss_is_reported() -> anyhow::Re
     })
     .await?;
     let app = web(&r).unwrap();
-    assert!(app.blocker.contains("no node has 500 cpu_millis and 128 mem_mib free for crm-web/web"), "{}", app.blocker);
+    assert!(
+        app.blocker.contains("crm-web/web unplaced: 1 nodes up; none has cpu_millis=500 mem_mib=128"),
+        "{}",
+        app.blocker
+    );
     let pid = app.instances[0].pid;
     assert!(alive(pid));
 
@@ -431,7 +436,7 @@ async fn node_shutdown_stops_its_tasks_and_node_loss_is_reported() -> anyhow::Re
     })
     .await?;
     let app = web(&r).unwrap();
-    assert!(app.blocker.starts_with("no healthy node"), "{}", app.blocker);
+    assert!(app.blocker.contains("none of 0 nodes is up"), "{}", app.blocker);
     cell.stop().await?;
     Ok(())
 }
@@ -801,6 +806,7 @@ fn node_args(
         bin_dir: None,
         metrics_listen: None,
         heartbeat_ms: 200,
+        attributes: vec![],
     }
 }
 

@@ -48,6 +48,13 @@ impl CellAdmin for AdminService {
         Ok(Response::new(pb::ListTasksReply { site: st.site().to_string(), tasks: st.admin_tasks(node) }))
     }
 
+    async fn list_roles(&self, req: Request<pb::ListRolesRequest>) -> Result<Response<pb::ListRolesReply>, Status> {
+        authorise(&req, Role::can_view, "list the cell's roles")?;
+        let st = self.shared.state();
+        let (roles, quota_error) = st.admin_roles();
+        Ok(Response::new(pb::ListRolesReply { site: st.site().to_string(), roles, quota_error }))
+    }
+
     async fn drain_node(&self, req: Request<pb::DrainNodeRequest>) -> Result<Response<pb::DrainNodeReply>, Status> {
         let id = authorise(&req, Role::can_switchover, "drain or undrain nodes")?;
         let r = req.into_inner();

@@ -65,6 +65,9 @@ impl Shared {
 }
 
 /// Runs a cell until SIGTERM or SIGINT.
+/// How often the quota file is checked for changes.
+const QUOTA_POLL: Duration = Duration::from_secs(1);
+
 pub async fn run_cell(args: CellArgs) -> Result<(), AgentError> {
     run_cell_until(args, os_signal()).await
 }
@@ -108,6 +111,9 @@ pub async fn run_cell_until(
 
     let mut state = CellState::new(cfg.site.clone(), epoch, restored);
     state.set_lb_drain(cfg.lb_drain);
+    if let Some(path) = &cfg.quotas {
+        state.set_quotas(crate::quotas::load(path).map_err(AgentError::Quotas)?);
+    }
     tracing::info!(
         site = %cfg.site,
         listen = %local,
@@ -150,6 +156,7 @@ pub async fn run_cell_until(
     // Spawned only once nothing can fail any more, so an early error leaves no task behind.
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), cfg.node_timeout, shutdown.clone()));
     let link = tokio::spawn(federator_link::run(shared.clone(), federator, cfg.clone(), shutdown.clone()));
+    let quota_watch = cfg.quotas.clone().map(|path| tokio::spawn(watch_quotas(shared.clone(), path, shutdown.clone())));
     let publisher = cfg.haproxy_socket.clone().map(|socket| {
         tracing::info!(socket = %socket.display(), "publishing endpoints to HAProxy");
         tokio::spawn(lb_publisher::run(shared.clone(), crate::lb::HaproxyRuntime::new(socket), shutdown.clone()))
@@ -161,6 +168,9 @@ pub async fn run_cell_until(
     shared.state().begin_shutdown();
     link.abort();
     reconciler.abort();
+    if let Some(w) = quota_watch {
+        w.abort();
+    }
     if let Some(p) = publisher {
         p.abort();
         let _ = p.await;
@@ -169,4 +179,34 @@ pub async fn run_cell_until(
     let _ = reconciler.await;
     tracing::info!(site = %cfg.site, "cell stopped");
     result
+}
+
+/// Re-reads the quota file whenever its modification time or size changes. A file with
+/// problems is refused as a whole: the quotas in force stay, and the error is logged and shown
+/// by `fedctl cell roles` until the file is fixed.
+async fn watch_quotas(shared: Arc<Shared>, path: std::path::PathBuf, shutdown: Shutdown) {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut seen = stamp(&path);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(QUOTA_POLL) => {}
+            () = shutdown.wait() => return,
+        }
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match crate::quotas::load(&path) {
+            Ok(q) => {
+                tracing::info!(file = %path.display(), roles = q.roles.len(), reservations = q.reservations.len(), "quotas reloaded");
+                shared.state().set_quotas(q);
+                shared.poke_reconcile();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "quota file refused; the quotas in force stay");
+                shared.state().set_quota_error(e);
+            }
+        }
+    }
 }

@@ -15,9 +15,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
 use crate::convert::{self, NodeRegistration};
+use switchyard_cell_core::constraints::Constraint;
+use switchyard_cell_core::drf::DeclineFilter;
+
 use crate::model::{DesiredRecord, GroupRecord, Resources, TaskRecord};
 use crate::persist::{CellStateFile, FORMAT_VERSION};
-use crate::placement::{self, AppDemand, GroupDemand, NodeView, TaskView};
+use crate::schedule::{self, AppDemand, GroupDemand, NodeView, Quotas, RoleUse, TaskPhase, TaskView};
 
 /// Outbound half of a node's stream.
 pub(crate) type NodeTx = mpsc::Sender<Result<nodepb::CellToNode, tonic::Status>>;
@@ -75,6 +78,18 @@ pub(crate) struct CellState {
     nodes: BTreeMap<String, NodeEntry>,
     next_conn_id: u64,
     blockers: BTreeMap<(String, String), String>,
+    /// Apps whose deployment is in progress, with what each waits for.
+    waiting: BTreeMap<(String, String), String>,
+    /// Roles (tenants), their quotas, and node reservations.
+    quotas: Quotas,
+    quota_error: Option<String>,
+    /// Offers roles declined recently, and each role's pending launches when it declined.
+    filters: Vec<DeclineFilter>,
+    pending: BTreeMap<String, u32>,
+    /// What every role held and got in the last pass.
+    roles: BTreeMap<String, RoleUse>,
+    /// Zero of the millisecond clock the allocator's decline filters use.
+    clock_origin: Instant,
     /// Nodes in maintenance (persisted).
     draining: BTreeSet<String>,
     /// Tasks leaving the plan that are drained from the load balancer first, until the given
@@ -111,6 +126,13 @@ impl CellState {
             nodes: BTreeMap::new(),
             next_conn_id: 0,
             blockers: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            quotas: Quotas::default(),
+            quota_error: None,
+            filters: Vec::new(),
+            pending: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            clock_origin: Instant::now(),
             draining: BTreeSet::new(),
             leaving: BTreeMap::new(),
             lb_drain: Duration::ZERO,
@@ -126,8 +148,30 @@ impl CellState {
             s.tasks = r.tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect();
             s.task_counter = r.task_counter.max(s.tasks.values().map(|t| t.seq).max().unwrap_or(0));
             s.draining = r.draining.into_iter().collect();
+            // Tables written before versions existed: such tasks are of their app's version.
+            for t in s.tasks.values_mut() {
+                let Some(app) = s.groups.get(&t.group).and_then(|g| g.app(&t.app)) else { continue };
+                if t.version.is_empty() {
+                    t.version = app.version.clone();
+                }
+                if t.role.is_empty() {
+                    t.role = app.role.clone();
+                }
+            }
         }
         s
+    }
+
+    /// Replaces the roles' quotas and the node reservations (from the quota file).
+    pub(crate) fn set_quotas(&mut self, quotas: Quotas) {
+        self.quotas = quotas;
+        self.quota_error = None;
+        self.filters.clear();
+    }
+
+    /// The quota file changed but was refused; shown to operators until it is fixed.
+    pub(crate) fn set_quota_error(&mut self, error: String) {
+        self.quota_error = Some(error);
     }
 
     pub(crate) fn site(&self) -> &str {
@@ -303,6 +347,9 @@ impl CellState {
                 let Ok(port) = u16::try_from(st.port) else { continue };
                 // Task ids end with the cell's sequence number; keep ids unique after adoption.
                 let seq = st.task_id.rsplit('.').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                // A task of the app's current version runs what the app says; one of another
+                // version is kept as it runs and replaced by the next rolling step.
+                let current = st.version.is_empty() || st.version == app.version;
                 adopted.push(TaskRecord {
                     task_id: st.task_id.clone(),
                     group: st.group.clone(),
@@ -311,6 +358,9 @@ impl CellState {
                     port,
                     resources: app.resources,
                     seq,
+                    version: if current { app.version.clone() } else { st.version.clone() },
+                    role: app.role.clone(),
+                    launch: current.then(|| app.launch()),
                 });
             }
         }
@@ -328,11 +378,12 @@ impl CellState {
         self.tasks.values().all(|t| self.nodes.get(&t.node_id).is_some_and(|n| n.conn.is_some()))
     }
 
-    /// Plans and applies one placement step. Returns whether tasks or blockers changed.
+    /// Plans and applies one scheduling step. Returns whether tasks or blockers changed.
     pub(crate) fn place(&mut self, now: Instant, node_timeout: Duration) -> bool {
         if self.desired_epoch.is_none() || self.shutting_down {
             return false;
         }
+        let now_ms = now.saturating_duration_since(self.clock_origin).as_millis() as u64;
         let nodes: Vec<NodeView> = self
             .nodes
             .iter()
@@ -344,6 +395,7 @@ impl CellState {
                 capacity: n.reg.capacity,
                 port_min: n.reg.port_min,
                 port_max: n.reg.port_max,
+                attributes: n.reg.attributes.clone(),
             })
             .collect();
         let tasks: Vec<TaskView> = self
@@ -353,11 +405,13 @@ impl CellState {
                 task_id: t.task_id.clone(),
                 group: t.group.clone(),
                 app: t.app.clone(),
+                role: t.role.clone(),
                 node_id: t.node_id.clone(),
                 port: t.port,
                 resources: t.resources,
                 seq: t.seq,
-                ready: self.task_ready(t),
+                version: t.version.clone(),
+                phase: self.task_phase(t),
                 stopping: self.leaving.contains_key(&t.task_id),
             })
             .collect();
@@ -370,12 +424,35 @@ impl CellState {
                 apps: g
                     .apps
                     .iter()
-                    .map(|a| AppDemand { app: a.name.clone(), instances: a.instances, resources: a.resources })
+                    .map(|a| AppDemand {
+                        app: a.name.clone(),
+                        role: a.role.clone(),
+                        instances: a.instances,
+                        resources: a.resources,
+                        version: a.version.clone(),
+                        upgrade: a.upgrade,
+                        // Validated when the desired state was accepted.
+                        constraints: a.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect(),
+                    })
                     .collect(),
             })
             .collect();
-        let plan = placement::plan_placement(&nodes, &tasks, &demand);
+        self.filters.retain(|f| f.until_ms > now_ms);
+        let plan = schedule::plan(&schedule::Input {
+            nodes: &nodes,
+            tasks: &tasks,
+            demand: &demand,
+            quotas: &self.quotas,
+            filters: &self.filters,
+            now_ms,
+        });
         self.fresh_start = false;
+        // A role whose pending launches changed revives its offers (Mesos `revive`).
+        let pending: BTreeMap<String, u32> = plan.roles.iter().map(|(r, u)| (r.clone(), u.pending)).collect();
+        self.filters.retain(|f| pending.get(&f.role) == self.pending.get(&f.role));
+        self.pending = pending;
+        self.filters.extend(plan.declined.iter().cloned());
+        self.roles = plan.roles.clone();
 
         for id in &plan.stop {
             let serving = self.tasks.get(id).is_some_and(|t| self.task_ready(t));
@@ -388,9 +465,11 @@ impl CellState {
             }
         }
         for s in &plan.start {
+            let Some(app) = self.groups.get(&s.group).and_then(|g| g.app(&s.app)) else { continue };
+            let launch = app.launch();
             self.task_counter += 1;
             let task_id = format!("{}.{}.{}", s.group, s.app, self.task_counter);
-            tracing::info!(task = %task_id, node = %s.node_id, port = s.port, "task placed");
+            tracing::info!(task = %task_id, node = %s.node_id, port = s.port, version = %s.version, "task placed");
             self.tasks.insert(
                 task_id.clone(),
                 TaskRecord {
@@ -401,19 +480,42 @@ impl CellState {
                     port: s.port,
                     resources: s.resources,
                     seq: self.task_counter,
+                    version: s.version.clone(),
+                    role: s.role.clone(),
+                    launch: Some(launch),
                 },
             );
         }
         let blockers: BTreeMap<(String, String), String> =
             plan.blockers.into_iter().map(|b| ((b.group, b.app), b.message)).collect();
-        let blockers_changed = blockers != self.blockers;
+        let blockers_changed = blockers != self.blockers || plan.waiting != self.waiting;
         self.blockers = blockers;
+        self.waiting = plan.waiting;
         let tasks_changed = !plan.stop.is_empty() || !plan.start.is_empty();
         self.dirty |= tasks_changed;
         if tasks_changed {
             self.prune_groups();
         }
         tasks_changed || blockers_changed
+    }
+
+    /// What the scheduler needs to know of a task's state on its node.
+    fn task_phase(&self, t: &TaskRecord) -> TaskPhase {
+        let Some(node) = self.nodes.get(&t.node_id) else { return TaskPhase::Running { healthy: None } };
+        if node.conn.is_none() {
+            // Unreachable: it may well still run; no verdict.
+            return TaskPhase::Running { healthy: None };
+        }
+        match node.statuses.get(&t.task_id).and_then(|st| TaskState::try_from(st.state).ok().map(|s| (s, st))) {
+            None | Some((TaskState::Unspecified | TaskState::Starting, _)) => TaskPhase::Staging,
+            Some((TaskState::Running, st)) if st.healthy => TaskPhase::Running { healthy: Some(true) },
+            // Running without a passing check yet: in its grace period, or failing checks
+            // below the restart threshold.
+            Some((TaskState::Running, _)) => TaskPhase::Running { healthy: None },
+            Some((TaskState::Backoff | TaskState::Failed | TaskState::Stopping, _)) => {
+                TaskPhase::Running { healthy: Some(false) }
+            }
+        }
     }
 
     /// The persisted tables, if they changed since the last call.
@@ -449,9 +551,13 @@ impl CellState {
     }
 
     fn task_spec(&self, t: &TaskRecord, node: &NodeEntry) -> Option<nodepb::TaskSpec> {
-        let app = self.groups.get(&t.group)?.app(&t.app)?;
-        let mut env: std::collections::HashMap<String, String> =
-            app.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // A task runs what it was launched with; tables from before per-task specs fall back
+        // to the app's current spec.
+        let launch = match &t.launch {
+            Some(l) => l.clone(),
+            None => self.groups.get(&t.group)?.app(&t.app)?.launch(),
+        };
+        let mut env: std::collections::HashMap<String, String> = launch.env.into_iter().collect();
         let address = node.reg.address.to_string();
         for (k, v) in [
             ("PORT", t.port.to_string()),
@@ -461,6 +567,7 @@ impl CellState {
             ("SWITCHYARD_GROUP", t.group.clone()),
             ("SWITCHYARD_APP", t.app.clone()),
             ("SWITCHYARD_TASK_ID", t.task_id.clone()),
+            ("SWITCHYARD_APP_VERSION", t.version.clone()),
         ] {
             env.insert(k.to_string(), v);
         }
@@ -468,11 +575,12 @@ impl CellState {
             task_id: t.task_id.clone(),
             group: t.group.clone(),
             app: t.app.clone(),
-            command: app.command.clone(),
-            args: app.args.clone(),
+            command: launch.command,
+            args: launch.args,
             env,
             port: u32::from(t.port),
-            health: Some(convert::health_to_proto(&app.health)),
+            health: Some(convert::health_to_proto(&launch.health)),
+            version: t.version.clone(),
         })
     }
 
@@ -574,9 +682,12 @@ impl CellState {
                 let running = statuses.iter().filter(|s| s.state == TaskState::Running as i32).count() as u32;
                 let healthy = tasks.iter().filter(|t| self.task_ready(t)).count() as u32;
                 let on_draining = tasks.iter().filter(|t| self.draining.contains(&t.node_id)).count();
-                let waiting_for = match self.blockers.get(&(g.name.clone(), a.name.clone())) {
-                    Some(b) => b.clone(),
-                    None if healthy < a.instances => {
+                let key = (g.name.clone(), a.name.clone());
+                let waiting_for = match (self.blockers.get(&key), self.waiting.get(&key)) {
+                    (Some(b), Some(w)) if !w.is_empty() => format!("{w}; {b}"),
+                    (Some(b), _) => b.clone(),
+                    (None, Some(w)) if !w.is_empty() => w.clone(),
+                    _ if healthy < a.instances => {
                         let unhealthy: Vec<String> = statuses
                             .iter()
                             .filter(|s| !(s.healthy && s.state == TaskState::Running as i32))
@@ -584,11 +695,12 @@ impl CellState {
                             .collect();
                         format!("{healthy}/{} healthy; {}", a.instances, unhealthy.join("; "))
                     }
-                    None if on_draining > 0 => {
+                    _ if on_draining > 0 => {
                         format!("{on_draining} task(s) on draining nodes wait for replacements to be ready")
                     }
-                    None => String::new(),
+                    _ => String::new(),
                 };
+                let current = tasks.iter().filter(|t| t.version == a.version).count() as u32;
                 out.push(cellpb::AppInfo {
                     group: g.name.clone(),
                     app: a.name.clone(),
@@ -597,10 +709,47 @@ impl CellState {
                     healthy,
                     waiting_for,
                     epoch: g.epoch,
+                    version: a.version.clone(),
+                    current,
                 });
             }
         }
         out
+    }
+
+    /// Every role that holds, wants or is configured with resources, and the quota file's error.
+    pub(crate) fn admin_roles(&self) -> (Vec<cellpb::RoleInfo>, String) {
+        let mut names: BTreeSet<&str> = self.roles.keys().map(String::as_str).collect();
+        names.extend(self.quotas.roles.iter().map(|r| r.name.as_str()));
+        names.extend(self.quotas.reservations.keys().map(|(_, r)| r.as_str()));
+        let to_pb = |r: switchyard_cell_core::model::Resources| {
+            convert::resources_to_proto(&Resources::new(r.cpu_millis, r.mem_mib, r.disk_mib))
+        };
+        let roles = names
+            .into_iter()
+            .map(|name| {
+                let quota = self.quotas.roles.iter().find(|r| r.name == name);
+                let used = self.roles.get(name);
+                let reserved = self
+                    .quotas
+                    .reservations
+                    .iter()
+                    .filter(|((_, r), _)| r == name)
+                    .fold(Resources::ZERO, |acc, (_, v)| acc.plus(v));
+                cellpb::RoleInfo {
+                    name: name.to_string(),
+                    weight: quota.map_or(1.0, |q| q.weight),
+                    guarantee: quota.map(|q| to_pb(q.guarantee)),
+                    limit: quota.and_then(|q| q.limit).map(to_pb),
+                    held: used.map(|u| convert::resources_to_proto(&u.held)),
+                    dominant_share: used.map_or(0.0, |u| u.dominant_share),
+                    at_limit: used.is_some_and(|u| u.at_limit),
+                    pending: used.map_or(0, |u| u.pending),
+                    reserved: Some(convert::resources_to_proto(&reserved)),
+                }
+            })
+            .collect();
+        (roles, self.quota_error.clone().unwrap_or_default())
     }
 
     /// Tasks, optionally only those on one node.

@@ -87,6 +87,7 @@ impl StatusBoard {
             entry.group.clone_from(&spec.group);
             entry.app.clone_from(&spec.app);
             entry.port = spec.port;
+            entry.version.clone_from(&spec.version);
             f(entry);
             *entry != before
         };

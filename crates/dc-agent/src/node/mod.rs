@@ -156,7 +156,7 @@ fn register_message(cfg: &NodeConfig) -> nodepb::NodeMessage {
         resources: Some(convert::resources_to_proto(&cfg.capacity)),
         port_min: u32::from(cfg.port_min),
         port_max: u32::from(cfg.port_max),
-        attributes: [("site".to_string(), cfg.site.clone())].into_iter().collect(),
+        attributes: cfg.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     nodepb::NodeMessage { body: Some(nodepb::node_message::Body::Register(register)) }
 }

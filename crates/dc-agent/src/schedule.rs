@@ -1,0 +1,1060 @@
+//! One scheduling pass of the cell: from (nodes, tasks, desired apps, quotas) to the tasks to
+//! start and stop. Pure: no I/O, no clock (the caller passes `now_ms`), no randomness, no
+//! hash-map iteration, so the same inputs always give the same plan. It is the resource
+//! manager's two levels, as in Mesos + Marathon:
+//!
+//! 1. **Service scheduler** (per app, [`switchyard_cell_core::deploy::plan`]): how many tasks of
+//!    the app's current version to launch and which tasks to kill, under the app's upgrade
+//!    strategy (`minimumHealthCapacity`, `maximumOverCapacity`). Scale, rolling upgrade and
+//!    node drain are the same computation: a task on a draining node counts as an old version,
+//!    so it is replaced make-before-break exactly as an upgrade replaces it.
+//! 2. **Allocator** ([`switchyard_cell_core::drf::allocate`]): one Dominant Resource Fairness
+//!    offer cycle over the nodes that accept tasks, across the roles (tenants) that have tasks
+//!    to launch, honouring weights, quota guarantees and limits, static reservations and the
+//!    roles' decline filters. Each role's launches are then placed by the constraint-aware
+//!    placer ([`switchyard_cell_core::placement::Placer`]) inside the offers that role got, and
+//!    nowhere else. A role that leaves an offered node unused declines it for [`DECLINE_MS`].
+//!
+//! Rules the cell relies on:
+//! - only groups listed in the demand are touched; tasks of other groups keep running and keep
+//!   their resources, ports and role usage;
+//! - tasks of a demanded group on a lost node, or of an app no longer in its group, stop now;
+//! - a task being stopped (drained from the load balancer first) still holds its resources and
+//!   port until it is gone, so nothing is ever over-committed, even for a moment;
+//! - whatever cannot be placed, and whatever a deployment waits for, is said in words.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use switchyard_cell_core::constraints::Constraint;
+use switchyard_cell_core::deploy::{self, TaskState, UpgradeStrategy};
+use switchyard_cell_core::drf::{self, DeclineFilter, Demand, Usage};
+use switchyard_cell_core::model as cm;
+use switchyard_cell_core::placement::{PlacementRequest, Placer, RunningTask};
+
+use crate::model::Resources;
+
+/// How long a role is not offered a node it left unused (Mesos's default refuse time).
+pub const DECLINE_MS: u64 = 2_000;
+
+/// A node as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: String,
+    /// Not lost: its tasks count as running. A node whose link just dropped is still healthy
+    /// until the node timeout passes (a restarting agent must not lose its tasks).
+    pub healthy: bool,
+    /// Connected right now: only reachable nodes get new tasks.
+    pub reachable: bool,
+    /// In maintenance: nothing new lands here and its tasks move off.
+    pub draining: bool,
+    pub capacity: Resources,
+    pub port_min: u16,
+    pub port_max: u16,
+    /// What constraints match on (`hostname` defaults to the node id).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// What the node last said about a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskPhase {
+    /// Placed, not yet reported running.
+    Staging,
+    /// Running; `healthy` is `None` while no verdict is known (in its grace period, or its node
+    /// is unreachable), `Some(false)` while failing or restarting.
+    Running { healthy: Option<bool> },
+}
+
+/// A task that exists in the cell's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    pub task_id: String,
+    pub group: String,
+    pub app: String,
+    pub role: String,
+    pub node_id: String,
+    pub port: u16,
+    pub resources: Resources,
+    /// Placement order: larger is newer.
+    pub seq: u64,
+    pub version: String,
+    pub phase: TaskPhase,
+    /// Already leaving (drained from the load balancer before it is stopped): it still holds
+    /// its resources and port, but is neither counted nor stopped again.
+    pub stopping: bool,
+}
+
+/// A group the desired state manages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupDemand {
+    pub group: String,
+    pub apps: Vec<AppDemand>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppDemand {
+    pub app: String,
+    /// Allocation role (tenant) of the app's tasks.
+    pub role: String,
+    pub instances: u32,
+    pub resources: Resources,
+    pub version: String,
+    pub upgrade: UpgradeStrategy,
+    pub constraints: Vec<Constraint>,
+}
+
+/// Tenants and their quotas, and static reservations of node resources for a role.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Quotas {
+    /// Roles with a weight, guarantee or limit; any other role gets weight 1 and no quota.
+    pub roles: Vec<cm::Role>,
+    /// (node, role) → resources of that node only the role may use.
+    pub reservations: BTreeMap<(String, String), Resources>,
+}
+
+/// A task to create on `node_id`, listening on `port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedStart {
+    pub group: String,
+    pub app: String,
+    pub role: String,
+    pub node_id: String,
+    pub port: u16,
+    pub resources: Resources,
+    pub version: String,
+}
+
+/// Why an app cannot get the tasks its deployment asks for right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocker {
+    pub group: String,
+    pub app: String,
+    pub message: String,
+}
+
+/// What one role got in this pass, for operators (`fedctl cell roles`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoleUse {
+    pub held: Resources,
+    pub offered: Resources,
+    pub dominant_share: f64,
+    pub at_limit: bool,
+    /// Tasks waiting to be launched for this role.
+    pub pending: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub start: Vec<PlannedStart>,
+    /// Task ids, sorted.
+    pub stop: Vec<String>,
+    pub blockers: Vec<Blocker>,
+    /// Apps whose deployment is not done, with what each waits for.
+    pub waiting: BTreeMap<(String, String), String>,
+    /// Decline filters made in this pass (roles that left an offered node unused).
+    pub declined: Vec<DeclineFilter>,
+    /// Every role that holds or wants resources.
+    pub roles: BTreeMap<String, RoleUse>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.start.is_empty() && self.stop.is_empty()
+    }
+}
+
+pub struct Input<'a> {
+    pub nodes: &'a [NodeView],
+    pub tasks: &'a [TaskView],
+    pub demand: &'a [GroupDemand],
+    pub quotas: &'a Quotas,
+    /// Decline filters still in force from earlier passes.
+    pub filters: &'a [DeclineFilter],
+    pub now_ms: u64,
+}
+
+fn cm_res(r: Resources) -> cm::Resources {
+    cm::Resources::new(r.cpu_millis, r.mem_mib, r.disk_mib)
+}
+
+fn res(r: cm::Resources) -> Resources {
+    Resources::new(r.cpu_millis, r.mem_mib, r.disk_mib)
+}
+
+/// Launches one app's deployment step asks for.
+struct Pending<'a> {
+    group: &'a str,
+    app: &'a AppDemand,
+    count: u32,
+}
+
+/// The placer's name for an app: unique across groups.
+fn app_key(group: &str, app: &str) -> String {
+    format!("{group}/{app}")
+}
+
+/// Plans the next step. See the module documentation for the rules.
+pub fn plan(input: &Input<'_>) -> Plan {
+    let demanded: BTreeMap<&str, BTreeMap<&str, &AppDemand>> =
+        input.demand.iter().map(|g| (g.group.as_str(), g.apps.iter().map(|a| (a.app.as_str(), a)).collect())).collect();
+    let healthy: BTreeMap<&str, &NodeView> =
+        input.nodes.iter().filter(|n| n.healthy).map(|n| (n.id.as_str(), n)).collect();
+
+    // Tasks of demanded apps on nodes that are not lost, per app; the rest of the demanded
+    // groups' tasks stop now.
+    let mut stop: BTreeSet<&str> = BTreeSet::new();
+    let mut per_app: BTreeMap<(&str, &str), Vec<&TaskView>> = BTreeMap::new();
+    for t in input.tasks {
+        let Some(apps) = demanded.get(t.group.as_str()) else { continue };
+        if !healthy.contains_key(t.node_id.as_str()) || !apps.contains_key(t.app.as_str()) {
+            if !t.stopping {
+                stop.insert(&t.task_id);
+            }
+            continue;
+        }
+        per_app.entry((&t.group, &t.app)).or_default().push(t);
+    }
+
+    // 1. The service scheduler: one deployment step per app.
+    let mut plan = Plan::default();
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    for g in input.demand {
+        for a in &g.apps {
+            let tasks = per_app.get(&(g.group.as_str(), a.app.as_str())).map_or(&[][..], Vec::as_slice);
+            let views: Vec<deploy::TaskView> = tasks
+                .iter()
+                .map(|t| {
+                    let draining = healthy.get(t.node_id.as_str()).is_some_and(|n| n.draining);
+                    let (state, healthy) = match (t.stopping, t.phase) {
+                        (true, _) => (TaskState::Killing, None),
+                        (false, TaskPhase::Staging) => (TaskState::Staging, None),
+                        (false, TaskPhase::Running { healthy }) => (TaskState::Running, healthy),
+                    };
+                    deploy::TaskView {
+                        id: t.task_id.clone(),
+                        // A task on a node in maintenance is replaced like an old version.
+                        version: if draining { format!("{}~draining", t.version) } else { t.version.clone() },
+                        state,
+                        healthy,
+                        ready: healthy == Some(true),
+                        started_at_ms: t.seq,
+                    }
+                })
+                .collect();
+            let spec = deploy::AppSpec {
+                upgrade: a.upgrade,
+                ..deploy::AppSpec::new(app_key(&g.group, &a.app), a.version.clone(), a.instances)
+            };
+            let step = deploy::plan(&spec, &views);
+            for id in &step.kill {
+                if let Some(t) = tasks.iter().find(|t| &t.task_id == id) {
+                    stop.insert(&t.task_id);
+                }
+            }
+            if step.launch > 0 {
+                pending.push(Pending { group: &g.group, app: a, count: step.launch });
+            }
+            if !step.done {
+                plan.waiting.insert((g.group.clone(), a.app.clone()), step.waiting_for.unwrap_or_default());
+            }
+        }
+    }
+    plan.stop = stop.iter().map(|s| s.to_string()).collect();
+
+    // 2. The allocator and the placer. Every task on a node that is not lost holds its
+    // resources and port, including those being stopped.
+    let holding: Vec<&TaskView> = input.tasks.iter().filter(|t| healthy.contains_key(t.node_id.as_str())).collect();
+    let nodes: Vec<cm::Node> = input
+        .nodes
+        .iter()
+        .filter(|n| n.healthy)
+        .map(|n| cm::Node {
+            id: n.id.clone(),
+            attributes: n.attributes.clone(),
+            total: cm_res(n.capacity),
+            ports: vec![cm::PortRange { min: n.port_min, max: n.port_max }],
+            reserved: input
+                .quotas
+                .reservations
+                .iter()
+                .filter(|((node, _), _)| *node == n.id)
+                .map(|((_, role), r)| (role.clone(), cm_res(*r)))
+                .collect(),
+            state: if n.reachable && !n.draining { cm::NodeState::Up } else { cm::NodeState::Draining },
+        })
+        .collect();
+    let mut usage: Usage = BTreeMap::new();
+    for t in &holding {
+        let held = usage.entry((t.node_id.clone(), t.role.clone())).or_default();
+        *held = held.plus(cm_res(t.resources));
+    }
+    let mut roles: BTreeMap<String, cm::Role> =
+        input.quotas.roles.iter().map(|r| (r.name.clone(), r.clone())).collect();
+    for role in usage.keys().map(|(_, r)| r).chain(pending.iter().map(|p| &p.app.role)) {
+        roles.entry(role.clone()).or_insert_with(|| cm::Role::new(role.clone()));
+    }
+    // Reservations for roles nobody configured are offered to nobody; keep them out.
+    let mut wants: BTreeMap<String, Demand> = BTreeMap::new();
+    let mut pending_per_role: BTreeMap<&str, u32> = BTreeMap::new();
+    for p in &pending {
+        let task = cm_res(p.app.resources);
+        let d = wants.entry(p.app.role.clone()).or_insert(Demand { min_offer: task });
+        d.min_offer = cm::Resources::new(
+            d.min_offer.cpu_millis.min(task.cpu_millis),
+            d.min_offer.mem_mib.min(task.mem_mib),
+            d.min_offer.disk_mib.min(task.disk_mib),
+        );
+        *pending_per_role.entry(&p.app.role).or_default() += p.count;
+    }
+    let role_list: Vec<cm::Role> = roles.values().cloned().collect();
+    let allocation = if wants.is_empty() {
+        None
+    } else {
+        match drf::allocate(&nodes, &usage, &role_list, &wants, input.filters, input.now_ms) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                for p in &pending {
+                    plan.blockers.push(Blocker {
+                        group: p.group.to_string(),
+                        app: p.app.app.clone(),
+                        message: format!("the allocator refused this cell's quotas: {e}"),
+                    });
+                }
+                None
+            }
+        }
+    };
+
+    let mut running: Vec<RunningTask> = holding
+        .iter()
+        .map(|t| RunningTask {
+            id: t.task_id.clone(),
+            app: app_key(&t.group, &t.app),
+            role: t.role.clone(),
+            node: t.node_id.clone(),
+            resources: cm_res(t.resources),
+            ports: vec![t.port],
+        })
+        .collect();
+    let fair = fair_counts(&nodes, &running, &roles, &pending);
+    if let Some(allocation) = &allocation {
+        for (role, _) in wants.iter() {
+            let offers: BTreeMap<&str, cm::Resources> =
+                allocation.offers.iter().filter(|o| &o.role == role).map(|o| (o.node.as_str(), o.resources)).collect();
+            let report = &allocation.roles[role];
+            // The framework takes no more of its offers than the role's fair number of tasks.
+            let mut budget = fair.get(role.as_str()).copied().unwrap_or(0);
+            let requests: Vec<(&Pending<'_>, PlacementRequest)> = pending
+                .iter()
+                .filter(|p| &p.app.role == role)
+                .map(|p| {
+                    let count = p.count.min(budget);
+                    budget -= count;
+                    (p, requests_for(p, role, count))
+                })
+                .collect();
+            // The role sees exactly its offers: an offered node has the offer free (its total
+            // is what is in use plus the offer), every other node takes nothing new but still
+            // counts for constraints.
+            let view: Vec<cm::Node> = nodes
+                .iter()
+                .map(|n| match offers.get(n.id.as_str()) {
+                    Some(offer) => {
+                        let used = running
+                            .iter()
+                            .filter(|t| t.node == n.id)
+                            .fold(cm::Resources::ZERO, |acc, t| acc.plus(t.resources));
+                        cm::Node { total: used.plus(*offer), reserved: BTreeMap::new(), ..n.clone() }
+                    }
+                    None => cm::Node { state: cm::NodeState::Draining, ..n.clone() },
+                })
+                .collect();
+            let only: Vec<PlacementRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
+            let placed = Placer::new(&view, &running).plan(&only);
+            let mut used_nodes: BTreeSet<String> = BTreeSet::new();
+            for p in &placed.placed {
+                let Some((pend, _)) = requests.iter().find(|(_, r)| r.app == p.app) else { continue };
+                let port = p.ports.first().copied().unwrap_or(0);
+                used_nodes.insert(p.node.clone());
+                running.push(RunningTask {
+                    id: format!("planned-{}", plan.start.len()),
+                    app: p.app.clone(),
+                    role: role.clone(),
+                    node: p.node.clone(),
+                    resources: cm_res(pend.app.resources),
+                    ports: vec![port],
+                });
+                plan.start.push(PlannedStart {
+                    group: pend.group.to_string(),
+                    app: pend.app.app.clone(),
+                    role: role.clone(),
+                    node_id: p.node.clone(),
+                    port,
+                    resources: pend.app.resources,
+                    version: pend.app.version.clone(),
+                });
+            }
+            for node in offers.keys().filter(|n| !used_nodes.contains(**n)) {
+                plan.declined.push(DeclineFilter {
+                    role: role.clone(),
+                    node: node.to_string(),
+                    until_ms: input.now_ms + DECLINE_MS,
+                });
+            }
+            // What the fair share held back for a later pass is pending too.
+            let mut unplaced: BTreeMap<&str, u32> = BTreeMap::new();
+            for (p, r) in &requests {
+                let short = p.count - r.count;
+                if short > 0 {
+                    *unplaced.entry(r.app.as_str()).or_default() += short;
+                }
+            }
+            for u in &placed.unplaced {
+                *unplaced.entry(u.app.as_str()).or_default() += u.count;
+            }
+            for (app, count) in unplaced.into_iter().filter(|(_, c)| *c > 0) {
+                let Some((pend, _)) = requests.iter().find(|(_, r)| r.app == app) else { continue };
+
+                let message = if report.at_limit {
+                    let limit = roles.get(role).and_then(|r| r.limit).map_or_else(String::new, |l| l.to_string());
+                    format!(
+                        "{} instance(s) wait: role {role} is at its quota limit ({limit}; it holds {})",
+                        count, report.held
+                    )
+                } else {
+                    // Would the whole cell have room? If not, say what is missing; if so, only
+                    // fair sharing held these back.
+                    dry_run_reason(&nodes, &running, &requests_for(pend, role, count)).unwrap_or_else(|| {
+                        format!(
+                            "{} instance(s) of {} wait for an offer: the free resources went to roles with a \
+                             lower dominant share, or role {role} declined them moments ago",
+                            count, app
+                        )
+                    })
+                };
+                plan.blockers.push(Blocker { group: pend.group.to_string(), app: pend.app.app.clone(), message });
+            }
+        }
+        for (name, report) in &allocation.roles {
+            plan.roles.insert(
+                name.clone(),
+                RoleUse {
+                    held: res(report.held),
+                    offered: res(report.offered),
+                    dominant_share: report.dominant_share,
+                    at_limit: report.at_limit,
+                    pending: pending_per_role.get(name.as_str()).copied().unwrap_or(0),
+                },
+            );
+        }
+    } else {
+        let total = nodes.iter().fold(cm::Resources::ZERO, |acc, n| acc.plus(n.total));
+        for role in roles.values() {
+            let held = usage
+                .iter()
+                .filter(|((_, r), _)| *r == role.name)
+                .fold(cm::Resources::ZERO, |acc, (_, u)| acc.plus(*u));
+            plan.roles.insert(
+                role.name.clone(),
+                RoleUse {
+                    held: res(held),
+                    offered: Resources::ZERO,
+                    dominant_share: held.dominant_share(total),
+                    at_limit: role.limit.is_some_and(|l| l.checked_minus(held).is_none_or(|room| room.is_zero())),
+                    pending: 0,
+                },
+            );
+        }
+    }
+    plan
+}
+
+/// How many pending tasks each role may launch in this pass: weighted DRF by progressive
+/// filling, starting from what every role already holds. One task at a time goes to the role
+/// with the lowest weighted dominant share whose next task still fits in what the cell has free
+/// (summed over the nodes that take tasks) and under its quota limit.
+fn fair_counts<'a>(
+    nodes: &[cm::Node],
+    running: &[RunningTask],
+    roles: &BTreeMap<String, cm::Role>,
+    pending: &'a [Pending<'a>],
+) -> BTreeMap<&'a str, u32> {
+    let total = nodes.iter().fold(cm::Resources::ZERO, |acc, n| acc.plus(n.total));
+    let mut free = cm::Resources::ZERO;
+    for n in nodes.iter().filter(|n| n.accepts_new_tasks()) {
+        let used = running.iter().filter(|t| t.node == n.id).fold(cm::Resources::ZERO, |acc, t| acc.plus(t.resources));
+        free = free.plus(n.total.minus(used));
+    }
+    struct Want {
+        held: cm::Resources,
+        weight: f64,
+        limit: Option<cm::Resources>,
+        tasks: Vec<cm::Resources>,
+    }
+    let mut wants: BTreeMap<&str, Want> = BTreeMap::new();
+    for p in pending {
+        let role = roles.get(&p.app.role);
+        let w = wants.entry(p.app.role.as_str()).or_insert_with(|| Want {
+            held: running
+                .iter()
+                .filter(|t| t.role == p.app.role)
+                .fold(cm::Resources::ZERO, |acc, t| acc.plus(t.resources)),
+            weight: role.map_or(1.0, |r| r.weight),
+            limit: role.and_then(|r| r.limit),
+            tasks: Vec::new(),
+        });
+        w.tasks.extend(std::iter::repeat_n(cm_res(p.app.resources), p.count as usize));
+    }
+    let mut granted: BTreeMap<&str, u32> = wants.keys().map(|r| (*r, 0)).collect();
+    let share = |w: &Want| if w.weight > 0.0 { w.held.dominant_share(total) / w.weight } else { f64::INFINITY };
+    loop {
+        let next = wants
+            .iter()
+            .filter(|(r, w)| (granted[*r] as usize) < w.tasks.len())
+            .min_by(|a, b| share(a.1).total_cmp(&share(b.1)).then(a.0.cmp(b.0)))
+            .map(|(r, _)| *r);
+        let Some(role) = next else { break };
+        let w = wants.get_mut(role).expect("chosen from wants");
+        let task = w.tasks[granted[role] as usize];
+        let within_limit = w.limit.is_none_or(|l| w.held.plus(task).fits_in(l));
+        match free.checked_minus(task) {
+            Some(rest) if within_limit => {
+                free = rest;
+                w.held = w.held.plus(task);
+                *granted.get_mut(role).expect("granted has every role") += 1;
+            }
+            // Does not fit now, and what is free only shrinks: the role is done.
+            _ => w.tasks.truncate(granted[role] as usize),
+        }
+    }
+    granted
+}
+
+fn requests_for(p: &Pending<'_>, role: &str, count: u32) -> PlacementRequest {
+    PlacementRequest {
+        app: app_key(p.group, &p.app.app),
+        role: role.to_string(),
+        resources: cm_res(p.app.resources),
+        ports: 1,
+        constraints: p.app.constraints.clone(),
+        count,
+    }
+}
+
+/// Why `request` could not be placed on the whole cell even without fair sharing, if it could
+/// not; `None` when the cell has room for it (so only the allocator held it back).
+fn dry_run_reason(nodes: &[cm::Node], running: &[RunningTask], request: &PlacementRequest) -> Option<String> {
+    let plan = Placer::new(nodes, running).plan(std::slice::from_ref(request));
+    plan.unplaced.into_iter().next().map(|u| u.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, cpu: u64, mem: u64, ports: (u16, u16)) -> NodeView {
+        NodeView {
+            id: id.into(),
+            healthy: true,
+            reachable: true,
+            draining: false,
+            capacity: Resources::new(cpu, mem, 10_000),
+            port_min: ports.0,
+            port_max: ports.1,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn task(id: &str, group: &str, app: &str, node: &str, port: u16, res: Resources, seq: u64) -> TaskView {
+        TaskView {
+            task_id: id.into(),
+            group: group.into(),
+            app: app.into(),
+            role: group.into(),
+            node_id: node.into(),
+            port,
+            resources: res,
+            seq,
+            version: "v1".into(),
+            phase: TaskPhase::Running { healthy: Some(true) },
+            stopping: false,
+        }
+    }
+
+    fn app(group: &str, app: &str, instances: u32, res: Resources) -> AppDemand {
+        AppDemand {
+            app: app.into(),
+            role: group.into(),
+            instances,
+            resources: res,
+            version: "v1".into(),
+            upgrade: UpgradeStrategy::default(),
+            constraints: vec![],
+        }
+    }
+
+    fn demand(group: &str, name: &str, instances: u32, res: Resources) -> GroupDemand {
+        GroupDemand { group: group.into(), apps: vec![app(group, name, instances, res)] }
+    }
+
+    fn run(nodes: &[NodeView], tasks: &[TaskView], demand: &[GroupDemand]) -> Plan {
+        run_with(nodes, tasks, demand, &Quotas::default())
+    }
+
+    fn run_with(nodes: &[NodeView], tasks: &[TaskView], demand: &[GroupDemand], quotas: &Quotas) -> Plan {
+        plan(&Input { nodes, tasks, demand, quotas, filters: &[], now_ms: 0 })
+    }
+
+    const WEB: Resources = Resources { cpu_millis: 500, mem_mib: 128, disk_mib: 0 };
+
+    /// Applies a plan the way the cell does once every stop has finished, naming new tasks
+    /// `t<seq>` and marking them running and healthy.
+    fn apply(tasks: &[TaskView], plan: &Plan, next_seq: &mut u64) -> Vec<TaskView> {
+        let mut out: Vec<TaskView> = tasks.iter().filter(|t| !plan.stop.contains(&t.task_id)).cloned().collect();
+        for s in &plan.start {
+            *next_seq += 1;
+            let mut t = task(&format!("t{next_seq}"), &s.group, &s.app, &s.node_id, s.port, s.resources, *next_seq);
+            t.version.clone_from(&s.version);
+            t.role.clone_from(&s.role);
+            out.push(t);
+        }
+        out
+    }
+
+    fn used_on(tasks: &[TaskView], node: &str) -> Resources {
+        tasks.iter().filter(|t| t.node_id == node).fold(Resources::ZERO, |acc, t| acc.plus(&t.resources))
+    }
+
+    fn blocker(plan: &Plan) -> &str {
+        assert_eq!(plan.blockers.len(), 1, "{plan:?}");
+        &plan.blockers[0].message
+    }
+
+    #[test]
+    fn scale_up_spreads_over_nodes_with_distinct_ports() {
+        let nodes = [node("n1", 2000, 1024, (9000, 9009)), node("n2", 2000, 1024, (9000, 9009))];
+        let plan = run(&nodes, &[], &[demand("crm-web", "web", 3, WEB)]);
+        assert!(plan.stop.is_empty() && plan.blockers.is_empty(), "{plan:?}");
+        let placed: Vec<(&str, u16)> = plan.start.iter().map(|s| (s.node_id.as_str(), s.port)).collect();
+        assert_eq!(placed, vec![("n1", 9000), ("n2", 9000), ("n1", 9001)]);
+        assert!(plan.start.iter().all(|s| s.version == "v1" && s.role == "crm-web"));
+        assert!(plan.waiting.contains_key(&("crm-web".to_string(), "web".to_string())));
+    }
+
+    #[test]
+    fn converged_state_plans_nothing() {
+        let nodes = [node("n1", 2000, 1024, (9000, 9009)), node("n2", 2000, 1024, (9000, 9009))];
+        let d = [demand("g", "web", 3, WEB)];
+        let mut seq = 0;
+        let tasks = apply(&[], &run(&nodes, &[], &d), &mut seq);
+        let again = run(&nodes, &tasks, &d);
+        assert!(again.is_empty(), "{again:?}");
+        assert!(again.blockers.is_empty() && again.waiting.is_empty(), "{again:?}");
+        assert!(again.declined.is_empty(), "nothing was offered: nothing was pending");
+    }
+
+    #[test]
+    fn scale_down_stops_newest_first() {
+        let nodes = [node("n1", 4000, 4096, (9000, 9009))];
+        let tasks = [
+            task("a", "g", "web", "n1", 9000, WEB, 7),
+            task("b", "g", "web", "n1", 9001, WEB, 3),
+            task("c", "g", "web", "n1", 9002, WEB, 9),
+        ];
+        let plan = run(&nodes, &tasks, &[demand("g", "web", 1, WEB)]);
+        assert_eq!(plan.stop, ["a", "c"]);
+        assert!(plan.start.is_empty());
+        assert_eq!(run(&nodes, &tasks, &[demand("g", "web", 0, WEB)]).stop.len(), 3);
+    }
+
+    #[test]
+    fn scale_down_stops_unhealthy_and_staging_tasks_before_serving_ones() {
+        let nodes = [node("n1", 4000, 4096, (9000, 9009))];
+        let mut sick = task("sick", "g", "web", "n1", 9000, WEB, 1);
+        sick.phase = TaskPhase::Running { healthy: Some(false) };
+        let mut staging = task("staging", "g", "web", "n1", 9001, WEB, 2);
+        staging.phase = TaskPhase::Staging;
+        let tasks =
+            [sick, staging, task("ok-old", "g", "web", "n1", 9002, WEB, 3), task("ok", "g", "web", "n1", 9003, WEB, 4)];
+        let plan = run(&nodes, &tasks, &[demand("g", "web", 2, WEB)]);
+        assert_eq!(plan.stop, ["sick", "staging"]);
+    }
+
+    #[test]
+    fn no_capacity_gives_a_blocker_and_never_overcommits() {
+        // Room for exactly two instances on n1 and one on n2.
+        let nodes = [node("n1", 1000, 1024, (9000, 9009)), node("n2", 600, 1024, (9000, 9009))];
+        let plan = run(&nodes, &[], &[demand("crm-web", "web", 5, WEB)]);
+        assert_eq!(plan.start.len(), 3);
+        let mut seq = 0;
+        let tasks = apply(&[], &plan, &mut seq);
+        for n in &nodes {
+            assert!(used_on(&tasks, &n.id).fits_in(&n.capacity), "{} overcommitted", n.id);
+        }
+        // The next pass says what is missing.
+        let again = run(&nodes, &tasks, &[demand("crm-web", "web", 5, WEB)]);
+        assert!(again.start.is_empty());
+        let b = blocker(&again);
+        assert!(b.starts_with("2 of 2 instances of crm-web/web unplaced"), "{b}");
+        assert!(b.contains("none has cpu_millis=500"), "{b}");
+    }
+
+    #[test]
+    fn memory_alone_can_block() {
+        let plan = run(&[node("n1", 8000, 100, (9000, 9009))], &[], &[demand("g", "web", 1, WEB)]);
+        assert!(plan.start.is_empty());
+        assert!(blocker(&plan).contains("mem_mib=128"), "{}", blocker(&plan));
+    }
+
+    #[test]
+    fn no_node_up_is_named_as_such() {
+        let mut n = node("n1", 8000, 8000, (9000, 9009));
+        n.healthy = false;
+        let plan = run(&[n], &[], &[demand("g", "web", 2, WEB)]);
+        assert!(plan.start.is_empty());
+        assert!(blocker(&plan).contains("none of 0 nodes is up"), "{}", blocker(&plan));
+    }
+
+    #[test]
+    fn lost_node_tasks_are_replaced_on_healthy_nodes() {
+        let mut lost = node("n1", 4000, 4096, (9000, 9009));
+        lost.healthy = false;
+        let nodes = [lost, node("n2", 4000, 4096, (9100, 9109))];
+        let tasks = [
+            task("a", "g", "web", "n1", 9000, WEB, 1),
+            task("b", "g", "web", "n2", 9100, WEB, 2),
+            task("gone", "g", "web", "n9", 9000, WEB, 3),
+        ];
+        let plan = run(&nodes, &tasks, &[demand("g", "web", 3, WEB)]);
+        assert_eq!(plan.stop, ["a", "gone"]);
+        let placed: Vec<(&str, u16)> = plan.start.iter().map(|s| (s.node_id.as_str(), s.port)).collect();
+        assert_eq!(placed, vec![("n2", 9101), ("n2", 9102)]);
+    }
+
+    #[test]
+    fn groups_outside_the_demand_are_left_alone_but_hold_their_room() {
+        let mut lost = node("n1", 1000, 1024, (9000, 9009));
+        lost.healthy = false;
+        let nodes = [lost, node("n2", 1000, 1024, (9000, 9001))];
+        let tasks = [
+            // Unmanaged group on a lost node: not stopped, not replaced.
+            task("old-1", "legacy", "api", "n1", 9000, WEB, 1),
+            // Unmanaged group on a healthy node: keeps cpu and its port.
+            task("old-2", "legacy", "api", "n2", 9000, WEB, 2),
+        ];
+        let plan = run(&nodes, &tasks, &[demand("g", "web", 2, WEB)]);
+        assert!(plan.stop.is_empty());
+        assert_eq!(plan.start.len(), 1);
+        assert_eq!((plan.start[0].node_id.as_str(), plan.start[0].port), ("n2", 9001));
+        assert_eq!(plan.blockers.len(), 1);
+        assert_eq!(plan.roles["legacy"].held, WEB, "the unmanaged group's role still holds what it runs");
+    }
+
+    #[test]
+    fn apps_removed_from_a_group_are_stopped() {
+        let nodes = [node("n1", 4000, 4096, (9000, 9009))];
+        let tasks = [task("a", "g", "web", "n1", 9000, WEB, 1), task("b", "g", "worker", "n1", 9001, WEB, 2)];
+        let plan = run(&nodes, &tasks, &[demand("g", "web", 1, WEB)]);
+        assert_eq!(plan.stop, ["b"]);
+        assert!(plan.start.is_empty());
+    }
+
+    #[test]
+    fn port_exhaustion_blocks_with_a_port_message() {
+        let plan = run(&[node("n1", 8000, 8000, (9000, 9001))], &[], &[demand("g", "web", 3, WEB)]);
+        let ports: Vec<u16> = plan.start.iter().map(|s| s.port).collect();
+        assert_eq!(ports, vec![9000, 9001]);
+        assert!(blocker(&plan).contains("port"), "{}", blocker(&plan));
+    }
+
+    #[test]
+    fn a_stopping_task_holds_its_port_until_it_is_gone() {
+        let nodes = [node("n1", 8000, 8000, (9000, 9000))];
+        let tasks = [task("old", "g", "worker", "n1", 9000, WEB, 1)];
+        // "worker" leaves the group and "web" arrives: the port is handed over once it is free.
+        let plan = run(&nodes, &tasks, &[demand("g", "web", 1, WEB)]);
+        assert_eq!(plan.stop, ["old"]);
+        assert!(plan.start.is_empty(), "the leaving task still listens on 9000: {plan:?}");
+        let plan = run(&nodes, &[], &[demand("g", "web", 1, WEB)]);
+        assert_eq!(plan.start[0].port, 9000);
+    }
+
+    #[test]
+    fn deterministic_regardless_of_input_order() {
+        let nodes = [node("n1", 3000, 4096, (9000, 9009)), node("n2", 3000, 4096, (9000, 9009))];
+        let tasks = [
+            task("a", "g", "web", "n1", 9000, WEB, 1),
+            task("b", "h", "api", "n2", 9000, WEB, 2),
+            task("c", "g", "web", "n2", 9001, WEB, 3),
+        ];
+        let d = [demand("h", "api", 3, WEB), demand("g", "web", 4, WEB)];
+        let first = run(&nodes, &tasks, &d);
+        let mut rt = tasks.clone();
+        rt.reverse();
+        assert_eq!(run(&nodes, &rt, &d), first);
+        assert_eq!(run(&nodes, &tasks, &d), first);
+    }
+
+    #[test]
+    fn repeated_planning_converges_without_overcommit() {
+        let nodes = [node("n1", 2000, 2048, (9000, 9003)), node("n2", 1500, 2048, (9000, 9003))];
+        let mut seq = 0;
+        let mut tasks = Vec::new();
+        for wanted in [4u32, 7, 2, 0, 5] {
+            let d = [demand("g", "web", wanted, WEB), demand("h", "api", 1, Resources::new(250, 64, 0))];
+            // A few passes: fair sharing may serve one role per node and pass.
+            for _ in 0..4 {
+                tasks = apply(&tasks, &run(&nodes, &tasks, &d), &mut seq);
+            }
+            let last = run(&nodes, &tasks, &d);
+            assert!(last.is_empty(), "not converged at {wanted}: {last:?}");
+            for n in &nodes {
+                assert!(used_on(&tasks, &n.id).fits_in(&n.capacity));
+                let mut ports: Vec<u16> = tasks.iter().filter(|t| t.node_id == n.id).map(|t| t.port).collect();
+                let len = ports.len();
+                ports.sort_unstable();
+                ports.dedup();
+                assert_eq!(ports.len(), len, "port assigned twice on {}", n.id);
+            }
+            let web = tasks.iter().filter(|t| t.app == "web").count() as u32;
+            // 3500 cpu minus the api task leaves room for 6 web instances.
+            assert_eq!(web, wanted.min(6));
+        }
+    }
+
+    fn draining(mut n: NodeView) -> NodeView {
+        n.draining = true;
+        n
+    }
+
+    #[test]
+    fn draining_node_gets_nothing_new_and_its_tasks_move_make_before_break() {
+        let r = Resources::new(100, 64, 0);
+        let nodes = [draining(node("a", 1000, 1000, (100, 110))), node("b", 1000, 1000, (100, 110))];
+        let on_a = task("g.web.1", "g", "web", "a", 100, r, 1);
+        let d = [demand("g", "web", 1, r)];
+
+        // The replacement goes to b; the task on a keeps serving until then.
+        let plan = run(&nodes, std::slice::from_ref(&on_a), &d);
+        assert_eq!(plan.start.len(), 1);
+        assert_eq!(plan.start[0].node_id, "b");
+        assert!(plan.stop.is_empty(), "{plan:?}");
+
+        // Replacement placed but not healthy yet: still nothing stopped, nothing more started.
+        let mut on_b = task("g.web.2", "g", "web", "b", 100, r, 2);
+        on_b.phase = TaskPhase::Running { healthy: None };
+        let plan = run(&nodes, &[on_a.clone(), on_b.clone()], &d);
+        assert!(plan.is_empty(), "{plan:?}");
+
+        // Replacement healthy: the task on the draining node is stopped.
+        on_b.phase = TaskPhase::Running { healthy: Some(true) };
+        let plan = run(&nodes, &[on_a, on_b], &d);
+        assert_eq!(plan.stop, ["g.web.1"]);
+        assert!(plan.start.is_empty());
+    }
+
+    #[test]
+    fn drain_without_room_elsewhere_keeps_the_task_and_says_why() {
+        let r = Resources::new(800, 64, 0);
+        let nodes = [draining(node("a", 1000, 1000, (100, 110))), node("b", 500, 1000, (100, 110))];
+        let plan = run(&nodes, &[task("g.web.1", "g", "web", "a", 100, r, 1)], &[demand("g", "web", 1, r)]);
+        assert!(plan.stop.is_empty(), "the only instance keeps serving: {plan:?}");
+        assert!(blocker(&plan).contains("none has cpu_millis=800"), "{}", blocker(&plan));
+    }
+
+    #[test]
+    fn unreachable_node_keeps_its_tasks_but_gets_nothing_new() {
+        let r = Resources::new(100, 64, 0);
+        let mut a = node("a", 1000, 1000, (100, 110));
+        a.reachable = false;
+        let nodes = [a, node("b", 1000, 1000, (100, 110))];
+        let mut on_a = task("g.web.1", "g", "web", "a", 100, r, 1);
+        on_a.phase = TaskPhase::Running { healthy: None };
+        // Scale to 2: the task on the unreachable node counts; the new one goes to b.
+        let plan = run(&nodes, std::slice::from_ref(&on_a), &[demand("g", "web", 2, r)]);
+        assert!(plan.stop.is_empty(), "{plan:?}");
+        assert_eq!(plan.start.iter().map(|s| s.node_id.as_str()).collect::<Vec<_>>(), ["b"]);
+        // Once it is lost (past the node timeout) its task is replaced.
+        let mut lost = nodes.clone();
+        lost[0].healthy = false;
+        let plan = run(&lost, &[on_a], &[demand("g", "web", 1, r)]);
+        assert_eq!(plan.stop, ["g.web.1"]);
+        assert_eq!(plan.start[0].node_id, "b");
+    }
+
+    /// Drives a rolling upgrade to the end, checking the strategy's bounds at every pass:
+    /// returns the largest number of tasks alive at once and the smallest number serving.
+    fn roll(instances: u32, upgrade: UpgradeStrategy) -> (usize, usize) {
+        let nodes = [node("n1", 64_000, 64_000, (9000, 9099)), node("n2", 64_000, 64_000, (9000, 9099))];
+        let mut seq = 0;
+        let d1 = [demand("g", "web", instances, WEB)];
+        let mut tasks = apply(&[], &run(&nodes, &[], &d1), &mut seq);
+        let mut v2 = demand("g", "web", instances, WEB);
+        v2.apps[0].version = "v2".into();
+        v2.apps[0].upgrade = upgrade;
+        let (mut most, mut fewest) = (tasks.len(), tasks.len());
+        for _ in 0..50 {
+            let plan = run(&nodes, &tasks, std::slice::from_ref(&v2));
+            if plan.is_empty() {
+                break;
+            }
+            // Launched tasks first start (not yet serving), then become healthy next pass.
+            let serving_before: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+            tasks = apply(&tasks, &plan, &mut seq);
+            most = most.max(tasks.len() + plan.stop.len());
+            for t in &mut tasks {
+                if !serving_before.contains(&t.task_id) {
+                    t.phase = TaskPhase::Staging;
+                }
+            }
+            let serving = tasks.iter().filter(|t| t.phase == TaskPhase::Running { healthy: Some(true) }).count();
+            fewest = fewest.min(serving);
+            for t in &mut tasks {
+                t.phase = TaskPhase::Running { healthy: Some(true) };
+            }
+        }
+        assert_eq!(tasks.len(), instances as usize);
+        assert!(tasks.iter().all(|t| t.version == "v2"), "{tasks:?}");
+        (most, fewest)
+    }
+
+    #[test]
+    fn rolling_upgrades_honour_minimum_health_and_maximum_over_capacity() {
+        // Default (1, 1): every old task serves until its replacement does.
+        let (most, fewest) = roll(4, UpgradeStrategy::default());
+        assert!(most <= 8, "at most 4 + 4 tasks: {most}");
+        assert_eq!(fewest, 4, "never below 4 serving");
+        // (0.5, 0): never more than 4 tasks, never fewer than 2 serving.
+        let (most, fewest) = roll(4, UpgradeStrategy { minimum_health_capacity: 0.5, maximum_over_capacity: 0.0 });
+        assert!(most <= 4, "{most}");
+        assert!(fewest >= 2, "{fewest}");
+        // (0.75, 0.25): one at a time.
+        let (most, fewest) = roll(4, UpgradeStrategy { minimum_health_capacity: 0.75, maximum_over_capacity: 0.25 });
+        assert!(most <= 5, "{most}");
+        assert!(fewest >= 3, "{fewest}");
+    }
+
+    #[test]
+    fn an_upgrade_that_cannot_progress_says_why() {
+        let nodes = [node("n1", 4000, 4096, (9000, 9009))];
+        let tasks = [task("a", "g", "web", "n1", 9000, WEB, 1), task("b", "g", "web", "n1", 9001, WEB, 2)];
+        let mut d = demand("g", "web", 2, WEB);
+        d.apps[0].version = "v2".into();
+        d.apps[0].upgrade = UpgradeStrategy { minimum_health_capacity: 1.0, maximum_over_capacity: 0.0 };
+        let plan = run(&nodes, &tasks, &[d]);
+        assert!(plan.is_empty(), "{plan:?}");
+        let why = &plan.waiting[&("g".to_string(), "web".to_string())];
+        assert!(why.contains("minimumHealthCapacity") || why.contains("stuck"), "{why}");
+    }
+
+    #[test]
+    fn constraints_are_honoured_and_named_when_they_block() {
+        let mut nodes = [
+            node("n1", 8000, 8000, (9000, 9009)),
+            node("n2", 8000, 8000, (9000, 9009)),
+            node("n3", 8000, 8000, (9000, 9009)),
+        ];
+        for (n, rack) in nodes.iter_mut().zip(["r1", "r1", "r2"]) {
+            n.attributes.insert("rack".into(), rack.into());
+        }
+        let mut d = demand("g", "web", 3, WEB);
+        d.apps[0].constraints = vec![Constraint::parse("rack:UNIQUE").unwrap()];
+        let plan = run(&nodes, &[], std::slice::from_ref(&d));
+        let racks: BTreeSet<&str> = plan
+            .start
+            .iter()
+            .map(|s| nodes.iter().find(|n| n.id == s.node_id).unwrap().attributes["rack"].as_str())
+            .collect();
+        assert_eq!(plan.start.len(), 2);
+        assert_eq!(racks.len(), 2, "one instance per rack");
+        assert!(blocker(&plan).contains("UNIQUE"), "{}", blocker(&plan));
+
+        d.apps[0].constraints = vec![Constraint::parse("hostname:UNIQUE").unwrap()];
+        let plan = run(&nodes, &[], &[d]);
+        let hosts: BTreeSet<&str> = plan.start.iter().map(|s| s.node_id.as_str()).collect();
+        assert_eq!(hosts.len(), 3);
+    }
+
+    #[test]
+    fn dominant_resource_fairness_shares_a_contended_cell_between_roles() {
+        // One node of 9 cpu, 18 GiB; role a's tasks are <1 cpu, 4 GiB>, role b's <3 cpu, 1 GiB>
+        // (the DRF paper's example): a gets 3 tasks, b gets 2.
+        let nodes = [node("n1", 9000, 18_432, (9000, 9099))];
+        let a = Resources::new(1000, 4096, 0);
+        let b = Resources::new(3000, 1024, 0);
+        let d = [demand("a", "web", 10, a), demand("b", "batch", 10, b)];
+        let mut seq = 0;
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let plan = run(&nodes, &tasks, &d);
+            tasks = apply(&tasks, &plan, &mut seq);
+        }
+        let count = |app: &str| tasks.iter().filter(|t| t.app == app).count();
+        // Served one offer per pass, lowest dominant share first.
+        assert_eq!((count("web"), count("batch")), (3, 2), "{tasks:?}");
+    }
+
+    #[test]
+    fn quota_limits_cap_a_role_and_say_so() {
+        let nodes = [node("n1", 8000, 8000, (9000, 9099))];
+        let mut role = cm::Role::new("g");
+        role.limit = Some(cm::Resources::new(1000, 8000, 10_000));
+        let quotas = Quotas { roles: vec![role], reservations: BTreeMap::new() };
+        let d = [demand("g", "web", 4, WEB)];
+        let plan = run_with(&nodes, &[], &d, &quotas);
+        assert_eq!(plan.start.len(), 2, "{plan:?}");
+        let mut seq = 0;
+        let tasks = apply(&[], &plan, &mut seq);
+        let plan = run_with(&nodes, &tasks, &d, &quotas);
+        assert!(plan.start.is_empty());
+        assert!(blocker(&plan).contains("quota limit"), "{}", blocker(&plan));
+        assert!(plan.roles["g"].at_limit);
+    }
+
+    #[test]
+    fn reservations_are_used_only_by_their_role() {
+        let nodes = [node("n1", 2000, 8000, (9000, 9099))];
+        let quotas = Quotas {
+            roles: vec![cm::Role::new("db")],
+            reservations: BTreeMap::from([(("n1".to_string(), "db".to_string()), Resources::new(1500, 1024, 0))]),
+        };
+        let plan = run_with(&nodes, &[], &[demand("web", "web", 4, WEB)], &quotas);
+        assert_eq!(plan.start.len(), 1, "web sees only the 500 unreserved millicores: {plan:?}");
+        let plan = run_with(&nodes, &[], &[demand("db", "pg", 4, WEB)], &quotas);
+        assert_eq!(plan.start.len(), 4, "db uses its reservation and the rest: {plan:?}");
+    }
+
+    #[test]
+    fn an_offer_a_role_cannot_use_is_declined() {
+        let nodes = [node("n1", 8000, 8000, (9000, 9099)), node("n2", 8000, 8000, (9000, 9099))];
+        let mut d = demand("g", "web", 2, WEB);
+        d.apps[0].constraints = vec![Constraint::parse("hostname:LIKE:n1").unwrap()];
+        let tasks = [task("a", "g", "web", "n1", 9000, WEB, 1)];
+        let mut d2 = d.clone();
+        d2.apps[0].constraints =
+            vec![Constraint::parse("hostname:UNIQUE").unwrap(), Constraint::parse("hostname:LIKE:n1").unwrap()];
+        let plan = plan(&Input {
+            nodes: &nodes,
+            tasks: &tasks,
+            demand: &[d2],
+            quotas: &Quotas::default(),
+            filters: &[],
+            now_ms: 10,
+        });
+        assert!(plan.start.is_empty());
+        let declined: Vec<(&str, u64)> = plan.declined.iter().map(|f| (f.node.as_str(), f.until_ms)).collect();
+        assert_eq!(declined, [("n1", 10 + DECLINE_MS), ("n2", 10 + DECLINE_MS)]);
+        // While the filters hold, the role is offered nothing and the reason says so.
+        let plan2 = plan_with_filters(&nodes, &tasks, &[d], &plan.declined, 20);
+        assert!(plan2.start.is_empty(), "{plan2:?}");
+    }
+
+    fn plan_with_filters(
+        nodes: &[NodeView],
+        tasks: &[TaskView],
+        d: &[GroupDemand],
+        filters: &[DeclineFilter],
+        now_ms: u64,
+    ) -> Plan {
+        plan(&Input { nodes, tasks, demand: d, quotas: &Quotas::default(), filters, now_ms })
+    }
+}
