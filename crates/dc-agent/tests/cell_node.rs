@@ -670,6 +670,123 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `clients` threads of `GET /slow` through `frontend` until `stop` (or 60 s); returns
+/// the successes and, for each failure, how many successes preceded it.
+fn load_through(
+    frontend: std::net::SocketAddr,
+    clients: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(u32, Vec<u32>)>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    match support::haproxy::get_path(frontend, "/slow") {
+                        Some(_) => ok += 1,
+                        None => failed.push(ok),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_under_load_fails_no_request_through_haproxy() -> anyhow::Result<()> {
+    use switchyard_dc_agent::lb::{HaproxyRuntime, LoadBalancer};
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let haproxy = support::haproxy::start_haproxy(data.path(), "be_crm-web_web", &["be_crm-web_web"]);
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let node_files = pki.issue("node-1", Role::Node, &format!("{SITE}/node-1"))?;
+    let (port_min, port_max) = free_port_range(12);
+    let cell_port = free_port_outside(port_min, port_max);
+    let mut args = cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell"));
+    args.haproxy_socket = Some(haproxy.socket.clone());
+    let cell = start_cell(args);
+    let n1 = node_args(&pki, &node_files, "node-1", 1, cell_port, (port_min, port_max), &data.path().join("node-1"));
+    let node = start_node(NodeArgs { cpu_millis: 4000, ..n1 });
+    let lb = HaproxyRuntime::new(&haproxy.socket);
+    let servers = || async {
+        let mut all: Vec<(String, bool)> = lb
+            .servers("be_crm-web_web")
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.name, !s.maintenance && !s.draining))
+            .collect();
+        all.sort();
+        all
+    };
+    let all_serving = |ids: &[String]| ids.iter().map(|id| (id.clone(), true)).collect::<Vec<_>>();
+
+    // Version 1: four healthy instances, all in HAProxy.
+    fed.desired.send_replace(Some(desired(5, 4)));
+    let r = wait_report(&fed, "4 healthy instances", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 4 && a.instances.iter().all(|i| i.healthy))
+    })
+    .await?;
+    let mut old: Vec<String> = web(&r).unwrap().instances.iter().map(|i| i.task_id.clone()).collect();
+    old.sort();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while servers().await != all_serving(&old) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "HAProxy never served {old:?}: {:?}", servers().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Version 2 (a new environment) under continuous load: every old instance is replaced,
+    // each drained from HAProxy before it stops, and no request fails.
+    let stop_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = load_through(haproxy.frontend, 4, &stop_load);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut v2 = desired(6, 4);
+    v2.groups[0].apps[0].env.insert("RELEASE".into(), "2".into());
+    fed.desired.send_replace(Some(v2));
+    let r = wait_report(&fed, "4 healthy instances of the new version", |r| {
+        web(r).is_some_and(|a| {
+            a.instances.len() == 4 && a.instances.iter().all(|i| i.healthy && !old.contains(&i.task_id))
+        })
+    })
+    .await?;
+    let mut new: Vec<String> = web(&r).unwrap().instances.iter().map(|i| i.task_id.clone()).collect();
+    new.sort();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while servers().await != all_serving(&new) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "backend is {:?}, want {new:?}", servers().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = tokio::task::spawn_blocking(move || {
+        load.into_iter().map(|t| t.join().expect("load thread")).fold((0, Vec::new()), |(ok, mut f), (o, fl)| {
+            f.extend(fl);
+            (ok + o, f)
+        })
+    })
+    .await?;
+    assert!(ok > 20, "the load generator ran ({ok} requests)");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during the rolling upgrade (after {:?} successes)",
+        failed.len(),
+        failed
+    );
+    // The new tasks really run the new environment.
+    for i in &web(&r).unwrap().instances {
+        let environ = std::fs::read(format!("/proc/{}/environ", i.pid))?;
+        assert!(environ.split(|b| *b == 0).any(|kv| kv == b"RELEASE=2"), "task {} runs the old spec", i.task_id);
+    }
+    node.stop().await?;
+    cell.stop().await?;
+    Ok(())
+}
+
 /// A node agent running as a real process, so that SIGKILL behaves as in production. Killed
 /// when dropped, so a failing test leaves nothing behind.
 struct NodeProcess(std::process::Child);
