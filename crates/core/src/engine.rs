@@ -140,6 +140,12 @@ pub fn validate(state: &State, proposal: &Proposal) -> Result<(), Refusal> {
             }
             plan_switchover(state, group, to, proposal.at_ms).map(|_| ())
         }
+        Action::UpdateGroup { spec, reason } => {
+            if reason.len() > 1024 {
+                return Err(Refusal::Invalid("reason is longer than 1024 bytes".into()));
+            }
+            state.plan_group_update(spec).map(|_| ())
+        }
         _ => Ok(()),
     }
 }

@@ -22,7 +22,7 @@ pub use model::{AppGroup, AppSpec, GroupSpec, HealthSpec, Placement, Resources, 
 pub use operation::{Operation, OperationKind, Outcome, Phase, Step};
 pub use proposal::{Action, Applied, Proposal, Refusal, Response};
 pub use report::{AppReport, CellReport, GroupReport, InstanceReport, NodeReport, ReportRecord};
-pub use state::State;
+pub use state::{GroupUpdate, State};
 
 /// A committed cell report older than this (relative to the leader-stamped time of a
 /// proposal) is not trusted for capacity decisions.

@@ -37,6 +37,13 @@ pub enum Action {
     RegisterSite(SiteSpec),
     /// Add a group placed on its home site; an existing group is left as it is.
     RegisterGroup(GroupSpec),
+    /// Change a registered group's spec: its apps' programs, environment, resources, checks,
+    /// constraints, upgrade strategy and instance counts. Every site running the group rolls
+    /// its instances to the new spec under each app's upgrade strategy.
+    UpdateGroup {
+        spec: GroupSpec,
+        reason: String,
+    },
     /// The latest report of a site's cell (an observation, not audited).
     CellReport(CellReport),
     StartSwitchover {

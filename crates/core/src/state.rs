@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::audit::{AuditLog, Entry};
 use crate::engine::plan_switchover;
-use crate::model::{AppGroup, Placement, Site, SiteShare, SiteState, validate_group, validate_site};
+use crate::model::{AppGroup, GroupSpec, Placement, Site, SiteShare, SiteState, validate_group, validate_site};
 use crate::operation::{Operation, OperationKind, Outcome, Phase, Step};
 use crate::proposal::{Action, Applied, Proposal, Refusal, Response};
 use crate::report::ReportRecord;
@@ -25,6 +25,15 @@ pub struct State {
     pub audit: AuditLog,
     /// Log index of the last change to anything DNS answers depend on (the SOA serial).
     pub routing_version: u64,
+}
+
+/// What a group update changes ([`State::plan_group_update`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupUpdate {
+    /// One line per change, for the operator and the audit record; empty when nothing changes.
+    pub changes: Vec<String>,
+    /// The group's placement after the update (its epoch becomes the update's log index).
+    pub placement: BTreeMap<String, SiteShare>,
 }
 
 /// The traffic weight a site gets when it is a group's only active site.
@@ -116,6 +125,30 @@ impl State {
                     )));
                 }
                 self.reports.insert(report.site.clone(), ReportRecord { report: report.clone(), received_at_ms: at });
+                Ok(Applied::Changed)
+            }
+            Action::UpdateGroup { spec, reason } => {
+                let update = self.plan_group_update(spec)?;
+                if update.changes.is_empty() {
+                    return Ok(Applied::Unchanged);
+                }
+                let group = self.groups.get_mut(&spec.name).expect("plan_group_update checked the group exists");
+                let before = group.spec.clone();
+                let dns_changed = before.dns_name != spec.dns_name || before.ttl_s != spec.ttl_s;
+                group.spec = spec.clone();
+                group.placement = Placement { sites: update.placement, epoch: index };
+                if dns_changed {
+                    self.routing_version = index;
+                }
+                self.audit.append(Entry {
+                    time_ms: at,
+                    actor,
+                    action: "group.update",
+                    subject: &spec.name,
+                    reason,
+                    detail: json!({ "changes": update.changes, "before": before, "after": spec }),
+                    raft_index: index,
+                });
                 Ok(Applied::Changed)
             }
             Action::StartSwitchover { group, to, reason } => self.start_switchover(index, at, actor, group, to, reason),
@@ -356,6 +389,81 @@ impl State {
     }
 
     /// Epoch a cell must have applied to be current: the newest placement epoch of any group.
+    /// What updating a group to `spec` would change, without changing anything: the same
+    /// check and computation `apply` uses, so a dry run shows exactly what a commit does.
+    /// Instance counts: an app whose declared count changed gets the new count on every site
+    /// that takes the group's traffic; an app whose count did not change keeps each site's
+    /// current count (a switchover or scaling decision stands); a new app starts on the sites
+    /// taking traffic; a removed app stops everywhere.
+    pub fn plan_group_update(&self, spec: &GroupSpec) -> Result<GroupUpdate, Refusal> {
+        let current = self.groups.get(&spec.name).ok_or_else(|| Refusal::UnknownGroup(spec.name.clone()))?;
+        let mut errs = validate_group(spec);
+        if !self.sites.contains_key(&spec.home_site) {
+            errs.push(format!("group {:?}: home_site {:?} is not a known site", spec.name, spec.home_site));
+        }
+        if let Some(other) = self.groups.values().find(|g| g.spec.dns_name == spec.dns_name && g.spec.name != spec.name)
+        {
+            errs.push(format!(
+                "group {:?}: dns_name {:?} is already used by group {:?}",
+                spec.name, spec.dns_name, other.spec.name
+            ));
+        }
+        if !errs.is_empty() {
+            return Err(Refusal::Invalid(errs.join("; ")));
+        }
+        if let Some(op) = &current.operation {
+            return Err(Refusal::GroupBusy { group: spec.name.clone(), operation: op.clone() });
+        }
+        let old = &current.spec;
+        let mut changes = Vec::new();
+        if old.dns_name != spec.dns_name {
+            changes.push(format!("dns_name {} -> {}", old.dns_name, spec.dns_name));
+        }
+        if old.ttl_s != spec.ttl_s {
+            changes.push(format!("ttl_s {} -> {}", old.ttl_s, spec.ttl_s));
+        }
+        if old.tier != spec.tier || old.home_site != spec.home_site || old.tenant != spec.tenant {
+            changes.push("tier, home_site or tenant changed".to_string());
+        }
+        let mut placement = current.placement.sites.clone();
+        for app in &spec.apps {
+            let before = old.apps.iter().find(|a| a.name == app.name);
+            let spec_changed = before.is_some_and(|b| {
+                let mut b = b.clone();
+                b.instances = app.instances;
+                b.upgrade = app.upgrade;
+                b != *app
+            });
+            if spec_changed {
+                changes.push(format!("app {}: new spec, rolled out under its upgrade strategy", app.name));
+            }
+            if before.is_some_and(|b| b.upgrade != app.upgrade) {
+                changes.push(format!("app {}: upgrade strategy changed", app.name));
+            }
+            let count_changed = before.is_none_or(|b| b.instances != app.instances);
+            for (site, share) in &mut placement {
+                let now = share.instances.get(&app.name).copied().unwrap_or(0);
+                let next = match before {
+                    Some(_) if !count_changed => now,
+                    _ if share.weight > 0 => app.instances,
+                    Some(_) => now,
+                    None => 0,
+                };
+                if next != now || before.is_none() {
+                    changes.push(format!("app {}: {now} -> {next} instances on {site}", app.name));
+                }
+                share.instances.insert(app.name.clone(), next);
+            }
+        }
+        for app in old.apps.iter().filter(|a| !spec.apps.iter().any(|n| n.name == a.name)) {
+            changes.push(format!("app {}: removed (its instances stop)", app.name));
+            for share in placement.values_mut() {
+                share.instances.remove(&app.name);
+            }
+        }
+        Ok(GroupUpdate { changes, placement })
+    }
+
     pub fn max_epoch(&self) -> u64 {
         self.groups.values().map(|g| g.placement.epoch).max().unwrap_or(0)
     }

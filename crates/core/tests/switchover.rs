@@ -490,3 +490,87 @@ fn nodes_in_maintenance_are_not_free_capacity() {
     f.ok("cell:site-2", Action::CellReport(report));
     assert!(f.start("crm-web", "site-2").is_ok());
 }
+
+fn update(f: &mut Fed, spec: GroupSpec) -> Result<Applied, Refusal> {
+    f.propose(OPERATOR, Action::UpdateGroup { spec, reason: "CHG-7 release 2".into() })
+}
+
+#[test]
+fn a_group_update_rolls_out_a_new_spec_with_a_new_epoch_and_is_audited() {
+    let mut f = Fed::new();
+    let epoch_before = f.state.groups["crm-web"].placement.epoch;
+    let mut spec = group("crm-web", 2, 100);
+    spec.apps[0].env.insert("RELEASE".into(), "2".into());
+    let plan = f.state.plan_group_update(&spec).unwrap();
+    assert_eq!(plan.changes, ["app web: new spec, rolled out under its upgrade strategy"]);
+
+    assert_eq!(update(&mut f, spec.clone()).unwrap(), Applied::Changed);
+    let g = &f.state.groups["crm-web"];
+    assert_eq!(g.placement.epoch, f.index, "the update is the group's new fencing epoch");
+    assert!(g.placement.epoch > epoch_before);
+    assert_eq!(g.placement.sites["site-1"].instances["web"], 2, "instances unchanged");
+    let desired = desired_for_site(&f.state, "site-1");
+    assert_eq!(desired.groups[0].apps[0].spec.env["RELEASE"], "2");
+    let last = f.state.audit.records().last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.actor.as_str(), last.reason.as_str()),
+        ("group.update", OPERATOR, "CHG-7 release 2")
+    );
+    assert!(last.detail_json.contains("new spec"), "{}", last.detail_json);
+    verify_chain(f.state.audit.records()).unwrap();
+
+    // The same spec again changes nothing and records nothing.
+    let records = f.state.audit.records().len();
+    assert_eq!(update(&mut f, spec).unwrap(), Applied::Unchanged);
+    assert_eq!(f.state.audit.records().len(), records);
+}
+
+#[test]
+fn a_group_update_scales_where_traffic_goes_and_adds_and_removes_apps() {
+    let mut f = Fed::new();
+    let mut spec = group("crm-web", 4, 100);
+    let mut worker = spec.apps[0].clone();
+    worker.name = "worker".into();
+    worker.instances = 1;
+    spec.apps.push(worker);
+    update(&mut f, spec.clone()).unwrap();
+    let share = &f.state.groups["crm-web"].placement.sites["site-1"];
+    assert_eq!(share.instances["web"], 4);
+    assert_eq!(share.instances["worker"], 1);
+
+    // Only the instance count of web changes back; worker keeps its count; then worker goes.
+    spec.apps[0].instances = 3;
+    spec.apps.pop();
+    let plan = f.state.plan_group_update(&spec).unwrap();
+    assert_eq!(plan.changes, ["app web: 4 -> 3 instances on site-1", "app worker: removed (its instances stop)"]);
+    update(&mut f, spec).unwrap();
+    let share = &f.state.groups["crm-web"].placement.sites["site-1"];
+    assert_eq!(share.instances.keys().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(share.instances["web"], 3);
+}
+
+#[test]
+fn a_bad_or_untimely_group_update_is_refused_and_changes_nothing() {
+    let mut f = Fed::new();
+    let before = f.state.clone();
+    let mut bad = group("crm-web", 2, 100);
+    bad.apps[0].constraints = vec!["rack:SOMETIMES".into()];
+    bad.apps[0].upgrade.minimum_health_capacity = 1.5;
+    let err = update(&mut f, bad).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("unknown operator \"SOMETIMES\"") && text.contains("minimum_health_capacity 1.5"), "{text}");
+    assert!(same_except_index(&before, &f.state));
+
+    let err = update(&mut f, group("nope", 2, 100)).unwrap_err();
+    assert_eq!(err, Refusal::UnknownGroup("nope".into()));
+
+    // While a switchover holds the group, its spec cannot change under it.
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    let before = f.state.clone();
+    let mut spec = group("crm-web", 2, 100);
+    spec.apps[0].args = vec!["--v2".into()];
+    let err = update(&mut f, spec).unwrap_err();
+    assert_eq!(err, Refusal::GroupBusy { group: "crm-web".into(), operation: id });
+    assert!(same_except_index(&before, &f.state));
+}

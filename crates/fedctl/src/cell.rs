@@ -53,6 +53,7 @@ pub enum CellCommand {
     Nodes,
     Apps,
     Tasks { node: Option<String> },
+    Roles,
     Drain { node: String, drain: bool },
 }
 
@@ -93,7 +94,8 @@ pub async fn run(
                 println!("{}", json(&r));
                 return Ok(());
             }
-            let mut t = table(&["group", "app", "desired", "running", "healthy", "epoch", "waiting for"]);
+            let mut t =
+                table(&["group", "app", "desired", "running", "healthy", "current version", "epoch", "waiting for"]);
             for a in &r.apps {
                 t.add_row(vec![
                     a.group.clone(),
@@ -101,11 +103,41 @@ pub async fn run(
                     a.desired.to_string(),
                     a.running.to_string(),
                     a.healthy.to_string(),
+                    format!("{} ({})", a.current, a.version),
                     a.epoch.to_string(),
                     if a.waiting_for.is_empty() { "-".into() } else { a.waiting_for.clone() },
                 ]);
             }
             println!("site {}\n{t}", r.site);
+        }
+        CellCommand::Roles => {
+            let r = client.list_roles(pb::ListRolesRequest {}).await?.into_inner();
+            if output == Format::Json {
+                println!("{}", json(&r));
+                return Ok(());
+            }
+            let amount = |r: Option<&switchyard_proto::common::v1::Resources>| {
+                r.map_or_else(|| "-".to_string(), |r| format!("{} cpu / {} MiB", r.cpu_millis, r.mem_mib))
+            };
+            let mut t =
+                table(&["role", "weight", "holds", "share", "guarantee", "limit", "reserved", "pending", "at limit"]);
+            for role in &r.roles {
+                t.add_row(vec![
+                    role.name.clone(),
+                    format!("{}", role.weight),
+                    amount(role.held.as_ref()),
+                    format!("{:.1}%", role.dominant_share * 100.0),
+                    amount(role.guarantee.as_ref()),
+                    role.limit.as_ref().map_or_else(|| "none".to_string(), |l| amount(Some(l))),
+                    amount(role.reserved.as_ref()),
+                    role.pending.to_string(),
+                    if role.at_limit { "yes".into() } else { "no".into() },
+                ]);
+            }
+            println!("site {}\n{t}", r.site);
+            if !r.quota_error.is_empty() {
+                println!("quota file refused (the quotas above stay in force): {}", r.quota_error);
+            }
         }
         CellCommand::Tasks { node } => {
             let r = client.list_tasks(pb::ListTasksRequest { node_id: node.unwrap_or_default() }).await?.into_inner();

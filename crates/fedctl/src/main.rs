@@ -113,6 +113,9 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// One group's spec: show it, or apply a changed one (a rolling upgrade on every site).
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// Planned, make-before-break moves of an app group to another site.
     #[command(subcommand)]
     Switchover(SwitchoverCmd),
@@ -151,10 +154,31 @@ enum CellCmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Roles (tenants): what each holds, its DRF share, quota guarantee and limit, reservations.
+    Roles,
     /// Put a node in maintenance: nothing new lands there and its tasks move off, make-before-break.
     Drain { node: String },
     /// End a node's maintenance.
     Undrain { node: String },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// Print the group's current spec as TOML, the form `group apply` takes.
+    Show { group: String },
+    /// Apply a group spec from a TOML file (`-` for stdin): changed apps are rolled out on every
+    /// site running the group under their upgrade strategy; instance counts follow the file.
+    Apply {
+        file: PathBuf,
+        /// Why (ticket, change id); recorded in the audit history. Required unless --dry-run.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Show what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,11 +275,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
         }
         Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
+        Cmd::Group(GroupCmd::Show { group }) => group_show(&cfg_path, group).await,
+        Cmd::Group(GroupCmd::Apply { file, reason, dry_run, output }) => {
+            group_apply(&cfg_path, &file, reason, dry_run, output).await
+        }
         Cmd::Audit(AuditCmd::List { from, limit, output }) => audit_list(&cfg_path, from, limit, output).await,
         Cmd::Cell { command, site, cell: url, dir, output } => {
             let command = match command {
                 CellCmd::Nodes => cell::CellCommand::Nodes,
                 CellCmd::Apps => cell::CellCommand::Apps,
+                CellCmd::Roles => cell::CellCommand::Roles,
                 CellCmd::Tasks { node } => cell::CellCommand::Tasks { node },
                 CellCmd::Drain { node } => cell::CellCommand::Drain { node, drain: true },
                 CellCmd::Undrain { node } => cell::CellCommand::Drain { node, drain: false },
@@ -349,6 +378,36 @@ async fn sites(cfg: &Path, output: Format) -> Result<(), CliError> {
                 ]);
             }
             println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+async fn group_show(cfg: &Path, group: String) -> Result<(), CliError> {
+    let r = api(cfg).await?.get_group_spec(pb::GetGroupSpecRequest { group }).await?.into_inner();
+    print!("{}", r.spec_toml);
+    Ok(())
+}
+
+async fn group_apply(cfg: &Path, file: &Path, reason: String, dry_run: bool, output: Format) -> Result<(), CliError> {
+    let spec_toml = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| CliError::Usage(format!("cannot read stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?
+    };
+    let r = api(cfg).await?.update_group(pb::UpdateGroupRequest { spec_toml, reason, dry_run }).await?.into_inner();
+    match output {
+        Format::Json => println!("{}", json(&r)),
+        Format::Table => {
+            let verb = match (r.dry_run, r.changed) {
+                (true, true) => "would change",
+                (true, false) | (false, false) => "nothing to change",
+                (false, true) => "changed",
+            };
+            println!("{verb} (group epoch {})", r.epoch);
+            for c in &r.changes {
+                println!("  - {c}");
+            }
         }
     }
     Ok(())

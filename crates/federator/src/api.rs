@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use switchyard_core::engine::operation_blocker;
 use switchyard_core::views::group_counts_on;
-use switchyard_core::{Action, Applied, REPORT_FRESH_MS};
+use switchyard_core::{Action, Applied, GroupSpec, REPORT_FRESH_MS};
 use switchyard_proto::operator::v1 as pb;
 use switchyard_proto::operator::v1::operator_server::Operator;
 use switchyard_tls::{Identity, Role, peer_identity};
@@ -139,6 +139,63 @@ impl Operator for OperatorService {
         tracing::info!(operation = %op_id, group = %r.group, to = %r.to_site, actor = %id, "switchover started");
         metrics::counter!("federator_switchovers_started_total").increment(1);
         self.operation(&op_id).map(Response::new)
+    }
+
+    async fn update_group(
+        &self,
+        req: Request<pb::UpdateGroupRequest>,
+    ) -> Result<Response<pb::UpdateGroupReply>, Status> {
+        let id = authorise(&req, Role::can_switchover, "change a group's spec")?;
+        let r = req.into_inner();
+        let spec: GroupSpec = toml::from_str(&r.spec_toml)
+            .map_err(|e| Status::invalid_argument(format!("the group spec is not valid TOML for a group: {e}")))?;
+        if r.reason.trim().is_empty() && !r.dry_run {
+            return Err(Status::invalid_argument(
+                "a reason (ticket or change id) is required; it goes into the audit history",
+            ));
+        }
+        let plan = self
+            .fed
+            .shared
+            .read(|s| s.plan_group_update(&spec))
+            .map_err(|e| Status::from(crate::node::ProposeError::Refused(e)))?;
+        if r.dry_run {
+            let epoch = self.fed.shared.read(|s| s.groups.get(&spec.name).map_or(0, |g| g.placement.epoch));
+            return Ok(Response::new(pb::UpdateGroupReply {
+                changed: !plan.changes.is_empty(),
+                changes: plan.changes,
+                epoch,
+                dry_run: true,
+            }));
+        }
+        let name = spec.name.clone();
+        let applied = self.fed.propose(&id.to_string(), Action::UpdateGroup { spec, reason: r.reason }).await?;
+        let epoch = self.fed.shared.read(|s| s.groups.get(&name).map_or(0, |g| g.placement.epoch));
+        let changed = applied == Applied::Changed;
+        if changed {
+            tracing::info!(group = %name, actor = %id, changes = ?plan.changes, "group spec updated");
+        }
+        Ok(Response::new(pb::UpdateGroupReply {
+            changed,
+            changes: if changed { plan.changes } else { Vec::new() },
+            epoch,
+            dry_run: false,
+        }))
+    }
+
+    async fn get_group_spec(
+        &self,
+        req: Request<pb::GetGroupSpecRequest>,
+    ) -> Result<Response<pb::GroupSpecReply>, Status> {
+        authorise(&req, Role::can_view, "read group specs")?;
+        let name = req.into_inner().group;
+        let (spec, epoch) = self
+            .fed
+            .shared
+            .read(|s| s.groups.get(&name).map(|g| (g.spec.clone(), g.placement.epoch)))
+            .ok_or_else(|| Status::not_found(format!("unknown group {name:?}")))?;
+        let spec_toml = toml::to_string(&spec).map_err(|e| Status::internal(format!("cannot render the spec: {e}")))?;
+        Ok(Response::new(pb::GroupSpecReply { spec_toml, epoch }))
     }
 
     async fn get_operation(&self, req: Request<pb::GetOperationRequest>) -> Result<Response<pb::Operation>, Status> {
