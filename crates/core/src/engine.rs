@@ -93,6 +93,7 @@ pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Resu
     if from == to {
         return Err(Refusal::AlreadyActive { group: group.to_string(), site: to.to_string() });
     }
+    state.check_not_frozen(group, &[from.as_str(), to], at_ms)?;
     if site.state != SiteState::Active {
         return Err(Refusal::SiteNotActive { site: to.to_string(), state: site.state.as_str().to_string() });
     }
@@ -140,11 +141,14 @@ pub fn validate(state: &State, proposal: &Proposal) -> Result<(), Refusal> {
             }
             plan_switchover(state, group, to, proposal.at_ms).map(|_| ())
         }
+        Action::Autoscale { site, group, app, from, to, .. } => {
+            state.check_autoscale(&proposal.actor, site, group, app, *from, *to, proposal.at_ms)
+        }
         Action::UpdateGroup { spec, reason } => {
             if reason.len() > 1024 {
                 return Err(Refusal::Invalid("reason is longer than 1024 bytes".into()));
             }
-            state.plan_group_update(spec).map(|_| ())
+            state.plan_group_update(spec, proposal.at_ms).map(|_| ())
         }
         _ => Ok(()),
     }

@@ -157,6 +157,40 @@ impl PartialEq for UpgradeSpec {
 
 impl Eq for UpgradeSpec {}
 
+/// How an app is autoscaled on each site that runs it (the policy kinds of
+/// [`switchyard_cell_core::autoscale`]). Specs are validated on submission, so every number in
+/// one is finite and equality is value equality.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Autoscale(pub switchyard_cell_core::autoscale::AutoscaleSpec);
+
+impl Eq for Autoscale {}
+
+/// Where the cell reads an app's own metrics (Prometheus text format) for autoscaling. Each
+/// name is a metric the app's instances expose; values are summed over an instance's series.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// HTTP path on the instance's port; default `/metrics`.
+    #[serde(default)]
+    pub path: String,
+    /// Gauge of requests in flight (concurrency).
+    #[serde(default)]
+    pub concurrency: String,
+    /// Counter of requests served, and counter of the milliseconds they took: their rates give
+    /// the mean response time.
+    #[serde(default)]
+    pub requests_total: String,
+    #[serde(default)]
+    pub request_ms_total: String,
+}
+
+impl MetricsSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == MetricsSpec::default()
+    }
+}
+
 /// One application of a group: a program run as `instances` processes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +213,11 @@ pub struct AppSpec {
     pub constraints: Vec<String>,
     #[serde(default, skip_serializing_if = "UpgradeSpec::is_default")]
     pub upgrade: UpgradeSpec,
+    /// Autoscaling on every site that runs the app; absent: the instance count is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+    #[serde(default, skip_serializing_if = "MetricsSpec::is_empty")]
+    pub metrics: MetricsSpec,
 }
 
 /// An app group as declared in configuration: the unit that moves between sites.
@@ -319,6 +358,23 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
             if let Err(e) = switchyard_cell_core::constraints::Constraint::parse(c) {
                 errs.push(format!("group {g:?}: app {:?}: {e}", app.name));
             }
+        }
+        if let Some(Autoscale(a)) = &app.autoscale
+            && let Err(e) = a.validate()
+        {
+            errs.push(format!("group {g:?}: app {:?}: autoscale: {e}", app.name));
+        }
+        for (what, name) in [
+            ("concurrency", &app.metrics.concurrency),
+            ("requests_total", &app.metrics.requests_total),
+            ("request_ms_total", &app.metrics.request_ms_total),
+        ] {
+            if !name.is_empty() && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':') {
+                errs.push(format!("group {g:?}: app {:?}: metrics.{what} {name:?} is not a metric name", app.name));
+            }
+        }
+        if !app.metrics.path.is_empty() && !app.metrics.path.starts_with('/') {
+            errs.push(format!("group {g:?}: app {:?}: metrics.path must start with '/'", app.name));
         }
         for (what, v) in [
             ("minimum_health_capacity", app.upgrade.minimum_health_capacity),

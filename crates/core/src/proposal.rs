@@ -44,6 +44,30 @@ pub enum Action {
         spec: GroupSpec,
         reason: String,
     },
+    /// Stop changes to everything in `scope` (switchovers, spec updates, autoscaling) until
+    /// `until_ms` (leader time) or until cleared. Setting an existing freeze replaces it.
+    SetFreeze {
+        scope: FreezeScope,
+        reason: String,
+        until_ms: Option<u64>,
+    },
+    ClearFreeze {
+        scope: FreezeScope,
+        reason: String,
+    },
+    /// A site's cell asks to run `to` instead of `from` instances of an autoscaled app there.
+    /// Refused unless the site still runs `from` (a stale request changes nothing), the app is
+    /// autoscaled, `to` is within its bounds and nothing freezes or holds the group.
+    Autoscale {
+        site: String,
+        group: String,
+        app: String,
+        from: u32,
+        to: u32,
+        reason: String,
+        /// The numbers behind the decision (JSON object), kept in the audit record.
+        evidence_json: String,
+    },
     /// The latest report of a site's cell (an observation, not audited).
     CellReport(CellReport),
     StartSwitchover {
@@ -65,6 +89,38 @@ pub enum Action {
         at: Phase,
         error: String,
     },
+}
+
+/// What a freeze covers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreezeScope {
+    Global,
+    Group(String),
+    Site(String),
+}
+
+impl std::fmt::Display for FreezeScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreezeScope::Global => f.write_str("global"),
+            FreezeScope::Group(g) => write!(f, "group:{g}"),
+            FreezeScope::Site(s) => write!(f, "site:{s}"),
+        }
+    }
+}
+
+impl std::str::FromStr for FreezeScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "global" => Ok(FreezeScope::Global),
+            Some(("group", g)) if !g.is_empty() => Ok(FreezeScope::Group(g.to_string())),
+            Some(("site", v)) if !v.is_empty() => Ok(FreezeScope::Site(v.to_string())),
+            _ => Err(format!("freeze scope {s:?} must be global, group:<name> or site:<name>")),
+        }
+    }
 }
 
 /// Why a request was refused. Every message says what was wrong; a refused request changes
@@ -89,6 +145,10 @@ pub enum Refusal {
     InsufficientCapacity { site: String, group: String, needed: Resources, free: Resources },
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{subject} is frozen ({scope}, by {actor}: {reason}); clear the freeze first")]
+    Frozen { subject: String, scope: String, actor: String, reason: String },
+    #[error("{0}")]
+    Stale(String),
     #[error("operation {0:?} does not exist")]
     UnknownOperation(String),
     #[error("operation {id} is not in phase {expected} (it is {actual}); step ignored")]

@@ -9,7 +9,7 @@ use crate::audit::{AuditLog, Entry};
 use crate::engine::plan_switchover;
 use crate::model::{AppGroup, GroupSpec, Placement, Site, SiteShare, SiteState, validate_group, validate_site};
 use crate::operation::{Operation, OperationKind, Outcome, Phase, Step};
-use crate::proposal::{Action, Applied, Proposal, Refusal, Response};
+use crate::proposal::{Action, Applied, FreezeScope, Proposal, Refusal, Response};
 use crate::report::ReportRecord;
 
 /// Everything the federation has committed. Only `apply` changes it.
@@ -25,6 +25,25 @@ pub struct State {
     pub audit: AuditLog,
     /// Log index of the last change to anything DNS answers depend on (the SOA serial).
     pub routing_version: u64,
+    /// Freezes in force (expired ones are ignored, and dropped by the next freeze change).
+    #[serde(default)]
+    pub freezes: BTreeMap<FreezeScope, Freeze>,
+}
+
+/// A freeze: no switchover, spec update or autoscaling inside its scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub actor: String,
+    pub reason: String,
+    pub since_ms: u64,
+    /// Leader time after which the freeze no longer holds; `None` until cleared.
+    pub until_ms: Option<u64>,
+}
+
+impl Freeze {
+    pub fn holds_at(&self, now_ms: u64) -> bool {
+        self.until_ms.is_none_or(|u| now_ms < u)
+    }
 }
 
 /// What a group update changes ([`State::plan_group_update`]).
@@ -127,8 +146,63 @@ impl State {
                 self.reports.insert(report.site.clone(), ReportRecord { report: report.clone(), received_at_ms: at });
                 Ok(Applied::Changed)
             }
+            Action::SetFreeze { scope, reason, until_ms } => {
+                self.check_scope(scope)?;
+                if reason.trim().is_empty() {
+                    return Err(Refusal::Invalid("a freeze needs a reason".into()));
+                }
+                if until_ms.is_some_and(|u| u <= at) {
+                    return Err(Refusal::Invalid("the freeze would end before it starts".into()));
+                }
+                self.freezes.retain(|_, f| f.holds_at(at));
+                let freeze =
+                    Freeze { actor: actor.to_string(), reason: reason.clone(), since_ms: at, until_ms: *until_ms };
+                let before = self.freezes.insert(scope.clone(), freeze);
+                self.audit.append(Entry {
+                    time_ms: at,
+                    actor,
+                    action: "freeze.set",
+                    subject: &scope.to_string(),
+                    reason,
+                    detail: json!({ "until_ms": until_ms, "replaces": before }),
+                    raft_index: index,
+                });
+                Ok(Applied::Changed)
+            }
+            Action::ClearFreeze { scope, reason } => {
+                self.freezes.retain(|_, f| f.holds_at(at));
+                let Some(was) = self.freezes.remove(scope) else { return Ok(Applied::Unchanged) };
+                self.audit.append(Entry {
+                    time_ms: at,
+                    actor,
+                    action: "freeze.clear",
+                    subject: &scope.to_string(),
+                    reason,
+                    detail: json!({ "was": was }),
+                    raft_index: index,
+                });
+                Ok(Applied::Changed)
+            }
+            Action::Autoscale { site, group, app, from, to, reason, evidence_json } => {
+                self.check_autoscale(actor, site, group, app, *from, *to, at)?;
+                let g = self.groups.get_mut(group).expect("check_autoscale checked the group");
+                g.placement.sites.get_mut(site).expect("checked").instances.insert(app.clone(), *to);
+                g.placement.epoch = index;
+                let evidence: serde_json::Value =
+                    serde_json::from_str(evidence_json).unwrap_or(serde_json::Value::Null);
+                self.audit.append(Entry {
+                    time_ms: at,
+                    actor,
+                    action: "app.autoscale",
+                    subject: &format!("{group}/{app}@{site}"),
+                    reason,
+                    detail: json!({ "from": from, "to": to, "evidence": evidence }),
+                    raft_index: index,
+                });
+                Ok(Applied::Changed)
+            }
             Action::UpdateGroup { spec, reason } => {
-                let update = self.plan_group_update(spec)?;
+                let update = self.plan_group_update(spec, at)?;
                 if update.changes.is_empty() {
                     return Ok(Applied::Unchanged);
                 }
@@ -395,8 +469,9 @@ impl State {
     /// that takes the group's traffic; an app whose count did not change keeps each site's
     /// current count (a switchover or scaling decision stands); a new app starts on the sites
     /// taking traffic; a removed app stops everywhere.
-    pub fn plan_group_update(&self, spec: &GroupSpec) -> Result<GroupUpdate, Refusal> {
+    pub fn plan_group_update(&self, spec: &GroupSpec, now_ms: u64) -> Result<GroupUpdate, Refusal> {
         let current = self.groups.get(&spec.name).ok_or_else(|| Refusal::UnknownGroup(spec.name.clone()))?;
+        self.check_not_frozen(&spec.name, &[], now_ms)?;
         let mut errs = validate_group(spec);
         if !self.sites.contains_key(&spec.home_site) {
             errs.push(format!("group {:?}: home_site {:?} is not a known site", spec.name, spec.home_site));
@@ -462,6 +537,89 @@ impl State {
             }
         }
         Ok(GroupUpdate { changes, placement })
+    }
+
+    /// The freeze that holds `group` (or any of `sites`, or everything) at `now_ms`, if any.
+    pub fn freeze_on(&self, group: &str, sites: &[&str], now_ms: u64) -> Option<(&FreezeScope, &Freeze)> {
+        self.freezes.iter().find(|(scope, f)| {
+            f.holds_at(now_ms)
+                && match scope {
+                    FreezeScope::Global => true,
+                    FreezeScope::Group(g) => g == group,
+                    FreezeScope::Site(s) => sites.contains(&s.as_str()),
+                }
+        })
+    }
+
+    /// Refuses when a freeze holds `group` or one of `sites`.
+    pub fn check_not_frozen(&self, group: &str, sites: &[&str], now_ms: u64) -> Result<(), Refusal> {
+        match self.freeze_on(group, sites, now_ms) {
+            Some((scope, f)) => Err(Refusal::Frozen {
+                subject: format!("group {group:?}"),
+                scope: scope.to_string(),
+                actor: f.actor.clone(),
+                reason: f.reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_scope(&self, scope: &FreezeScope) -> Result<(), Refusal> {
+        match scope {
+            FreezeScope::Global => Ok(()),
+            FreezeScope::Group(g) if self.groups.contains_key(g) => Ok(()),
+            FreezeScope::Group(g) => Err(Refusal::UnknownGroup(g.clone())),
+            FreezeScope::Site(s) if self.sites.contains_key(s) => Ok(()),
+            FreezeScope::Site(s) => Err(Refusal::UnknownSite(s.clone())),
+        }
+    }
+
+    /// Everything an autoscaling request must satisfy (see [`Action::Autoscale`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_autoscale(
+        &self,
+        actor: &str,
+        site: &str,
+        group: &str,
+        app: &str,
+        from: u32,
+        to: u32,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        let expected = format!("cell:{site}");
+        if actor != expected {
+            return Err(Refusal::Invalid(format!("autoscaling on {site:?} is decided by {expected}, not {actor}")));
+        }
+        let g = self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
+        let spec = g
+            .spec
+            .apps
+            .iter()
+            .find(|a| a.name == app)
+            .ok_or_else(|| Refusal::Invalid(format!("group {group:?} has no app {app:?}")))?;
+        let Some(crate::model::Autoscale(auto)) = &spec.autoscale else {
+            return Err(Refusal::Invalid(format!("{group}/{app} is not autoscaled")));
+        };
+        if let Some(op) = &g.operation {
+            return Err(Refusal::GroupBusy { group: group.to_string(), operation: op.clone() });
+        }
+        self.check_not_frozen(group, &[site], now_ms)?;
+        let Some(share) = g.placement.sites.get(site).filter(|s| s.weight > 0) else {
+            return Err(Refusal::Stale(format!("{group} takes no traffic on {site}; only active sites autoscale")));
+        };
+        let now = share.instances.get(app).copied().unwrap_or(0);
+        if now != from {
+            return Err(Refusal::Stale(format!(
+                "{group}/{app} runs {now} instances on {site}, not {from}; the request is out of date"
+            )));
+        }
+        if to == from || to < auto.min_instances || to > auto.max_instances {
+            return Err(Refusal::Invalid(format!(
+                "{group}/{app}: {from} -> {to} is not a change within the bounds [{}, {}]",
+                auto.min_instances, auto.max_instances
+            )));
+        }
+        Ok(())
     }
 
     pub fn max_epoch(&self) -> u64 {

@@ -69,6 +69,9 @@ pub struct DesiredGroup {
     pub epoch: u64,
     /// Allocation role (tenant) of the group's apps.
     pub role: String,
+    /// The cell must not autoscale the group: a freeze holds it (or the site), or an operation
+    /// owns its instance counts.
+    pub frozen: bool,
     pub apps: Vec<DesiredApp>,
 }
 
@@ -81,7 +84,7 @@ pub struct DesiredView {
 
 /// What `site`'s cell must run: every group of the federation with this site's instance counts
 /// (zero where the group is not placed here, which tells the cell to stop it).
-pub fn desired_for_site(state: &State, site: &str) -> DesiredView {
+pub fn desired_for_site(state: &State, site: &str, now_ms: u64) -> DesiredView {
     let groups = state
         .groups
         .values()
@@ -91,6 +94,7 @@ pub fn desired_for_site(state: &State, site: &str) -> DesiredView {
                 name: g.spec.name.clone(),
                 epoch: g.placement.epoch,
                 role: g.spec.role().to_string(),
+                frozen: g.operation.is_some() || state.freeze_on(&g.spec.name, &[site], now_ms).is_some(),
                 apps: g
                     .spec
                     .apps

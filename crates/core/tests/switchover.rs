@@ -43,6 +43,8 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
             health: HealthSpec { http_path: "/health".into(), ..Default::default() },
             constraints: vec![],
             upgrade: Default::default(),
+            autoscale: None,
+            metrics: Default::default(),
         }],
     }
 }
@@ -193,7 +195,7 @@ fn switchover_runs_make_before_break_to_completion() {
     let start_epoch = f.state.groups["crm-web"].placement.epoch;
     assert_eq!(start_epoch, f.index);
     // Target told to run 2, source keeps serving.
-    let d2 = desired_for_site(&f.state, "site-2");
+    let d2 = desired_for_site(&f.state, "site-2", f.now);
     assert_eq!(d2.groups[0].apps[0].instances, 2);
     assert_eq!(f.state.groups["crm-web"].placement.active_sites(), vec!["site-1"]);
     assert_eq!(f.op(&id).reserved.cpu_millis, 200);
@@ -222,13 +224,13 @@ fn switchover_runs_make_before_break_to_completion() {
     let weights: Vec<_> = rt.entries[0].targets.iter().map(|t| (t.site.as_str(), t.weight)).collect();
     assert_eq!(weights, [("site-1", 0), ("site-2", 100)]);
     // Source still runs during the drain.
-    assert_eq!(desired_for_site(&f.state, "site-1").groups[0].apps[0].instances, 2);
+    assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 2);
 
     // Drain lasts TTL (5 s) + drain (1 s).
     assert!(f.tick(5000).is_empty());
     f.tick(1000);
     assert_eq!(f.op(&id).phase, Phase::ScalingDown);
-    assert_eq!(desired_for_site(&f.state, "site-1").groups[0].apps[0].instances, 0);
+    assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 0);
 
     // Done only when the source reports its instances gone at the new epoch.
     f.report("site-1", 1000, &[("crm-web", 2, 0)]);
@@ -501,7 +503,7 @@ fn a_group_update_rolls_out_a_new_spec_with_a_new_epoch_and_is_audited() {
     let epoch_before = f.state.groups["crm-web"].placement.epoch;
     let mut spec = group("crm-web", 2, 100);
     spec.apps[0].env.insert("RELEASE".into(), "2".into());
-    let plan = f.state.plan_group_update(&spec).unwrap();
+    let plan = f.state.plan_group_update(&spec, f.now).unwrap();
     assert_eq!(plan.changes, ["app web: new spec, rolled out under its upgrade strategy"]);
 
     assert_eq!(update(&mut f, spec.clone()).unwrap(), Applied::Changed);
@@ -509,7 +511,7 @@ fn a_group_update_rolls_out_a_new_spec_with_a_new_epoch_and_is_audited() {
     assert_eq!(g.placement.epoch, f.index, "the update is the group's new fencing epoch");
     assert!(g.placement.epoch > epoch_before);
     assert_eq!(g.placement.sites["site-1"].instances["web"], 2, "instances unchanged");
-    let desired = desired_for_site(&f.state, "site-1");
+    let desired = desired_for_site(&f.state, "site-1", f.now);
     assert_eq!(desired.groups[0].apps[0].spec.env["RELEASE"], "2");
     let last = f.state.audit.records().last().unwrap();
     assert_eq!(
@@ -541,7 +543,7 @@ fn a_group_update_scales_where_traffic_goes_and_adds_and_removes_apps() {
     // Only the instance count of web changes back; worker keeps its count; then worker goes.
     spec.apps[0].instances = 3;
     spec.apps.pop();
-    let plan = f.state.plan_group_update(&spec).unwrap();
+    let plan = f.state.plan_group_update(&spec, f.now).unwrap();
     assert_eq!(plan.changes, ["app web: 4 -> 3 instances on site-1", "app worker: removed (its instances stop)"]);
     update(&mut f, spec).unwrap();
     let share = &f.state.groups["crm-web"].placement.sites["site-1"];
@@ -573,4 +575,109 @@ fn a_bad_or_untimely_group_update_is_refused_and_changes_nothing() {
     let err = update(&mut f, spec).unwrap_err();
     assert_eq!(err, Refusal::GroupBusy { group: "crm-web".into(), operation: id });
     assert!(same_except_index(&before, &f.state));
+}
+
+use switchyard_cell_core::autoscale::AutoscaleSpec;
+use switchyard_core::FreezeScope;
+
+fn autoscaled(min: u32, max: u32) -> GroupSpec {
+    let mut spec = group("crm-web", 2, 100);
+    let auto: AutoscaleSpec = serde_json::from_value(serde_json::json!({
+        "min_instances": min, "max_instances": max, "max_step_up": 2, "max_step_down": 1,
+        "cooldown_up_ms": 1000, "cooldown_down_ms": 5000, "sample_interval_ms": 500,
+        "policy": { "kind": "threshold", "sustain_ms": 2000, "step_up": { "absolute": 1 }, "step_down": { "absolute": 1 },
+                    "bounds": { "concurrency": { "upper": 4.0, "lower": 1.0 } } }
+    }))
+    .unwrap();
+    spec.apps[0].autoscale = Some(switchyard_core::model::Autoscale(auto));
+    spec
+}
+
+fn autoscale(f: &mut Fed, actor: &str, site: &str, from: u32, to: u32) -> Result<Applied, Refusal> {
+    let action = Action::Autoscale {
+        site: site.into(),
+        group: "crm-web".into(),
+        app: "web".into(),
+        from,
+        to,
+        reason: "concurrency 6.5 above 4".into(),
+        evidence_json: r#"{"current":2.0,"threshold.concurrency.mean":6.5}"#.into(),
+    };
+    f.propose(actor, action)
+}
+
+#[test]
+fn a_cells_autoscaling_decision_changes_its_sites_count_and_is_audited() {
+    let mut f = Fed::new();
+    update(&mut f, autoscaled(2, 6)).unwrap();
+    let epoch = f.state.groups["crm-web"].placement.epoch;
+    assert_eq!(autoscale(&mut f, "cell:site-1", "site-1", 2, 4).unwrap(), Applied::Changed);
+    let g = &f.state.groups["crm-web"];
+    assert_eq!(g.placement.sites["site-1"].instances["web"], 4);
+    assert!(g.placement.epoch > epoch, "a new count is a new fencing epoch");
+    let last = f.state.audit.records().last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.actor.as_str(), last.subject.as_str()),
+        ("app.autoscale", "cell:site-1", "crm-web/web@site-1")
+    );
+    assert!(last.detail_json.contains("threshold.concurrency.mean"), "{}", last.detail_json);
+
+    // Refusals change nothing: stale, out of bounds, another site's cell, a passive site.
+    let before = f.state.clone();
+    let refusals = [
+        autoscale(&mut f, "cell:site-1", "site-1", 2, 3).unwrap_err(),
+        autoscale(&mut f, "cell:site-1", "site-1", 4, 7).unwrap_err(),
+        autoscale(&mut f, "cell:site-2", "site-1", 4, 5).unwrap_err(),
+        autoscale(&mut f, "operator:alice", "site-1", 4, 5).unwrap_err(),
+        autoscale(&mut f, "cell:site-2", "site-2", 0, 2).unwrap_err(),
+    ];
+    assert!(matches!(refusals[0], Refusal::Stale(_)), "{}", refusals[0]);
+    assert!(refusals[1].to_string().contains("bounds [2, 6]"), "{}", refusals[1]);
+    assert!(matches!(refusals[4], Refusal::Stale(_)), "{}", refusals[4]);
+    assert!(same_except_index(&before, &f.state));
+    // An app without an autoscale policy is never autoscaled.
+    update(&mut f, group("crm-web", 4, 100)).unwrap();
+    assert!(autoscale(&mut f, "cell:site-1", "site-1", 4, 5).unwrap_err().to_string().contains("not autoscaled"));
+}
+
+#[test]
+fn freezes_stop_switchovers_updates_and_autoscaling_until_cleared_or_expired() {
+    let mut f = Fed::new();
+    update(&mut f, autoscaled(2, 6)).unwrap();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let freeze =
+        |scope: FreezeScope, until_ms| Action::SetFreeze { scope, reason: "CAB freeze week 47".into(), until_ms };
+    let err = f.propose("dr-admin:dana", freeze(FreezeScope::Group("nope".into()), None)).unwrap_err();
+    assert_eq!(err, Refusal::UnknownGroup("nope".into()));
+    f.ok("dr-admin:dana", freeze(FreezeScope::Group("crm-web".into()), None));
+    let last = f.state.audit.records().last().unwrap();
+    assert_eq!((last.action.as_str(), last.subject.as_str()), ("freeze.set", "group:crm-web"));
+
+    let before = f.state.clone();
+    for err in [
+        f.start("crm-web", "site-2").unwrap_err(),
+        update(&mut f, group("crm-web", 3, 100)).unwrap_err(),
+        autoscale(&mut f, "cell:site-1", "site-1", 2, 3).unwrap_err(),
+    ] {
+        assert!(matches!(&err, Refusal::Frozen { scope, .. } if scope == "group:crm-web"), "{err}");
+        assert!(err.to_string().contains("CAB freeze week 47"), "{err}");
+    }
+    assert!(same_except_index(&before, &f.state));
+    assert!(desired_for_site(&f.state, "site-1", f.now).groups[0].frozen);
+
+    // Cleared: autoscaling works again.
+    f.ok(
+        "dr-admin:dana",
+        Action::ClearFreeze { scope: FreezeScope::Group("crm-web".into()), reason: "freeze over".into() },
+    );
+    assert!(!desired_for_site(&f.state, "site-1", f.now).groups[0].frozen);
+    autoscale(&mut f, "cell:site-1", "site-1", 2, 3).unwrap();
+
+    // A site freeze with an expiry holds until leader time passes it.
+    let until = f.now + 60_000;
+    f.ok("dr-admin:dana", freeze(FreezeScope::Site("site-1".into()), Some(until)));
+    assert!(matches!(autoscale(&mut f, "cell:site-1", "site-1", 3, 4).unwrap_err(), Refusal::Frozen { .. }));
+    f.now = until;
+    autoscale(&mut f, "cell:site-1", "site-1", 3, 4).unwrap();
+    verify_chain(f.state.audit.records()).unwrap();
 }

@@ -233,8 +233,13 @@ mod tests {
             epoch: 3,
             site: "other".into(),
             groups: vec![
-                agent::GroupSpec { name: "g".into(), epoch: 4, apps: vec![app("web"), app("web")] },
-                agent::GroupSpec { name: "../x".into(), epoch: 1, apps: vec![] },
+                agent::GroupSpec {
+                    name: "g".into(),
+                    epoch: 4,
+                    autoscale_frozen: false,
+                    apps: vec![app("web"), app("web")],
+                },
+                agent::GroupSpec { name: "../x".into(), epoch: 1, autoscale_frozen: false, apps: vec![] },
             ],
         };
         let problems = desired_from_proto(&d, "site-a").unwrap_err();
@@ -246,7 +251,12 @@ mod tests {
         let d = agent::DesiredState {
             epoch: 3,
             site: "site-a".into(),
-            groups: vec![agent::GroupSpec { name: "g".into(), epoch: 2, apps: vec![app("web")] }],
+            groups: vec![agent::GroupSpec {
+                name: "g".into(),
+                epoch: 2,
+                autoscale_frozen: false,
+                apps: vec![app("web")],
+            }],
         };
         let rec = desired_from_proto(&d, "site-a").unwrap();
         assert_eq!(rec.groups[0].apps[0].instances, 2);

@@ -124,7 +124,7 @@ impl CellLink for FakeFederator {
                     Some(agent::cell_message::Body::Report(r)) => {
                         reports.send_replace(Some(r));
                     }
-                    None => {}
+                    Some(agent::cell_message::Body::Scaling(_)) | None => {}
                 }
             }
         });
@@ -226,6 +226,7 @@ fn desired(epoch: u64, instances: u32) -> agent::DesiredState {
         groups: vec![agent::GroupSpec {
             name: "crm-web".into(),
             epoch,
+            autoscale_frozen: false,
             apps: vec![agent::AppSpec {
                 name: "web".into(),
                 command: "python3".into(),

@@ -233,6 +233,8 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
         },
         constraints: vec![],
         upgrade: Default::default(),
+        autoscale: None,
+        metrics: Default::default(),
     };
     vec![
         GroupSpec {

@@ -119,6 +119,9 @@ enum Cmd {
     /// Planned, make-before-break moves of an app group to another site.
     #[command(subcommand)]
     Switchover(SwitchoverCmd),
+    /// Stop switchovers, spec changes and autoscaling in a scope (dr-admin, admin).
+    #[command(subcommand)]
+    Freeze(FreezeCmd),
     /// The tamper-evident history.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -176,6 +179,31 @@ enum GroupCmd {
         /// Show what would change and change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum FreezeCmd {
+    /// Freeze SCOPE: global, group:NAME or site:NAME.
+    Set {
+        scope: String,
+        /// Why (ticket, change window); recorded in the audit history.
+        #[arg(long)]
+        reason: String,
+        /// End the freeze after this many seconds (default: until cleared).
+        #[arg(long, default_value_t = 0)]
+        for_s: u64,
+    },
+    /// End the freeze on SCOPE.
+    Clear {
+        scope: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The freezes in force.
+    List {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -276,6 +304,40 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
         Cmd::Group(GroupCmd::Show { group }) => group_show(&cfg_path, group).await,
+        Cmd::Freeze(FreezeCmd::Set { scope, reason, for_s }) => {
+            let f = api(&cfg_path)
+                .await?
+                .set_freeze(pb::SetFreezeRequest { scope, reason, duration_s: for_s })
+                .await?
+                .into_inner();
+            let until =
+                if f.until_ms == 0 { "until cleared".to_string() } else { format!("until {}", time(f.until_ms)) };
+            println!("frozen: {} ({until}) by {}: {}", f.scope, f.actor, f.reason);
+            Ok(())
+        }
+        Cmd::Freeze(FreezeCmd::Clear { scope, reason }) => {
+            let r = api(&cfg_path).await?.clear_freeze(pb::ClearFreezeRequest { scope: scope.clone(), reason }).await?;
+            println!(
+                "{}",
+                if r.into_inner().cleared { format!("cleared: {scope}") } else { format!("no freeze on {scope}") }
+            );
+            Ok(())
+        }
+        Cmd::Freeze(FreezeCmd::List { output }) => {
+            let r = api(&cfg_path).await?.list_freezes(pb::ListFreezesRequest {}).await?.into_inner();
+            match output {
+                Format::Json => println!("{}", json(&r.freezes)),
+                Format::Table => {
+                    let mut t = table(&["scope", "since", "until", "by", "reason"]);
+                    for f in &r.freezes {
+                        let until = if f.until_ms == 0 { "cleared".to_string() } else { time(f.until_ms) };
+                        t.add_row(vec![f.scope.clone(), time(f.since_ms), until, f.actor.clone(), f.reason.clone()]);
+                    }
+                    println!("{t}");
+                }
+            }
+            Ok(())
+        }
         Cmd::Group(GroupCmd::Apply { file, reason, dry_run, output }) => {
             group_apply(&cfg_path, &file, reason, dry_run, output).await
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use switchyard_core::engine::operation_blocker;
 use switchyard_core::views::group_counts_on;
-use switchyard_core::{Action, Applied, GroupSpec, REPORT_FRESH_MS};
+use switchyard_core::{Action, Applied, Freeze, FreezeScope, GroupSpec, REPORT_FRESH_MS};
 use switchyard_proto::operator::v1 as pb;
 use switchyard_proto::operator::v1::operator_server::Operator;
 use switchyard_tls::{Identity, Role, peer_identity};
@@ -157,7 +157,7 @@ impl Operator for OperatorService {
         let plan = self
             .fed
             .shared
-            .read(|s| s.plan_group_update(&spec))
+            .read(|s| s.plan_group_update(&spec, now_ms()))
             .map_err(|e| Status::from(crate::node::ProposeError::Refused(e)))?;
         if r.dry_run {
             let epoch = self.fed.shared.read(|s| s.groups.get(&spec.name).map_or(0, |g| g.placement.epoch));
@@ -196,6 +196,50 @@ impl Operator for OperatorService {
             .ok_or_else(|| Status::not_found(format!("unknown group {name:?}")))?;
         let spec_toml = toml::to_string(&spec).map_err(|e| Status::internal(format!("cannot render the spec: {e}")))?;
         Ok(Response::new(pb::GroupSpecReply { spec_toml, epoch }))
+    }
+
+    async fn set_freeze(&self, req: Request<pb::SetFreezeRequest>) -> Result<Response<pb::Freeze>, Status> {
+        let id = authorise(&req, Role::can_freeze, "set freezes")?;
+        let r = req.into_inner();
+        let scope: FreezeScope = r.scope.parse().map_err(Status::invalid_argument)?;
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a freeze needs a reason; it goes into the audit history"));
+        }
+        let until_ms = (r.duration_s > 0).then(|| now_ms().saturating_add(r.duration_s.saturating_mul(1000)));
+        self.fed
+            .propose(&id.to_string(), Action::SetFreeze { scope: scope.clone(), reason: r.reason, until_ms })
+            .await?;
+        tracing::info!(%scope, actor = %id, "freeze set");
+        let freeze = self.fed.shared.read(|s| s.freezes.get(&scope).map(|f| freeze_to_proto(&scope, f)));
+        freeze.map(Response::new).ok_or_else(|| Status::internal("freeze committed but not found"))
+    }
+
+    async fn clear_freeze(
+        &self,
+        req: Request<pb::ClearFreezeRequest>,
+    ) -> Result<Response<pb::ClearFreezeReply>, Status> {
+        let id = authorise(&req, Role::can_freeze, "clear freezes")?;
+        let r = req.into_inner();
+        let scope: FreezeScope = r.scope.parse().map_err(Status::invalid_argument)?;
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("clearing a freeze needs a reason; it goes into the audit history"));
+        }
+        let applied =
+            self.fed.propose(&id.to_string(), Action::ClearFreeze { scope: scope.clone(), reason: r.reason }).await?;
+        tracing::info!(%scope, actor = %id, "freeze cleared");
+        Ok(Response::new(pb::ClearFreezeReply { cleared: applied == Applied::Changed }))
+    }
+
+    async fn list_freezes(
+        &self,
+        req: Request<pb::ListFreezesRequest>,
+    ) -> Result<Response<pb::ListFreezesReply>, Status> {
+        authorise(&req, Role::can_view, "list freezes")?;
+        let now = now_ms();
+        let freezes = self.fed.shared.read(|s| {
+            s.freezes.iter().filter(|(_, f)| f.holds_at(now)).map(|(scope, f)| freeze_to_proto(scope, f)).collect()
+        });
+        Ok(Response::new(pb::ListFreezesReply { freezes }))
     }
 
     async fn get_operation(&self, req: Request<pb::GetOperationRequest>) -> Result<Response<pb::Operation>, Status> {
@@ -238,5 +282,15 @@ impl OperatorService {
                 .map(|o| operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine)))
                 .ok_or_else(|| Status::not_found(format!("operation {id:?} does not exist")))
         })
+    }
+}
+
+fn freeze_to_proto(scope: &FreezeScope, f: &Freeze) -> pb::Freeze {
+    pb::Freeze {
+        scope: scope.to_string(),
+        actor: f.actor.clone(),
+        reason: f.reason.clone(),
+        since_ms: f.since_ms,
+        until_ms: f.until_ms.unwrap_or(0),
     }
 }

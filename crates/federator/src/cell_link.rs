@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{desired_to_proto, report_from_proto};
-use crate::node::Federator;
+use crate::node::{Federator, now_ms};
 
 /// An unchanged report is still committed this often, so its age proves the cell is alive.
 const REPORT_HEARTBEAT: Duration = Duration::from_secs(2);
@@ -83,7 +83,7 @@ async fn send_desired(fed: Arc<Federator>, site: String, tx: mpsc::Sender<Result
     let mut applied = fed.shared.subscribe();
     let mut last = None;
     loop {
-        let desired = fed.shared.read(|s| desired_to_proto(&desired_for_site(s, &site)));
+        let desired = fed.shared.read(|s| desired_to_proto(&desired_for_site(s, &site, now_ms())));
         if last.as_ref() != Some(&desired) {
             let msg = FederatorMessage { body: Some(federator_message::Body::Desired(desired.clone())) };
             if tx.send(Ok(msg)).await.is_err() {
@@ -94,6 +94,8 @@ async fn send_desired(fed: Arc<Federator>, site: String, tx: mpsc::Sender<Result
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
+            // Freezes expire with time, not with a commit.
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
         }
     }
 }
@@ -110,7 +112,32 @@ async fn receive_reports(fed: Arc<Federator>, site: String, mut inbound: Streami
                 break;
             }
         };
-        let Some(cell_message::Body::Report(report)) = msg.body else { continue };
+        let report = match msg.body {
+            Some(cell_message::Body::Report(report)) => report,
+            Some(cell_message::Body::Scaling(s)) => {
+                let action = Action::Autoscale {
+                    site: site.clone(),
+                    group: s.group.clone(),
+                    app: s.app.clone(),
+                    from: s.from,
+                    to: s.to,
+                    reason: s.reason.chars().take(1024).collect(),
+                    evidence_json: s.evidence_json.chars().take(16 * 1024).collect(),
+                };
+                match fed.propose(&actor, action).await {
+                    Ok(_) => {
+                        tracing::info!(%site, group = %s.group, app = %s.app, from = s.from, to = s.to, reason = %s.reason, "autoscaling recorded");
+                        metrics::counter!("federator_autoscale_decisions_total", "outcome" => "recorded").increment(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%site, group = %s.group, app = %s.app, error = %e, "autoscaling request refused");
+                        metrics::counter!("federator_autoscale_decisions_total", "outcome" => "refused").increment(1);
+                    }
+                }
+                continue;
+            }
+            _ => continue,
+        };
         let report = match report_from_proto(&report) {
             Ok(r) if r.site == site => r,
             Ok(r) => {

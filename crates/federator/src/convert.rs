@@ -86,6 +86,7 @@ pub fn desired_to_proto(d: &DesiredView) -> agent::DesiredState {
             .map(|g| agent::GroupSpec {
                 name: g.name.clone(),
                 epoch: g.epoch,
+                autoscale_frozen: g.frozen,
                 apps: g
                     .apps
                     .iter()
@@ -109,6 +110,18 @@ pub fn desired_to_proto(d: &DesiredView) -> agent::DesiredState {
                             maximum_over_capacity: a.spec.upgrade.maximum_over_capacity,
                         }),
                         role: g.role.clone(),
+                        autoscale_json: a
+                            .spec
+                            .autoscale
+                            .as_ref()
+                            .and_then(|s| serde_json::to_string(&s.0).ok())
+                            .unwrap_or_default(),
+                        metrics: Some(agent::AppMetrics {
+                            path: a.spec.metrics.path.clone(),
+                            concurrency: a.spec.metrics.concurrency.clone(),
+                            requests_total: a.spec.metrics.requests_total.clone(),
+                            request_ms_total: a.spec.metrics.request_ms_total.clone(),
+                        }),
                     })
                     .collect(),
             })

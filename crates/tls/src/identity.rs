@@ -66,6 +66,11 @@ impl Role {
     }
 
     /// Whether a holder of this role may read the audit history.
+    /// Set and clear freezes (stop switchovers, spec changes and autoscaling in a scope).
+    pub fn can_freeze(self) -> bool {
+        matches!(self, Role::DrAdmin | Role::Admin)
+    }
+
     pub fn can_read_audit(self) -> bool {
         matches!(self, Role::Auditor | Role::Admin | Role::DrAdmin | Role::Operator)
     }

@@ -942,6 +942,7 @@ mod tests {
             groups: vec![agent::GroupSpec {
                 name: "crm-web".into(),
                 epoch,
+                autoscale_frozen: false,
                 apps: vec![agent::AppSpec {
                     name: "web".into(),
                     command: "sample-app".into(),
