@@ -249,3 +249,20 @@ impl Drop for Federation {
         }
     }
 }
+
+/// Issues a certificate for `role:name` from the federation's CA in `dir` and writes a fedctl
+/// configuration that uses it; returns the configuration's path (pass it with `--config`).
+pub fn client_config_as(dir: &Path, role: &str, name: &str) -> PathBuf {
+    fedctl_ok(dir, &["certs", "issue", role, name, "--dir", dir.to_str().expect("utf-8 path")]);
+    let own: toml::Table = toml::from_str(&std::fs::read_to_string(dir.join("fedctl.toml")).expect("fedctl.toml"))
+        .expect("fedctl.toml is TOML");
+    let mut cfg = own.clone();
+    let tls = cfg.get_mut("tls").and_then(|t| t.as_table_mut()).expect("fedctl.toml has [tls]");
+    let cert = dir.join(format!("certs/{role}-{name}.pem"));
+    let key = dir.join(format!("certs/{role}-{name}-key.pem"));
+    tls.insert("cert".into(), cert.display().to_string().into());
+    tls.insert("key".into(), key.display().to_string().into());
+    let path = dir.join(format!("{role}-{name}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).expect("TOML")).expect("write client configuration");
+    path
+}

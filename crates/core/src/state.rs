@@ -503,10 +503,13 @@ impl State {
         let mut placement = current.placement.sites.clone();
         for app in &spec.apps {
             let before = old.apps.iter().find(|a| a.name == app.name);
+            // What a running instance embodies; the rest only steers how many run and how.
             let spec_changed = before.is_some_and(|b| {
                 let mut b = b.clone();
                 b.instances = app.instances;
                 b.upgrade = app.upgrade;
+                b.autoscale.clone_from(&app.autoscale);
+                b.metrics.clone_from(&app.metrics);
                 b != *app
             });
             if spec_changed {
@@ -514,6 +517,9 @@ impl State {
             }
             if before.is_some_and(|b| b.upgrade != app.upgrade) {
                 changes.push(format!("app {}: upgrade strategy changed", app.name));
+            }
+            if before.is_some_and(|b| b.autoscale != app.autoscale || b.metrics != app.metrics) {
+                changes.push(format!("app {}: autoscaling changed", app.name));
             }
             let count_changed = before.is_none_or(|b| b.instances != app.instances);
             for (site, share) in &mut placement {

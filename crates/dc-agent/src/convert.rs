@@ -12,7 +12,8 @@ use switchyard_proto::node::v1 as nodepb;
 use switchyard_cell_core::constraints::Constraint;
 
 use crate::model::{
-    AppRecord, DesiredRecord, GroupRecord, HealthSpec, Resources, UpgradeStrategy, is_valid_name, is_valid_task_id,
+    AppRecord, DesiredRecord, GroupRecord, HealthSpec, MetricsRecord, Resources, UpgradeStrategy, is_valid_name,
+    is_valid_task_id,
 };
 
 /// Most instances one app may ask for on one site; a larger number is a bug upstream.
@@ -124,6 +125,33 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
             if !a.role.is_empty() && !is_valid_name(&a.role) {
                 problems.push(format!("{at}: role {:?} is invalid: use 1-63 characters from [A-Za-z0-9_-]", a.role));
             }
+            let autoscale = if a.autoscale_json.is_empty() {
+                None
+            } else {
+                match serde_json::from_str::<switchyard_cell_core::autoscale::AutoscaleSpec>(&a.autoscale_json) {
+                    Ok(spec) => match spec.validate() {
+                        Ok(()) => Some(spec),
+                        Err(e) => {
+                            problems.push(format!("{at}: autoscale: {e}"));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        problems.push(format!("{at}: autoscale policy is not valid JSON for a policy: {e}"));
+                        None
+                    }
+                }
+            };
+            let m = a.metrics.clone().unwrap_or_default();
+            let metrics = MetricsRecord {
+                path: if m.path.is_empty() { "/metrics".into() } else { m.path },
+                concurrency: m.concurrency,
+                requests_total: m.requests_total,
+                request_ms_total: m.request_ms_total,
+            };
+            if !metrics.path.starts_with('/') || metrics.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problems.push(format!("{at}: metrics path {:?} must start with '/' and have no spaces", metrics.path));
+            }
             let mut app = AppRecord {
                 name: a.name.clone(),
                 command: a.command.clone(),
@@ -135,12 +163,14 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
                 constraints: a.constraints.clone(),
                 upgrade,
                 role: if a.role.is_empty() { g.name.clone() } else { a.role.clone() },
+                autoscale,
+                metrics,
                 version: String::new(),
             };
             app.version = app.compute_version();
             apps.push(app);
         }
-        groups.push(GroupRecord { name: g.name.clone(), epoch: g.epoch, apps });
+        groups.push(GroupRecord { name: g.name.clone(), epoch: g.epoch, apps, frozen: g.autoscale_frozen });
     }
     if problems.is_empty() { Ok(DesiredRecord { epoch: d.epoch, site: d.site.clone(), groups }) } else { Err(problems) }
 }

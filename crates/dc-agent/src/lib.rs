@@ -11,6 +11,7 @@
 //! the service scheduler, the DRF allocator and the constraint-aware placer of
 //! `switchyard-cell-core`, so they can be tested exhaustively.
 
+pub mod autoscaling;
 pub mod backoff;
 pub mod cell;
 pub mod config;

@@ -94,6 +94,11 @@ pub struct AppRecord {
     /// Allocation role (tenant); empty means the group's name.
     #[serde(default)]
     pub role: String,
+    /// How the app is autoscaled on this site; `None`: a fixed count.
+    #[serde(default)]
+    pub autoscale: Option<switchyard_cell_core::autoscale::AutoscaleSpec>,
+    #[serde(default)]
+    pub metrics: MetricsRecord,
     /// Digest of everything that makes a task of this app what it is (see
     /// [`AppRecord::compute_version`]); tasks of another version are replaced by a rolling upgrade.
     #[serde(default)]
@@ -125,6 +130,16 @@ impl AppRecord {
     }
 }
 
+/// Where an app's instances expose their own metrics (Prometheus text).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsRecord {
+    pub path: String,
+    pub concurrency: String,
+    pub requests_total: String,
+    pub request_ms_total: String,
+}
+
 /// What one task is launched with; kept per task so that tasks of an older version keep
 /// running as they were while a rolling upgrade replaces them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +158,9 @@ pub struct GroupRecord {
     pub name: String,
     pub epoch: u64,
     pub apps: Vec<AppRecord>,
+    /// The federator forbids autoscaling the group (a freeze, or an operation owns it).
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 impl GroupRecord {

@@ -898,6 +898,63 @@ async fn restarted_node_adopts_its_running_tasks() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_agents_tasks_are_rescheduled_after_the_detection_window() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let ports = free_port_range(10);
+    let cell_port = free_port_outside(ports.0, ports.1);
+    let args = cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell"));
+    let node_timeout = Duration::from_millis(args.node_timeout_ms);
+    let cell = start_cell(args);
+    let work_dir = data.path().join("node-1");
+    std::fs::create_dir_all(&work_dir)?;
+    let node_1_files = pki.issue("node-1", Role::Node, &format!("{SITE}/node-1"))?;
+    let mut node_1 = spawn_node_process(&pki, &node_1_files, cell_port, ports, &work_dir);
+    let n2_files = pki.issue("n2", Role::Node, &format!("{SITE}/n2"))?;
+    let n2 = start_node(node_args(&pki, &n2_files, "n2", 2, cell_port, ports, &data.path().join("n2")));
+    wait_report(&fed, "both nodes", |r| r.nodes.iter().filter(|n| n.healthy).count() == 2).await?;
+
+    // One instance per node (spread).
+    fed.desired.send_replace(Some(desired(3, 2)));
+    let on = |r: &agent::CellReport, node: &str| {
+        web(r).map_or(0, |a| a.instances.iter().filter(|i| i.healthy && i.node_id == node).count())
+    };
+    let r = wait_report(&fed, "one healthy instance per node", |r| on(r, "node-1") == 1 && on(r, "n2") == 1).await?;
+    let orphan = web(&r).unwrap().instances.iter().find(|i| i.node_id == "node-1").unwrap().pid;
+    let _guard = TaskGuard(vec![orphan]);
+
+    // The node agent is killed: after the detection window its instance is placed on n2.
+    node_1.sigkill()?;
+    let killed_at = tokio::time::Instant::now();
+    wait_report(&fed, "both instances healthy on n2", |r| on(r, "n2") == 2).await?;
+    let took = killed_at.elapsed();
+    eprintln!(
+        "rescheduled {} ms after the node agent was killed (node timeout {} ms)",
+        took.as_millis(),
+        node_timeout.as_millis()
+    );
+    // Its last heartbeat (every 200 ms) may predate the kill by up to one interval.
+    assert!(
+        took + Duration::from_millis(250) >= node_timeout,
+        "rescheduled after {took:?}, before the node timeout: an unreachable node is not lost yet"
+    );
+    assert!(alive(orphan), "a node agent's death is not its tasks' death");
+
+    // The agent comes back: its leftover task is no longer assigned to it and is stopped.
+    let mut node_1 = spawn_node_process(&pki, &node_1_files, cell_port, ports, &work_dir);
+    wait_until("the leftover task on node-1 to be stopped", || !alive(orphan)).await?;
+    let r = skip_reports(&fed, 3).await?;
+    assert_eq!(on(&r, "n2"), 2, "{r:?}");
+    node_1.sigterm()?;
+    n2.stop().await?;
+    cell.stop().await?;
+    Ok(())
+}
+
 /// A node on its own loopback address (`127.0.0.N`), as hosts have their own addresses.
 fn node_args(
     pki: &Pki,

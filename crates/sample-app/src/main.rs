@@ -24,6 +24,8 @@ const MAX_WORK_MS: u64 = 30_000;
 struct Stats {
     in_flight: AtomicUsize,
     served: AtomicU64,
+    /// Milliseconds spent serving them (for the mean response time).
+    served_ms: AtomicU64,
 }
 
 /// A consistent reading of [`Stats`] for one reply.
@@ -31,6 +33,7 @@ struct Stats {
 struct StatsView {
     in_flight: usize,
     served: u64,
+    served_ms: u64,
 }
 
 /// What to do for one request: the reply, how long to work before sending it, and whether it is
@@ -175,8 +178,11 @@ fn metrics_text(p: &Placement, stats: StatsView) -> String {
          switchyard_sample_in_flight_requests{{{labels}}} {}\n\
          # HELP switchyard_sample_requests_total Application requests served.\n\
          # TYPE switchyard_sample_requests_total counter\n\
-         switchyard_sample_requests_total{{{labels}}} {}\n",
-        stats.in_flight, stats.served
+         switchyard_sample_requests_total{{{labels}}} {}\n\
+         # HELP switchyard_sample_request_ms_total Milliseconds spent serving application requests.\n\
+         # TYPE switchyard_sample_request_ms_total counter\n\
+         switchyard_sample_request_ms_total{{{labels}}} {}\n",
+        stats.in_flight, stats.served, stats.served_ms
     )
 }
 
@@ -202,9 +208,13 @@ fn serve(stream: TcpStream, placement: &Placement, stats: &Stats) -> std::io::Re
         stream.write_all(&reply.to_bytes(false))?;
         return stream.flush();
     }
-    let view =
-        StatsView { in_flight: stats.in_flight.load(Ordering::Acquire), served: stats.served.load(Ordering::Acquire) };
+    let view = StatsView {
+        in_flight: stats.in_flight.load(Ordering::Acquire),
+        served: stats.served.load(Ordering::Acquire),
+        served_ms: stats.served_ms.load(Ordering::Acquire),
+    };
     let handled = handle_request(request_line.trim_end(), placement, view);
+    let started = std::time::Instant::now();
     if handled.counted {
         stats.in_flight.fetch_add(1, Ordering::AcqRel);
     }
@@ -215,6 +225,7 @@ fn serve(stream: TcpStream, placement: &Placement, stats: &Stats) -> std::io::Re
     if handled.counted {
         stats.in_flight.fetch_sub(1, Ordering::AcqRel);
         stats.served.fetch_add(1, Ordering::AcqRel);
+        stats.served_ms.fetch_add(started.elapsed().as_millis() as u64, Ordering::AcqRel);
     }
     result
 }
@@ -340,7 +351,7 @@ mod tests {
 
     #[test]
     fn metrics_expose_concurrency_in_prometheus_text() {
-        let view = StatsView { in_flight: 3, served: 41 };
+        let view = StatsView { in_flight: 3, served: 41, served_ms: 900 };
         let h = handle_request("GET /metrics HTTP/1.1", &here(), view);
         assert!(!h.counted, "scrapes are not application traffic");
         let body = String::from_utf8(h.reply.to_bytes(false)).unwrap();
@@ -351,7 +362,8 @@ mod tests {
             ),
             "{body}"
         );
-        assert!(body.contains("switchyard_sample_requests_total{") && body.trim_end().ends_with(" 41"), "{body}");
+        assert!(body.contains("switchyard_sample_requests_total{") && body.contains("} 41\n"), "{body}");
+        assert!(body.contains("switchyard_sample_request_ms_total{") && body.trim_end().ends_with(" 900"), "{body}");
     }
 
     #[test]

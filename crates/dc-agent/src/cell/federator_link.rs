@@ -69,6 +69,14 @@ async fn attach_once(
     tx.send(agent::CellMessage { body: Some(agent::cell_message::Body::Hello(hello)) })
         .await
         .expect("the receiver is still held here");
+    shared.set_link(Some(tx.clone()));
+    struct Unlink<'a>(&'a Shared);
+    impl Drop for Unlink<'_> {
+        fn drop(&mut self) {
+            self.0.set_link(None);
+        }
+    }
+    let _unlink = Unlink(shared);
     let _reporter = AbortOnDrop(tokio::spawn(report_loop(shared.clone(), tx, cfg.report_interval)));
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
     tracing::info!(federator = %cfg.federator.url, "cell link up");

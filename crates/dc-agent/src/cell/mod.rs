@@ -2,6 +2,7 @@
 //! client stream to the federator's CellLink, and converges the nodes on the desired state.
 
 mod admin_service;
+mod autoscaler;
 mod federator_link;
 mod lb_publisher;
 mod node_service;
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     reconcile: watch::Sender<u64>,
     report: watch::Sender<u64>,
     report_sequence: AtomicU64,
+    /// Outbound half of the federator link while it is up: autoscaling requests go through it.
+    link: Mutex<Option<tokio::sync::mpsc::Sender<switchyard_proto::agent::v1::CellMessage>>>,
 }
 
 impl Shared {
@@ -50,6 +53,15 @@ impl Shared {
     }
 
     /// Something the placement depends on changed.
+    /// The federator link's sender while the link is up.
+    pub(crate) fn link(&self) -> Option<tokio::sync::mpsc::Sender<switchyard_proto::agent::v1::CellMessage>> {
+        self.link.lock().expect("link mutex poisoned by a panic").clone()
+    }
+
+    fn set_link(&self, tx: Option<tokio::sync::mpsc::Sender<switchyard_proto::agent::v1::CellMessage>>) {
+        *self.link.lock().expect("link mutex poisoned by a panic") = tx;
+    }
+
     pub(crate) fn poke_reconcile(&self) {
         self.reconcile.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -129,6 +141,7 @@ pub async fn run_cell_until(
         reconcile: watch::channel(0).0,
         report: watch::channel(0).0,
         report_sequence: AtomicU64::new(0),
+        link: Mutex::new(None),
     });
     let shutdown = Shutdown::from_future(shutdown);
     let cfg = Arc::new(cfg);
@@ -156,6 +169,7 @@ pub async fn run_cell_until(
     // Spawned only once nothing can fail any more, so an early error leaves no task behind.
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), cfg.node_timeout, shutdown.clone()));
     let link = tokio::spawn(federator_link::run(shared.clone(), federator, cfg.clone(), shutdown.clone()));
+    let autoscaler = tokio::spawn(autoscaler::run(shared.clone(), shutdown.clone()));
     let quota_watch = cfg.quotas.clone().map(|path| tokio::spawn(watch_quotas(shared.clone(), path, shutdown.clone())));
     let publisher = cfg.haproxy_socket.clone().map(|socket| {
         tracing::info!(socket = %socket.display(), "publishing endpoints to HAProxy");
@@ -168,6 +182,7 @@ pub async fn run_cell_until(
     shared.state().begin_shutdown();
     link.abort();
     reconciler.abort();
+    autoscaler.abort();
     if let Some(w) = quota_watch {
         w.abort();
     }

@@ -51,6 +51,8 @@ struct NodeEntry {
     /// `None` while the node is lost.
     conn: Option<NodeConn>,
     statuses: BTreeMap<String, nodepb::TaskStatus>,
+    /// Process accounting of its tasks from the last heartbeat: (cpu_seconds, rss_bytes).
+    usage: BTreeMap<String, (f64, u64)>,
     /// Generation of the last assignment sent; grows across reconnects.
     generation: u64,
     applied_generation: u64,
@@ -80,6 +82,8 @@ pub(crate) struct CellState {
     blockers: BTreeMap<(String, String), String>,
     /// Apps whose deployment is in progress, with what each waits for.
     waiting: BTreeMap<(String, String), String>,
+    /// The autoscaler's last decision per app.
+    autoscale_notes: BTreeMap<(String, String), String>,
     /// Roles (tenants), their quotas, and node reservations.
     quotas: Quotas,
     quota_error: Option<String>,
@@ -105,6 +109,29 @@ pub(crate) struct CellState {
     shutting_down: bool,
 }
 
+/// One autoscaled app as the autoscaler sees it in one round.
+pub(crate) struct AutoscaleJob {
+    pub group: String,
+    pub app: String,
+    pub spec: switchyard_cell_core::autoscale::AutoscaleSpec,
+    pub metrics: crate::model::MetricsRecord,
+    pub resources: Resources,
+    /// Instances the federator wants here (the count autoscaling changes).
+    pub instances: u32,
+    pub frozen: bool,
+    /// Serving tasks of the app.
+    pub targets: Vec<ScrapeTarget>,
+}
+
+/// A serving task the autoscaler observes.
+pub(crate) struct ScrapeTarget {
+    pub task_id: String,
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+    /// (cpu_seconds, rss_bytes) from its node's last heartbeat.
+    pub usage: Option<(f64, u64)>,
+}
+
 /// Counts exported as gauges.
 pub(crate) struct Counts {
     pub nodes: usize,
@@ -127,6 +154,7 @@ impl CellState {
             next_conn_id: 0,
             blockers: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            autoscale_notes: BTreeMap::new(),
             quotas: Quotas::default(),
             quota_error: None,
             filters: Vec::new(),
@@ -248,6 +276,7 @@ impl CellState {
                     lost_reported: false,
                     conn: Some(conn),
                     statuses: BTreeMap::new(),
+                    usage: BTreeMap::new(),
                     generation: 0,
                     applied_generation: 0,
                 };
@@ -269,6 +298,8 @@ impl CellState {
             hb.tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect();
         let changed = statuses != entry.statuses;
         entry.statuses = statuses;
+        // Not part of `changed`: CPU time grows with every heartbeat.
+        entry.usage = hb.usage.into_iter().map(|u| (u.task_id, (u.cpu_seconds, u.rss_bytes))).collect();
         Some(changed)
     }
 
@@ -711,6 +742,7 @@ impl CellState {
                     epoch: g.epoch,
                     version: a.version.clone(),
                     current,
+                    autoscale: self.autoscale_notes.get(&key).cloned().unwrap_or_default(),
                 });
             }
         }
@@ -750,6 +782,47 @@ impl CellState {
             })
             .collect();
         (roles, self.quota_error.clone().unwrap_or_default())
+    }
+
+    /// Every managed app with an autoscale policy, with its serving tasks.
+    pub(crate) fn autoscale_jobs(&self) -> Vec<AutoscaleJob> {
+        let mut jobs = Vec::new();
+        for g in self.managed.iter().filter_map(|name| self.groups.get(name)) {
+            for a in &g.apps {
+                let Some(spec) = &a.autoscale else { continue };
+                let targets = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.group == g.name && t.app == a.name && self.task_ready(t))
+                    .filter(|t| !self.leaving.contains_key(&t.task_id))
+                    .filter_map(|t| {
+                        let node = self.nodes.get(&t.node_id)?;
+                        Some(ScrapeTarget {
+                            task_id: t.task_id.clone(),
+                            addr: node.reg.address,
+                            port: t.port,
+                            usage: node.usage.get(&t.task_id).copied(),
+                        })
+                    })
+                    .collect();
+                jobs.push(AutoscaleJob {
+                    group: g.name.clone(),
+                    app: a.name.clone(),
+                    spec: spec.clone(),
+                    metrics: a.metrics.clone(),
+                    resources: a.resources,
+                    instances: a.instances,
+                    frozen: g.frozen,
+                    targets,
+                });
+            }
+        }
+        jobs
+    }
+
+    /// The autoscaler's last word on an app, shown by `fedctl cell apps`.
+    pub(crate) fn set_autoscale_note(&mut self, group: &str, app: &str, note: String) {
+        self.autoscale_notes.insert((group.to_string(), app.to_string()), note);
     }
 
     /// Tasks, optionally only those on one node.

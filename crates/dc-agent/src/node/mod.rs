@@ -3,6 +3,7 @@
 
 pub mod executor;
 pub mod health;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -220,10 +221,19 @@ async fn heartbeat_loop(
         changes.borrow_and_update();
         let tasks = board.snapshot();
         metrics::gauge!("node_tasks").set(tasks.len() as f64);
+        let usage = board
+            .pids()
+            .into_iter()
+            .filter_map(|(task_id, pid)| {
+                let (cpu_seconds, rss_bytes) = usage::of_process(pid)?;
+                Some(nodepb::TaskUsage { task_id, cpu_seconds, rss_bytes })
+            })
+            .collect();
         let hb = nodepb::NodeHeartbeat {
             node_id: node_id.clone(),
             tasks,
             applied_generation: applied_generation.load(Ordering::Acquire),
+            usage,
         };
         if tx.send(nodepb::NodeMessage { body: Some(nodepb::node_message::Body::Heartbeat(hb)) }).await.is_err() {
             return;
