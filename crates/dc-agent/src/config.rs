@@ -110,6 +110,9 @@ pub struct NodeArgs {
     /// any label. `hostname` defaults to the node id and `site` is always the node's site.
     #[arg(long = "attribute", value_name = "KEY=VALUE")]
     pub attributes: Vec<String>,
+    /// Run tasks in the simulated executor (no processes) for scale tests.
+    #[arg(long)]
+    pub simulate: bool,
 }
 
 /// Every problem found in a command line.
@@ -181,6 +184,7 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub heartbeat: Duration,
     pub attributes: std::collections::BTreeMap<String, String>,
+    pub simulate: bool,
 }
 
 struct Problems(Vec<String>);
@@ -335,6 +339,7 @@ impl NodeArgs {
                 metrics_listen: metrics_listen?,
                 heartbeat,
                 attributes,
+                simulate: self.simulate,
             })
         })();
         p.finish(built)

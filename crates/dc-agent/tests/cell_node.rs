@@ -982,6 +982,7 @@ fn node_args(
         metrics_listen: None,
         heartbeat_ms: 200,
         attributes: vec![],
+        simulate: false,
     }
 }
 
@@ -1130,6 +1131,63 @@ async fn cell_that_lost_its_data_adopts_running_tasks() -> anyhow::Result<()> {
         "{ids:?}"
     );
     node.stop().await?;
+    cell.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_cell_places_hundreds_of_tasks_on_simulated_nodes_within_constraints() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing(false);
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let (fed, fed_port) = start_federator(&pki).await?;
+    let cell_files = pki.issue("cell", Role::Cell, SITE)?;
+    let cell_port = free_port();
+    let cell = start_cell(cell_args(&pki, &cell_files, cell_port, fed_port, &data.path().join("cell")));
+    let mut nodes = Vec::new();
+    for i in 0..20u8 {
+        let id = format!("sim-{i:02}");
+        let files = pki.issue(&id, Role::Node, &format!("{SITE}/{id}"))?;
+        let args = node_args(&pki, &files, &id, 10 + i, cell_port, (40_000, 40_099), &data.path().join(&id));
+        nodes.push(start_node(NodeArgs {
+            cpu_millis: 10_000,
+            mem_mib: 8192,
+            simulate: true,
+            attributes: vec![format!("rack=r{}", i % 4)],
+            ..args
+        }));
+    }
+    wait_report(&fed, "20 simulated nodes", |r| r.nodes.iter().filter(|n| n.healthy).count() == 20).await?;
+
+    // 300 instances, at most 15 per host and spread evenly over the four racks.
+    let mut d = desired(3, 300);
+    d.groups[0].apps[0].constraints = vec!["hostname:MAX_PER:15".into(), "rack:GROUP_BY:4".into()];
+    let started = tokio::time::Instant::now();
+    fed.desired.send_replace(Some(d));
+    let r = wait_report(&fed, "300 healthy simulated instances", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 300 && a.instances.iter().all(|i| i.healthy))
+    })
+    .await?;
+    // Includes the fresh cell's reconnect hold (twice the node timeout) before it places anything.
+    eprintln!("300 instances on 20 simulated nodes running after {} ms", started.elapsed().as_millis());
+    let mut per_node: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    for i in &web(&r).unwrap().instances {
+        *per_node.entry(i.node_id.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 20);
+    assert!(per_node.values().all(|n| *n == 15), "MAX_PER 15 on 20 hosts for 300 instances: {per_node:?}");
+
+    // One node goes away: nowhere may take its 15 instances, and the cell says which rule.
+    nodes.pop().unwrap().stop().await?;
+    let r = wait_report(&fed, "the lost node's instances blocked", |r| {
+        web(r).is_some_and(|a| a.instances.len() == 285 && !a.blocker.is_empty())
+    })
+    .await?;
+    let blocker = &web(&r).unwrap().blocker;
+    assert!(blocker.contains("15 of 15 instances of crm-web/web unplaced") && blocker.contains("MAX_PER"), "{blocker}");
+    for n in nodes {
+        n.stop().await?;
+    }
     cell.stop().await?;
     Ok(())
 }

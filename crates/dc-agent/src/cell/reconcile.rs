@@ -45,7 +45,13 @@ async fn reconcile_once(shared: &Shared, node_timeout: Duration, hold_until: Ins
         if may_place {
             st.adopt_reported_tasks();
         }
+        let pass = std::time::Instant::now();
         let placed = may_place && st.place(now, node_timeout);
+        let took = pass.elapsed();
+        metrics::histogram!("cell_schedule_pass_seconds").record(took.as_secs_f64());
+        if took > std::time::Duration::from_millis(100) {
+            tracing::info!(took_ms = took.as_millis() as u64, "slow scheduling pass");
+        }
         (st.take_snapshot(), placed || drained || !lost.is_empty(), may_place)
     };
     if let Some(snapshot) = snapshot {

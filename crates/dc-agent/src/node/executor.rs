@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,7 +61,7 @@ pub struct StatusBoard {
 }
 
 impl StatusBoard {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { tasks: Mutex::new(BTreeMap::new()), specs: Mutex::new(BTreeMap::new()), changed: watch::channel(0).0 }
     }
 
@@ -72,7 +73,7 @@ impl StatusBoard {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn update(&self, spec: &nodepb::TaskSpec, f: impl FnOnce(&mut nodepb::TaskStatus)) {
+    pub(crate) fn update(&self, spec: &nodepb::TaskSpec, f: impl FnOnce(&mut nodepb::TaskStatus)) {
         self.specs.lock().expect("status board mutex poisoned by a panic").insert(spec.task_id.clone(), spec.clone());
         let changed = {
             let mut tasks = self.lock();
@@ -96,7 +97,7 @@ impl StatusBoard {
         }
     }
 
-    fn remove(&self, task_id: &str) {
+    pub(crate) fn remove(&self, task_id: &str) {
         self.specs.lock().expect("status board mutex poisoned by a panic").remove(task_id);
         if self.lock().remove(task_id).is_some() {
             self.poke();
@@ -141,6 +142,32 @@ enum Control {
 enum ExecCommand {
     Apply(Vec<nodepb::TaskSpec>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Runs a node's tasks. Two implementations: [`Executor`] (real OS processes) and
+/// [`super::sim::SimExecutor`] (no processes, for scale tests); [`super::conformance`] holds
+/// the one battery both pass.
+pub trait TaskExecutor: Send + Sync {
+    /// Latest status of every task.
+    fn board(&self) -> &Arc<StatusBoard>;
+    /// Converges on exactly `tasks`: starts new ones, stops the rest. Idempotent.
+    fn apply(&self, tasks: Vec<nodepb::TaskSpec>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Stops every task and waits for them.
+    fn shutdown(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl TaskExecutor for Executor {
+    fn board(&self) -> &Arc<StatusBoard> {
+        Executor::board(self)
+    }
+
+    fn apply(&self, tasks: Vec<nodepb::TaskSpec>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Executor::apply(self, tasks))
+    }
+
+    fn shutdown(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Executor::shutdown(self))
+    }
 }
 
 /// Handle to the executor actor.
@@ -596,6 +623,20 @@ async fn watch_child(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn the_process_executor_passes_the_conformance_battery() {
+        crate::node::conformance::battery(|dir| {
+            let executor = Arc::new(Executor::start(context(dir)));
+            let board = executor.board().clone();
+            let crash = Box::new(move |id: &str| {
+                let pid = board.pids().into_iter().find(|(t, _)| t == id).map(|(_, p)| p).expect("task has a pid");
+                signal_task(u32::try_from(pid).expect("pid"), Signal::SIGKILL);
+            }) as Box<dyn Fn(&str) + Send + Sync>;
+            crate::node::conformance::Subject { executor, crash, real_processes: true }
+        })
+        .await;
+    }
 
     fn spec(id: &str, command: &str, args: &[&str]) -> nodepb::TaskSpec {
         nodepb::TaskSpec {

@@ -1,8 +1,11 @@
 //! `dc-agent node`: the agent of one host. It registers with its cell, converges on the task
 //! list the cell assigns, and keeps running that list whenever the cell is unreachable.
 
+#[cfg(test)]
+pub mod conformance;
 pub mod executor;
 pub mod health;
+pub mod sim;
 mod usage;
 
 use std::collections::BTreeMap;
@@ -27,7 +30,7 @@ use crate::convert;
 use crate::error::AgentError;
 use crate::persist::{self, FORMAT_VERSION};
 use crate::shutdown::{AbortOnDrop, Shutdown, os_signal};
-use executor::{Executor, StatusBoard, TaskContext};
+use executor::{Executor, StatusBoard, TaskContext, TaskExecutor};
 
 /// Time between SIGTERM and SIGKILL when a task is stopped.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -102,7 +105,8 @@ pub async fn run_node_until(
     std::fs::create_dir_all(&tasks_dir).map_err(|source| AgentError::Io { path: tasks_dir.clone(), source })?;
     let work_dir =
         std::fs::canonicalize(&cfg.work_dir).map_err(|source| AgentError::Io { path: cfg.work_dir.clone(), source })?;
-    let adopted = recover_leftovers(&work_dir);
+    // A simulated node has no processes to adopt, and must not signal pids from a pid file.
+    let adopted = if cfg.simulate { Vec::new() } else { recover_leftovers(&work_dir) };
     if let Some(addr) = cfg.metrics_listen {
         let handle = switchyard_telemetry::init_metrics().map_err(|e| AgentError::Metrics(e.to_string()))?;
         let bound = switchyard_telemetry::serve_metrics(addr, handle)
@@ -119,25 +123,32 @@ pub async fn run_node_until(
         bin_dir: cfg.bin_dir.clone(),
         stop_grace: STOP_GRACE,
     });
-    let executor = Executor::start_adopting(ctx, adopted);
+    let executor: Arc<dyn TaskExecutor> = if cfg.simulate {
+        Arc::new(sim::SimExecutor::new(sim::SimTiming::default(), cfg.bin_dir.clone()))
+    } else {
+        Arc::new(Executor::start_adopting(ctx, adopted))
+    };
     let shutdown = Shutdown::from_future(shutdown);
-    let pid_writer =
-        AbortOnDrop(tokio::spawn(pid_file_loop(executor.board().clone(), work_dir.clone(), cfg.node_id.clone())));
-    tracing::info!(node = %cfg.node_id, site = %cfg.site, cell = %cfg.cell.url, "node started");
+    let pid_writer = (!cfg.simulate).then(|| {
+        AbortOnDrop(tokio::spawn(pid_file_loop(executor.board().clone(), work_dir.clone(), cfg.node_id.clone())))
+    });
+    tracing::info!(node = %cfg.node_id, site = %cfg.site, cell = %cfg.cell.url, simulated = cfg.simulate, "node started");
 
     tokio::select! {
-        () = link_loop(&cfg, &endpoint, &executor, &shutdown) => {}
+        () = link_loop(&cfg, &endpoint, executor.as_ref(), &shutdown) => {}
         () = shutdown.wait() => {}
     }
     tracing::info!(node = %cfg.node_id, "stopping all tasks");
     executor.shutdown().await;
-    drop(pid_writer);
-    let _ = write_pid_file(&work_dir, &cfg.node_id, &[]);
+    if pid_writer.is_some() {
+        drop(pid_writer);
+        let _ = write_pid_file(&work_dir, &cfg.node_id, &[]);
+    }
     tracing::info!(node = %cfg.node_id, "node stopped");
     Ok(())
 }
 
-async fn link_loop(cfg: &NodeConfig, endpoint: &Endpoint, executor: &Executor, shutdown: &Shutdown) {
+async fn link_loop(cfg: &NodeConfig, endpoint: &Endpoint, executor: &dyn TaskExecutor, shutdown: &Shutdown) {
     let applied_generation = Arc::new(AtomicU64::new(0));
     let mut backoff = Backoff::new(200, 5000);
     while !shutdown.is_set() {
@@ -165,7 +176,7 @@ fn register_message(cfg: &NodeConfig) -> nodepb::NodeMessage {
 async fn attach_once(
     cfg: &NodeConfig,
     endpoint: &Endpoint,
-    executor: &Executor,
+    executor: &dyn TaskExecutor,
     applied_generation: &Arc<AtomicU64>,
     backoff: &mut Backoff,
 ) -> Result<(), LinkError> {
