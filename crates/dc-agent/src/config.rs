@@ -113,6 +113,15 @@ pub struct NodeArgs {
     /// Run tasks in the simulated executor (no processes) for scale tests.
     #[arg(long)]
     pub simulate: bool,
+    /// A task's stdout.log or stderr.log larger than this is rotated (copy, then truncate).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub log_max_bytes: u64,
+    /// Rotated logs kept per file (stdout.log.1 ... stdout.log.N).
+    #[arg(long, default_value_t = 3)]
+    pub log_keep: u32,
+    /// Working directories (and logs) of tasks that stopped are removed after this long.
+    #[arg(long, default_value_t = 86_400)]
+    pub retain_stopped_s: u64,
 }
 
 /// Every problem found in a command line.
@@ -185,6 +194,7 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     pub attributes: std::collections::BTreeMap<String, String>,
     pub simulate: bool,
+    pub logs: crate::node::logs::LogPolicy,
 }
 
 struct Problems(Vec<String>);
@@ -309,6 +319,12 @@ impl NodeArgs {
             None => Some(None),
         };
         let heartbeat = p.millis("heartbeat-ms", self.heartbeat_ms, 50, 60_000);
+        if self.log_max_bytes < 1024 {
+            p.0.push(format!("--log-max-bytes {} must be at least 1024", self.log_max_bytes));
+        }
+        if self.log_keep > 100 {
+            p.0.push(format!("--log-keep {} must be at most 100", self.log_keep));
+        }
         let mut attributes = std::collections::BTreeMap::new();
         for raw in &self.attributes {
             match raw.split_once('=') {
@@ -340,6 +356,11 @@ impl NodeArgs {
                 heartbeat,
                 attributes,
                 simulate: self.simulate,
+                logs: crate::node::logs::LogPolicy {
+                    max_bytes: self.log_max_bytes,
+                    keep: self.log_keep,
+                    retain_stopped: Duration::from_secs(self.retain_stopped_s),
+                },
             })
         })();
         p.finish(built)

@@ -983,6 +983,9 @@ fn node_args(
         heartbeat_ms: 200,
         attributes: vec![],
         simulate: false,
+        log_max_bytes: 10 * 1024 * 1024,
+        log_keep: 3,
+        retain_stopped_s: 86_400,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod executor;
 pub mod health;
+pub mod logs;
 pub mod sim;
 mod usage;
 
@@ -129,6 +130,8 @@ pub async fn run_node_until(
         Arc::new(Executor::start_adopting(ctx, adopted))
     };
     let shutdown = Shutdown::from_future(shutdown);
+    let log_keeper = (!cfg.simulate)
+        .then(|| AbortOnDrop(tokio::spawn(log_loop(executor.board().clone(), work_dir.join("tasks"), cfg.logs))));
     let pid_writer = (!cfg.simulate).then(|| {
         AbortOnDrop(tokio::spawn(pid_file_loop(executor.board().clone(), work_dir.clone(), cfg.node_id.clone())))
     });
@@ -140,6 +143,7 @@ pub async fn run_node_until(
     }
     tracing::info!(node = %cfg.node_id, "stopping all tasks");
     executor.shutdown().await;
+    drop(log_keeper);
     if pid_writer.is_some() {
         drop(pid_writer);
         let _ = write_pid_file(&work_dir, &cfg.node_id, &[]);
@@ -340,4 +344,24 @@ fn recover_leftovers(work_dir: &Path) -> Vec<(nodepb::TaskSpec, u32)> {
         tracing::warn!(?killed, "killed task processes left behind without a spec");
     }
     adopt
+}
+
+/// How often task logs are checked for rotation.
+const LOG_CHECK: Duration = Duration::from_secs(2);
+
+async fn log_loop(board: Arc<StatusBoard>, tasks_dir: PathBuf, policy: logs::LogPolicy) {
+    loop {
+        tokio::time::sleep(LOG_CHECK).await;
+        let running: Vec<String> = board.snapshot().into_iter().map(|s| s.task_id).collect();
+        let dir = tasks_dir.clone();
+        let done =
+            tokio::task::spawn_blocking(move || logs::maintain(&dir, &running, &policy, std::time::SystemTime::now()))
+                .await;
+        if let Ok((rotated, removed)) = done
+            && rotated + removed > 0
+        {
+            tracing::info!(rotated, removed, "task logs maintained");
+            metrics::counter!("node_task_logs_rotated_total").increment(rotated as u64);
+        }
+    }
 }
