@@ -122,6 +122,14 @@ pub struct NodeArgs {
     /// Working directories (and logs) of tasks that stopped are removed after this long.
     #[arg(long, default_value_t = 86_400)]
     pub retain_stopped_s: u64,
+    /// A cgroup v2 directory this node may manage: every task is confined there to its CPU and
+    /// memory requests. Refused at start if the kernel does not offer the cpu and memory
+    /// controllers there.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Most open files per task (RLIMIT_NOFILE).
+    #[arg(long, default_value_t = 65_536)]
+    pub max_open_files: u64,
 }
 
 /// Every problem found in a command line.
@@ -195,6 +203,8 @@ pub struct NodeConfig {
     pub attributes: std::collections::BTreeMap<String, String>,
     pub simulate: bool,
     pub logs: crate::node::logs::LogPolicy,
+    pub cgroup_root: Option<PathBuf>,
+    pub max_open_files: u64,
 }
 
 struct Problems(Vec<String>);
@@ -322,6 +332,9 @@ impl NodeArgs {
         if self.log_max_bytes < 1024 {
             p.0.push(format!("--log-max-bytes {} must be at least 1024", self.log_max_bytes));
         }
+        if !(64..=1_048_576).contains(&self.max_open_files) {
+            p.0.push(format!("--max-open-files {} must be within 64-1048576", self.max_open_files));
+        }
         if self.log_keep > 100 {
             p.0.push(format!("--log-keep {} must be at most 100", self.log_keep));
         }
@@ -361,6 +374,8 @@ impl NodeArgs {
                     keep: self.log_keep,
                     retain_stopped: Duration::from_secs(self.retain_stopped_s),
                 },
+                cgroup_root: self.cgroup_root.clone(),
+                max_open_files: self.max_open_files,
             })
         })();
         p.finish(built)

@@ -33,4 +33,6 @@ pub enum AgentError {
     Metrics(String),
     #[error("quota file {0}")]
     Quotas(String),
+    #[error("resource limits: {0}")]
+    Limits(String),
 }

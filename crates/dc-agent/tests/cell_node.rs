@@ -986,6 +986,8 @@ fn node_args(
         log_max_bytes: 10 * 1024 * 1024,
         log_keep: 3,
         retain_stopped_s: 86_400,
+        cgroup_root: None,
+        max_open_files: 65_536,
     }
 }
 
@@ -1192,5 +1194,25 @@ async fn a_real_cell_places_hundreds_of_tasks_on_simulated_nodes_within_constrai
         n.stop().await?;
     }
     cell.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_told_to_confine_tasks_where_the_kernel_cannot_refuses_to_start() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let data = tempfile::tempdir()?;
+    let files = pki.issue("n1", Role::Node, &format!("{SITE}/n1"))?;
+    // A cgroup directory whose kernel offers no cpu or memory controller (as on a cgroup v1
+    // or hybrid host).
+    let cgroup = data.path().join("cgroup");
+    std::fs::create_dir_all(&cgroup)?;
+    std::fs::write(cgroup.join("cgroup.controllers"), "pids\n")?;
+    let args = NodeArgs {
+        cgroup_root: Some(cgroup.clone()),
+        ..node_args(&pki, &files, "n1", 1, free_port(), (40_000, 40_009), &data.path().join("n1"))
+    };
+    let err = run_node_until(args, std::future::pending()).await.expect_err("the node must not start");
+    let text = err.to_string();
+    assert!(text.contains("cpu and memory") && text.contains("available: pids"), "{text}");
     Ok(())
 }

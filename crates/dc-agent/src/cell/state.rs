@@ -612,6 +612,7 @@ impl CellState {
             port: u32::from(t.port),
             health: Some(convert::health_to_proto(&launch.health)),
             version: t.version.clone(),
+            resources: Some(convert::resources_to_proto(&t.resources)),
         })
     }
 

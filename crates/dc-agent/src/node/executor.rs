@@ -44,6 +44,10 @@ pub struct TaskContext {
     pub bin_dir: Option<PathBuf>,
     /// Time between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// A prepared cgroup v2 root: each task is confined to its requests there.
+    pub cgroup_root: Option<PathBuf>,
+    /// RLIMIT_NOFILE of every task.
+    pub max_open_files: u64,
 }
 
 impl TaskContext {
@@ -404,6 +408,9 @@ async fn supervise(
         }
     }
     board.remove(&task_id);
+    if let Some(root) = &ctx.cgroup_root {
+        super::limits::release(root, &task_id);
+    }
     tracing::info!(task = %task_id, "task stopped");
 }
 
@@ -466,7 +473,26 @@ fn launch(ctx: &TaskContext, spec: &nodepb::TaskSpec) -> Result<Child, String> {
         .process_group(0)
         // If the node's runtime goes away without stopping tasks (a panic), do not leak them.
         .kill_on_drop(true);
-    cmd.spawn().map_err(|e| format!("cannot start {}: {e}", program.display()))
+    set_rlimits_before_exec(&mut cmd, ctx.max_open_files);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    if let (Some(root), Some(pid)) = (&ctx.cgroup_root, child.id())
+        && let Err(e) = super::limits::confine(root, spec, pid)
+    {
+        // Never run a task unconfined on a node told to confine it.
+        let _ = child.start_kill();
+        return Err(e);
+    }
+    Ok(child)
+}
+
+/// The one `unsafe` in the workspace: `pre_exec` runs a closure in the forked child.
+// SAFETY: the closure only calls setrlimit(2) twice, which is async-signal-safe; it allocates
+// nothing and takes no lock, so it is sound between fork and exec.
+#[allow(unsafe_code)]
+fn set_rlimits_before_exec(cmd: &mut Command, max_open_files: u64) {
+    unsafe {
+        cmd.pre_exec(move || super::limits::apply_rlimits(max_open_files));
+    }
 }
 
 /// Signals the task's process group, falling back to the process alone.
@@ -625,6 +651,35 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
+    async fn tasks_run_with_rlimits_and_in_their_cgroup_when_one_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroups = tempfile::tempdir().unwrap();
+        std::fs::write(cgroups.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        crate::node::limits::prepare_root(cgroups.path()).unwrap();
+        let ctx =
+            Arc::new(TaskContext { cgroup_root: Some(cgroups.path().to_path_buf()), ..(*context(dir.path())).clone() });
+        let exec = Executor::start(ctx);
+        let mut task =
+            spec("g.limits.1", "sh", &["-c", "ulimit -n > limits.txt; ulimit -c >> limits.txt; exec sleep 60"]);
+        task.resources = Some(switchyard_proto::common::v1::Resources { cpu_millis: 500, mem_mib: 32, disk_mib: 0 });
+        exec.apply(vec![task]).await;
+        wait_for(exec.board(), "the task running", |s| s.iter().any(|t| t.pid > 0)).await;
+        let pid = exec.board().pids()[0].1;
+        let limits = dir.path().join("tasks/g.limits.1/limits.txt");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&limits).map_or(true, |s| s.lines().count() < 2) {
+            assert!(Instant::now() < deadline, "the task never wrote its limits");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&limits).unwrap(), "4096\n0\n", "RLIMIT_NOFILE and no core dumps");
+        let cg = cgroups.path().join("g.limits.1");
+        assert_eq!(std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(), pid.to_string());
+        assert_eq!(std::fs::read_to_string(cg.join("memory.max")).unwrap(), (32 * 1024 * 1024).to_string());
+        assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).unwrap(), "50000 100000");
+        exec.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn the_process_executor_passes_the_conformance_battery() {
         crate::node::conformance::battery(|dir| {
             let executor = Arc::new(Executor::start(context(dir)));
@@ -658,6 +713,8 @@ mod tests {
             work_dir: dir.to_path_buf(),
             bin_dir: None,
             stop_grace: Duration::from_millis(500),
+            cgroup_root: None,
+            max_open_files: 4096,
         })
     }
 

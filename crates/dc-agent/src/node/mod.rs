@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod executor;
 pub mod health;
+pub mod limits;
 pub mod logs;
 pub mod sim;
 mod usage;
@@ -106,6 +107,10 @@ pub async fn run_node_until(
     std::fs::create_dir_all(&tasks_dir).map_err(|source| AgentError::Io { path: tasks_dir.clone(), source })?;
     let work_dir =
         std::fs::canonicalize(&cfg.work_dir).map_err(|source| AgentError::Io { path: cfg.work_dir.clone(), source })?;
+    if let Some(root) = &cfg.cgroup_root {
+        limits::prepare_root(root).map_err(AgentError::Limits)?;
+        tracing::info!(root = %root.display(), "tasks are confined to their requests with cgroup v2");
+    }
     // A simulated node has no processes to adopt, and must not signal pids from a pid file.
     let adopted = if cfg.simulate { Vec::new() } else { recover_leftovers(&work_dir) };
     if let Some(addr) = cfg.metrics_listen {
@@ -123,6 +128,8 @@ pub async fn run_node_until(
         work_dir: work_dir.clone(),
         bin_dir: cfg.bin_dir.clone(),
         stop_grace: STOP_GRACE,
+        cgroup_root: cfg.cgroup_root.clone(),
+        max_open_files: cfg.max_open_files,
     });
     let executor: Arc<dyn TaskExecutor> = if cfg.simulate {
         Arc::new(sim::SimExecutor::new(sim::SimTiming::default(), cfg.bin_dir.clone()))

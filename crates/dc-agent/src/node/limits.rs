@@ -1,0 +1,128 @@
+//! Resource limits of a task's process, where the kernel allows them:
+//! - **rlimits** (always): no core dumps, and at most `max_open_files` descriptors;
+//! - **cgroup v2** (with `dc-agent node --cgroup-root DIR`): each task gets `DIR/<task-id>`
+//!   with `memory.max` (its memory request) and `cpu.max` (its CPU request as a quota per
+//!   100 ms period), and its process is moved there right after it starts.
+//!
+//! A cgroup root without the `cpu` and `memory` controllers (a cgroup v1 or hybrid host, or a
+//! container that was not delegated them) is refused when the node starts, with what is missing
+//! and how to fix it; the node never runs tasks it was told to limit without the limits.
+
+use std::path::{Path, PathBuf};
+
+use switchyard_proto::node::v1 as nodepb;
+
+/// Controllers a cgroup root must offer.
+const NEEDED: [&str; 2] = ["cpu", "memory"];
+/// The CFS period `cpu.max` quotas are expressed in.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Checks that `root` is a cgroup v2 directory that offers the `cpu` and `memory` controllers to
+/// its children, enabling them in `cgroup.subtree_control` if needed.
+pub fn prepare_root(root: &Path) -> Result<(), String> {
+    let controllers_file = root.join("cgroup.controllers");
+    let controllers = std::fs::read_to_string(&controllers_file).map_err(|e| {
+        format!(
+            "--cgroup-root {}: cannot read {} ({e}); it must be a cgroup v2 directory (e.g. a delegated \
+             subtree of /sys/fs/cgroup on a unified-hierarchy host)",
+            root.display(),
+            controllers_file.display()
+        )
+    })?;
+    let available: Vec<&str> = controllers.split_whitespace().collect();
+    let missing: Vec<&str> = NEEDED.iter().copied().filter(|c| !available.contains(c)).collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "--cgroup-root {}: the kernel does not offer the {} controller(s) here (available: {}); enable them in \
+             the parent's cgroup.subtree_control, or run the node without --cgroup-root (tasks then get rlimits only)",
+            root.display(),
+            missing.join(" and "),
+            if available.is_empty() { "none".to_string() } else { available.join(" ") }
+        ));
+    }
+    let subtree = root.join("cgroup.subtree_control");
+    let enabled = std::fs::read_to_string(&subtree).unwrap_or_default();
+    if NEEDED.iter().any(|c| !enabled.split_whitespace().any(|e| e == *c)) {
+        std::fs::write(&subtree, "+cpu +memory").map_err(|e| {
+            format!("--cgroup-root {}: cannot enable cpu and memory in {} ({e})", root.display(), subtree.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// The cgroup of one task.
+pub fn task_cgroup(root: &Path, task_id: &str) -> PathBuf {
+    root.join(task_id)
+}
+
+/// Creates the task's cgroup with its limits and moves `pid` into it.
+pub fn confine(root: &Path, spec: &nodepb::TaskSpec, pid: u32) -> Result<PathBuf, String> {
+    let dir = task_cgroup(root, &spec.task_id);
+    let fail = |what: &str, e: std::io::Error| format!("cgroup {}: cannot {what}: {e}", dir.display());
+    std::fs::create_dir_all(&dir).map_err(|e| fail("create it", e))?;
+    let res = spec.resources.unwrap_or_default();
+    if res.mem_mib > 0 {
+        std::fs::write(dir.join("memory.max"), (res.mem_mib * 1024 * 1024).to_string())
+            .map_err(|e| fail("set memory.max", e))?;
+    }
+    if res.cpu_millis > 0 {
+        let quota = res.cpu_millis * CPU_PERIOD_US / 1000;
+        std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")).map_err(|e| fail("set cpu.max", e))?;
+    }
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|e| fail("move the task into it", e))?;
+    Ok(dir)
+}
+
+/// Removes a stopped task's cgroup (the kernel refuses while a process is still in it).
+pub fn release(root: &Path, task_id: &str) {
+    let dir = task_cgroup(root, task_id);
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir(&dir)
+    {
+        tracing::debug!(cgroup = %dir.display(), error = %e, "task cgroup not removed");
+    }
+}
+
+/// Applies the rlimits in the forked child before it executes the task's program. Only
+/// async-signal-safe calls (two `setrlimit`s).
+pub fn apply_rlimits(max_open_files: u64) -> std::io::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
+    setrlimit(Resource::RLIMIT_NOFILE, max_open_files, max_open_files).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_without_the_controllers_is_refused_with_what_is_missing() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "pids io\n").unwrap();
+        let err = prepare_root(root.path()).unwrap_err();
+        assert!(err.contains("cpu and memory") && err.contains("available: pids io"), "{err}");
+        let err = prepare_root(&root.path().join("absent")).unwrap_err();
+        assert!(err.contains("cgroup v2 directory"), "{err}");
+        std::fs::write(root.path().join("cgroup.controllers"), "").unwrap();
+        assert!(prepare_root(root.path()).unwrap_err().contains("available: none"));
+    }
+
+    #[test]
+    fn a_task_gets_its_requests_as_limits_and_its_process_is_moved() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        prepare_root(root.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(), "+cpu +memory");
+        let spec = nodepb::TaskSpec {
+            task_id: "g.web.7".into(),
+            resources: Some(switchyard_proto::common::v1::Resources { cpu_millis: 250, mem_mib: 64, disk_mib: 0 }),
+            ..Default::default()
+        };
+        let dir = confine(root.path(), &spec, 4242).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), (64 * 1024 * 1024).to_string());
+        assert_eq!(read("cpu.max"), "25000 100000", "250 millicores = a quarter of each period");
+        assert_eq!(read("cgroup.procs"), "4242");
+    }
+}
