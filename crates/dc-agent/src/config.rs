@@ -127,9 +127,9 @@ pub struct NodeArgs {
     /// controllers there.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
-    /// Most open files per task (RLIMIT_NOFILE).
-    #[arg(long, default_value_t = 65_536)]
-    pub max_open_files: u64,
+    /// Most open files per task (RLIMIT_NOFILE); default: the node's own limit.
+    #[arg(long)]
+    pub max_open_files: Option<u64>,
 }
 
 /// Every problem found in a command line.
@@ -204,7 +204,7 @@ pub struct NodeConfig {
     pub simulate: bool,
     pub logs: crate::node::logs::LogPolicy,
     pub cgroup_root: Option<PathBuf>,
-    pub max_open_files: u64,
+    pub max_open_files: Option<u64>,
 }
 
 struct Problems(Vec<String>);
@@ -332,8 +332,12 @@ impl NodeArgs {
         if self.log_max_bytes < 1024 {
             p.0.push(format!("--log-max-bytes {} must be at least 1024", self.log_max_bytes));
         }
-        if !(64..=1_048_576).contains(&self.max_open_files) {
-            p.0.push(format!("--max-open-files {} must be within 64-1048576", self.max_open_files));
+        if let Some(n) = self.max_open_files {
+            if n < 64 {
+                p.0.push(format!("--max-open-files {n} must be at least 64"));
+            } else if let Err(e) = crate::node::limits::check_open_files(n) {
+                p.0.push(e);
+            }
         }
         if self.log_keep > 100 {
             p.0.push(format!("--log-keep {} must be at most 100", self.log_keep));

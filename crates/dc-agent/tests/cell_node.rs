@@ -987,7 +987,7 @@ fn node_args(
         log_keep: 3,
         retain_stopped_s: 86_400,
         cgroup_root: None,
-        max_open_files: 65_536,
+        max_open_files: None,
     }
 }
 

@@ -46,8 +46,8 @@ pub struct TaskContext {
     pub stop_grace: Duration,
     /// A prepared cgroup v2 root: each task is confined to its requests there.
     pub cgroup_root: Option<PathBuf>,
-    /// RLIMIT_NOFILE of every task.
-    pub max_open_files: u64,
+    /// RLIMIT_NOFILE of every task; `None` keeps the node's own.
+    pub max_open_files: Option<u64>,
 }
 
 impl TaskContext {
@@ -489,7 +489,7 @@ fn launch(ctx: &TaskContext, spec: &nodepb::TaskSpec) -> Result<Child, String> {
 // SAFETY: the closure only calls setrlimit(2) twice, which is async-signal-safe; it allocates
 // nothing and takes no lock, so it is sound between fork and exec.
 #[allow(unsafe_code)]
-fn set_rlimits_before_exec(cmd: &mut Command, max_open_files: u64) {
+fn set_rlimits_before_exec(cmd: &mut Command, max_open_files: Option<u64>) {
     unsafe {
         cmd.pre_exec(move || super::limits::apply_rlimits(max_open_files));
     }
@@ -671,7 +671,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the task never wrote its limits");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(std::fs::read_to_string(&limits).unwrap(), "4096\n0\n", "RLIMIT_NOFILE and no core dumps");
+        assert_eq!(std::fs::read_to_string(&limits).unwrap(), "1024\n0\n", "RLIMIT_NOFILE and no core dumps");
         let cg = cgroups.path().join("g.limits.1");
         assert_eq!(std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(), pid.to_string());
         assert_eq!(std::fs::read_to_string(cg.join("memory.max")).unwrap(), (32 * 1024 * 1024).to_string());
@@ -714,7 +714,7 @@ mod tests {
             bin_dir: None,
             stop_grace: Duration::from_millis(500),
             cgroup_root: None,
-            max_open_files: 4096,
+            max_open_files: Some(1024),
         })
     }
 

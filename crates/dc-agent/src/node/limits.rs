@@ -83,18 +83,44 @@ pub fn release(root: &Path, task_id: &str) {
     }
 }
 
-/// Applies the rlimits in the forked child before it executes the task's program. Only
-/// async-signal-safe calls (two `setrlimit`s).
-pub fn apply_rlimits(max_open_files: u64) -> std::io::Result<()> {
+/// Checks that tasks may be given `max_open_files` descriptors: a process cannot raise its
+/// hard limit without privileges, so a value above the node's own hard limit is refused at start.
+pub fn check_open_files(max_open_files: u64) -> Result<(), String> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+    if max_open_files > hard {
+        return Err(format!(
+            "--max-open-files {max_open_files} is above this node's own hard limit of {hard} open files; lower it, \
+             or raise the node's limit (e.g. LimitNOFILE= in its systemd unit)"
+        ));
+    }
+    Ok(())
+}
+
+/// Applies the rlimits in the forked child before it executes the task's program: no core
+/// dumps, and `max_open_files` descriptors when given. Only async-signal-safe calls.
+pub fn apply_rlimits(max_open_files: Option<u64>) -> std::io::Result<()> {
     use nix::sys::resource::{Resource, setrlimit};
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
-    setrlimit(Resource::RLIMIT_NOFILE, max_open_files, max_open_files).map_err(std::io::Error::from)?;
+    if let Some(n) = max_open_files {
+        setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(std::io::Error::from)?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_files_limit_above_the_nodes_own_is_refused() {
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert!(check_open_files(hard.min(1024)).is_ok());
+        if hard < u64::MAX {
+            let err = check_open_files(hard + 1).unwrap_err();
+            assert!(err.contains(&format!("hard limit of {hard}")), "{err}");
+        }
+    }
 
     #[test]
     fn a_root_without_the_controllers_is_refused_with_what_is_missing() {
