@@ -101,12 +101,19 @@ pub struct Site {
     pub state: SiteState,
 }
 
-/// HTTP health check of an app's instances. Zero values mean the node's defaults.
+/// Health (or readiness) check of an app's instances: HTTP GET on the instance's port, a TCP
+/// connect to it, or a command run in its directory. Zero values mean the node's defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
     #[serde(default)]
     pub http_path: String,
+    /// `http`, `tcp` or `command`; empty: `http` when `http_path` is set, else no check.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// For `command`: the program and its arguments; exit status 0 passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     #[serde(default)]
     pub interval_ms: u32,
     #[serde(default)]
@@ -191,6 +198,37 @@ impl MetricsSpec {
     }
 }
 
+impl HealthSpec {
+    /// The first problem with this check, if any.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.protocol.as_str() {
+            "" | "http" => {
+                if self.protocol == "http" && self.http_path.is_empty() {
+                    return Err("protocol http needs an http_path".into());
+                }
+                if !self.http_path.is_empty() && !self.http_path.starts_with('/') {
+                    return Err(format!("http_path {:?} must start with '/'", self.http_path));
+                }
+                if !self.command.is_empty() {
+                    return Err("a command is only used with protocol command".into());
+                }
+            }
+            "tcp" => {
+                if !self.http_path.is_empty() || !self.command.is_empty() {
+                    return Err("protocol tcp takes neither http_path nor command".into());
+                }
+            }
+            "command" => {
+                if self.command.first().is_none_or(|c| c.trim().is_empty()) {
+                    return Err("protocol command needs a command (program and arguments)".into());
+                }
+            }
+            other => return Err(format!("unknown protocol {other:?}; use http, tcp or command")),
+        }
+        Ok(())
+    }
+}
+
 /// One application of a group: a program run as `instances` processes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,6 +245,10 @@ pub struct AppSpec {
     pub resources: Resources,
     #[serde(default)]
     pub health: HealthSpec,
+    /// Must pass once before an instance counts in a rolling upgrade and takes traffic;
+    /// absent: ready when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<HealthSpec>,
     /// Placement constraints in the form `field:OPERATOR[:value]` (`hostname:UNIQUE`,
     /// `rack:GROUP_BY:2`, `zone:LIKE:z[12]`), applied by each site's cell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -359,6 +401,13 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
                 errs.push(format!("group {g:?}: app {:?}: {e}", app.name));
             }
         }
+        for (what, check) in
+            std::iter::once(("health", &app.health)).chain(app.readiness.iter().map(|r| ("readiness", r)))
+        {
+            if let Err(e) = check.validate() {
+                errs.push(format!("group {g:?}: app {:?}: {what} check: {e}", app.name));
+            }
+        }
         if let Some(Autoscale(a)) = &app.autoscale
             && let Err(e) = a.validate()
         {
@@ -399,6 +448,23 @@ mod tests {
         assert_eq!(a.saturating_sub(a.times(2)), Resources::default());
         assert!(a.fits_in(a.times(2)));
         assert!(!a.times(2).fits_in(a));
+    }
+
+    #[test]
+    fn checks_name_their_protocol_problems() {
+        let tcp = HealthSpec { protocol: "tcp".into(), ..Default::default() };
+        assert_eq!(tcp.validate(), Ok(()));
+        let cmd = HealthSpec { protocol: "command".into(), command: vec!["check-db".into()], ..Default::default() };
+        assert_eq!(cmd.validate(), Ok(()));
+        for (bad, why) in [
+            (HealthSpec { protocol: "udp".into(), ..Default::default() }, "unknown protocol \"udp\""),
+            (HealthSpec { protocol: "command".into(), ..Default::default() }, "needs a command"),
+            (HealthSpec { protocol: "http".into(), ..Default::default() }, "needs an http_path"),
+            (HealthSpec { http_path: "health".into(), ..Default::default() }, "must start with '/'"),
+            (HealthSpec { protocol: "tcp".into(), http_path: "/h".into(), ..Default::default() }, "takes neither"),
+        ] {
+            assert!(bad.validate().unwrap_err().contains(why), "{bad:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub fn resources_to_proto(r: &Resources) -> common::Resources {
 pub fn health_from_proto(h: Option<&common::HealthCheck>) -> HealthSpec {
     h.map_or_else(HealthSpec::default, |h| HealthSpec {
         http_path: h.http_path.clone(),
+        protocol: h.protocol.clone(),
+        command: h.command.clone(),
         interval_ms: h.interval_ms,
         timeout_ms: h.timeout_ms,
         grace_ms: h.grace_ms,
@@ -40,6 +42,8 @@ pub fn health_from_proto(h: Option<&common::HealthCheck>) -> HealthSpec {
 pub fn health_to_proto(h: &HealthSpec) -> common::HealthCheck {
     common::HealthCheck {
         http_path: h.http_path.clone(),
+        protocol: h.protocol.clone(),
+        command: h.command.clone(),
         interval_ms: h.interval_ms,
         timeout_ms: h.timeout_ms,
         grace_ms: h.grace_ms,
@@ -55,6 +59,27 @@ fn check_env(env: &BTreeMap<String, String>, at: &str, problems: &mut Vec<String
         if v.contains('\0') {
             problems.push(format!("{at}: environment variable {k} contains a NUL byte"));
         }
+    }
+}
+
+fn check_probe(h: &HealthSpec) -> Result<(), String> {
+    if h.http_path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("path {:?} contains whitespace", h.http_path));
+    }
+    if h.command.iter().any(|a| a.contains('\0')) {
+        return Err("the command contains a NUL byte".into());
+    }
+    match h.protocol.as_str() {
+        "" | "http" if !h.http_path.is_empty() && !h.http_path.starts_with('/') => {
+            Err(format!("path {:?} must start with '/'", h.http_path))
+        }
+        "http" if h.http_path.is_empty() => Err("protocol http needs a path".into()),
+        "" | "http" | "tcp" => Ok(()),
+        "command" if h.command.first().is_none_or(|c| c.trim().is_empty()) => {
+            Err("protocol command needs a program".into())
+        }
+        "command" => Ok(()),
+        other => Err(format!("unknown protocol {other:?}; use http, tcp or command")),
     }
 }
 
@@ -99,11 +124,12 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
             let env: BTreeMap<String, String> = a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             check_env(&env, &at, &mut problems);
             let health = health_from_proto(a.health.as_ref());
-            if !health.http_path.is_empty() && !health.http_path.starts_with('/') {
-                problems.push(format!("{at}: health check path {:?} must start with '/'", health.http_path));
-            }
-            if health.http_path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                problems.push(format!("{at}: health check path {:?} contains whitespace", health.http_path));
+            let readiness = a.readiness.as_ref().map(|r| health_from_proto(Some(r)));
+            for (what, check) in std::iter::once(("health", &health)).chain(readiness.iter().map(|r| ("readiness", r)))
+            {
+                if let Err(e) = check_probe(check) {
+                    problems.push(format!("{at}: {what} check: {e}"));
+                }
             }
             for c in &a.constraints {
                 if let Err(e) = Constraint::parse(c) {
@@ -160,6 +186,7 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
                 instances: a.instances,
                 resources: resources_from_proto(a.resources.as_ref()),
                 health,
+                readiness,
                 constraints: a.constraints.clone(),
                 upgrade,
                 role: if a.role.is_empty() { g.name.clone() } else { a.role.clone() },

@@ -50,6 +50,13 @@ impl Resources {
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
     pub http_path: String,
+    /// `http`, `tcp` or `command`; empty: `http` when `http_path` is set, else no check.
+    /// (Skipped when empty so that app versions computed before these fields existed hold.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// For `command`: program and arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     pub interval_ms: u32,
     pub timeout_ms: u32,
     pub grace_ms: u32,
@@ -67,6 +74,8 @@ impl HealthSpec {
         let or = |v: u32, d: u32| if v == 0 { d } else { v };
         HealthSpec {
             http_path: self.http_path.clone(),
+            protocol: self.protocol.clone(),
+            command: self.command.clone(),
             interval_ms: or(self.interval_ms, Self::DEFAULT_INTERVAL_MS),
             timeout_ms: or(self.timeout_ms, Self::DEFAULT_TIMEOUT_MS),
             grace_ms: or(self.grace_ms, Self::DEFAULT_GRACE_MS),
@@ -86,6 +95,9 @@ pub struct AppRecord {
     pub instances: u32,
     pub resources: Resources,
     pub health: HealthSpec,
+    /// Must pass once before a task counts and takes traffic; `None`: ready when healthy.
+    #[serde(default)]
+    pub readiness: Option<HealthSpec>,
     /// Placement constraints, `field:OPERATOR[:value]`, validated on receipt.
     #[serde(default)]
     pub constraints: Vec<String>,
@@ -113,8 +125,13 @@ impl AppRecord {
     /// are left out: scaling or changing how to upgrade never replaces a task.
     pub fn compute_version(&self) -> String {
         use sha2::Digest as _;
-        let fields =
+        let mut fields =
             serde_json::json!([self.command, self.args, self.env, self.resources, self.health, self.constraints]);
+        // Appended only when set, so apps without one keep the version they had before
+        // readiness checks existed (a cell upgrade must not roll every task).
+        if let Some(r) = &self.readiness {
+            fields.as_array_mut().expect("an array").push(serde_json::json!(r));
+        }
         let digest = sha2::Sha256::digest(fields.to_string().as_bytes());
         hex::encode(&digest[..6])
     }
@@ -126,6 +143,7 @@ impl AppRecord {
             args: self.args.clone(),
             env: self.env.clone(),
             health: self.health.clone(),
+            readiness: self.readiness.clone(),
         }
     }
 }
@@ -149,6 +167,8 @@ pub struct LaunchSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub health: HealthSpec,
+    #[serde(default)]
+    pub readiness: Option<HealthSpec>,
 }
 
 /// A group with this site's share of its apps.
@@ -223,6 +243,44 @@ pub fn is_valid_task_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_ignore_count_and_policy_and_survive_new_optional_fields() {
+        let app = AppRecord {
+            name: "web".into(),
+            command: "sample-app".into(),
+            args: vec!["--x".into()],
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            instances: 2,
+            resources: Resources::new(100, 64, 0),
+            health: HealthSpec { http_path: "/health".into(), interval_ms: 500, ..Default::default() },
+            readiness: None,
+            constraints: vec!["hostname:UNIQUE".into()],
+            upgrade: UpgradeStrategy::default(),
+            role: "web".into(),
+            autoscale: None,
+            metrics: MetricsRecord::default(),
+            version: String::new(),
+        };
+        // The digest as computed before protocol, command and readiness existed: a cell upgrade
+        // must not see every running task as an old version.
+        use sha2::Digest as _;
+        let old_health = serde_json::json!({ "http_path": "/health", "interval_ms": 500, "timeout_ms": 0, "grace_ms": 0, "max_failures": 0 });
+        let old = serde_json::json!([app.command, app.args, app.env, app.resources, old_health, app.constraints]);
+        assert_eq!(app.compute_version(), hex::encode(&sha2::Sha256::digest(old.to_string().as_bytes())[..6]));
+
+        let scaled = AppRecord {
+            instances: 9,
+            upgrade: UpgradeStrategy { minimum_health_capacity: 0.5, maximum_over_capacity: 0.0 },
+            ..app.clone()
+        };
+        assert_eq!(scaled.compute_version(), app.compute_version(), "scaling is not a new version");
+        let ready =
+            AppRecord { readiness: Some(HealthSpec { protocol: "tcp".into(), ..Default::default() }), ..app.clone() };
+        assert_ne!(ready.compute_version(), app.compute_version());
+        let env = AppRecord { env: BTreeMap::from([("A".into(), "2".into())]), ..app.clone() };
+        assert_ne!(env.compute_version(), app.compute_version());
+    }
 
     #[test]
     fn health_defaults_fill_only_zero_fields() {

@@ -78,6 +78,8 @@ pub struct TaskView {
     pub seq: u64,
     pub version: String,
     pub phase: TaskPhase,
+    /// Passed its readiness check (or has none): only then does it count in a deployment.
+    pub ready: bool,
     /// Already leaving (drained from the load balancer before it is stopped): it still holds
     /// its resources and port, but is neither counted nor stopped again.
     pub stopping: bool,
@@ -235,7 +237,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                         version: if draining { format!("{}~draining", t.version) } else { t.version.clone() },
                         state,
                         healthy,
-                        ready: healthy == Some(true),
+                        ready: healthy == Some(true) && t.ready,
                         started_at_ms: t.seq,
                     }
                 })
@@ -576,6 +578,7 @@ mod tests {
             seq,
             version: "v1".into(),
             phase: TaskPhase::Running { healthy: Some(true) },
+            ready: true,
             stopping: false,
         }
     }
@@ -931,6 +934,23 @@ mod tests {
         let (most, fewest) = roll(4, UpgradeStrategy { minimum_health_capacity: 0.75, maximum_over_capacity: 0.25 });
         assert!(most <= 5, "{most}");
         assert!(fewest >= 3, "{fewest}");
+    }
+
+    #[test]
+    fn a_healthy_task_that_is_not_ready_does_not_count_in_an_upgrade() {
+        let nodes = [node("n1", 8000, 8000, (9000, 9009))];
+        let mut d = demand("g", "web", 1, WEB);
+        d.apps[0].version = "v2".into();
+        d.apps[0].upgrade = UpgradeStrategy { minimum_health_capacity: 1.0, maximum_over_capacity: 1.0 };
+        let old = task("old", "g", "web", "n1", 9000, WEB, 1);
+        let mut new = task("new", "g", "web", "n1", 9001, WEB, 2);
+        new.version = "v2".into();
+        new.ready = false;
+        let plan = run(&nodes, &[old.clone(), new.clone()], std::slice::from_ref(&d));
+        assert!(plan.stop.is_empty(), "the old task serves until the new one is ready: {plan:?}");
+        new.ready = true;
+        let plan = run(&nodes, &[old, new], &[d]);
+        assert_eq!(plan.stop, ["old"]);
     }
 
     #[test]

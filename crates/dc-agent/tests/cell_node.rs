@@ -239,6 +239,7 @@ fn desired(epoch: u64, instances: u32) -> agent::DesiredState {
                     timeout_ms: 1000,
                     grace_ms: 15_000,
                     max_failures: 3,
+                    ..Default::default()
                 }),
                 ..Default::default()
             }],

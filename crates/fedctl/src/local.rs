@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::EngineConfig;
-use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, Resources, SiteSpec};
+use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, MetricsSpec, Resources, SiteSpec};
 use switchyard_proto::operator::v1 as pb;
 use switchyard_tls::{CertAuthority, Identity, Role, TlsFiles};
 
@@ -230,11 +230,19 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             timeout_ms: 500,
             grace_ms: 3000,
             max_failures: 3,
+            ..Default::default()
         },
+        readiness: None,
         constraints: vec![],
         upgrade: Default::default(),
         autoscale: None,
-        metrics: Default::default(),
+        // What the sample app exposes, so adding an [apps.autoscale] policy is all it takes.
+        metrics: MetricsSpec {
+            path: "/metrics".into(),
+            concurrency: "switchyard_sample_in_flight_requests".into(),
+            requests_total: "switchyard_sample_requests_total".into(),
+            request_ms_total: "switchyard_sample_request_ms_total".into(),
+        },
     };
     vec![
         GroupSpec {

@@ -97,13 +97,8 @@ pub fn desired_to_proto(d: &DesiredView) -> agent::DesiredState {
                         env: a.spec.env.clone().into_iter().collect(),
                         instances: a.instances,
                         resources: Some(resources_to_proto(a.spec.resources)),
-                        health: Some(common::HealthCheck {
-                            http_path: a.spec.health.http_path.clone(),
-                            interval_ms: a.spec.health.interval_ms,
-                            timeout_ms: a.spec.health.timeout_ms,
-                            grace_ms: a.spec.health.grace_ms,
-                            max_failures: a.spec.health.max_failures,
-                        }),
+                        health: Some(health_to_proto(&a.spec.health)),
+                        readiness: a.spec.readiness.as_ref().map(health_to_proto),
                         constraints: a.spec.constraints.clone(),
                         upgrade: Some(agent::UpgradeStrategy {
                             minimum_health_capacity: a.spec.upgrade.minimum_health_capacity,
@@ -196,5 +191,17 @@ pub fn audit_to_proto(r: &AuditRecord) -> op::AuditRecord {
         raft_index: r.raft_index,
         prev_hash: r.prev_hash.clone(),
         hash: r.hash.clone(),
+    }
+}
+
+fn health_to_proto(h: &switchyard_core::HealthSpec) -> common::HealthCheck {
+    common::HealthCheck {
+        http_path: h.http_path.clone(),
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+        grace_ms: h.grace_ms,
+        max_failures: h.max_failures,
+        protocol: h.protocol.clone(),
+        command: h.command.clone(),
     }
 }

@@ -443,6 +443,7 @@ impl CellState {
                 seq: t.seq,
                 version: t.version.clone(),
                 phase: self.task_phase(t),
+                ready: self.task_ready_flag(t),
                 stopping: self.leaving.contains_key(&t.task_id),
             })
             .collect();
@@ -530,6 +531,11 @@ impl CellState {
         tasks_changed || blockers_changed
     }
 
+    /// Whether the task's node says it passed its readiness check (or it has none).
+    fn task_ready_flag(&self, t: &TaskRecord) -> bool {
+        self.nodes.get(&t.node_id).and_then(|n| n.statuses.get(&t.task_id)).is_some_and(|st| st.ready)
+    }
+
     /// What the scheduler needs to know of a task's state on its node.
     fn task_phase(&self, t: &TaskRecord) -> TaskPhase {
         let Some(node) = self.nodes.get(&t.node_id) else { return TaskPhase::Running { healthy: None } };
@@ -611,6 +617,7 @@ impl CellState {
             env,
             port: u32::from(t.port),
             health: Some(convert::health_to_proto(&launch.health)),
+            readiness: launch.readiness.as_ref().map(convert::health_to_proto),
             version: t.version.clone(),
             resources: Some(convert::resources_to_proto(&t.resources)),
         })
@@ -904,6 +911,7 @@ impl CellState {
                         weight: LB_WEIGHT,
                         ready: status.state == TaskState::Running as i32
                             && status.healthy
+                            && status.ready
                             && !self.leaving.contains_key(&t.task_id),
                     });
                 }

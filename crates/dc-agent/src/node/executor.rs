@@ -571,6 +571,43 @@ fn kill_group_leftovers(pid: u32) {
     }
 }
 
+/// What a health or readiness check does.
+enum Probe {
+    Http(String),
+    Tcp,
+    Command(Vec<String>),
+}
+
+impl Probe {
+    /// `None` when the spec asks for no check.
+    fn of(h: &crate::model::HealthSpec) -> Option<Probe> {
+        match h.protocol.as_str() {
+            "tcp" => Some(Probe::Tcp),
+            "command" => Some(Probe::Command(h.command.clone())),
+            "http" => Some(Probe::Http(if h.http_path.is_empty() { "/".into() } else { h.http_path.clone() })),
+            _ if h.http_path.is_empty() => None,
+            _ => Some(Probe::Http(h.http_path.clone())),
+        }
+    }
+}
+
+async fn run_probe(ctx: &TaskContext, spec: &nodepb::TaskSpec, probe: &Probe, timeout: Duration) -> Result<(), String> {
+    let port = u16::try_from(spec.port).unwrap_or(0);
+    match probe {
+        Probe::Http(path) => http_check(ctx.address, port, path, timeout).await.map_err(|e| e.to_string()),
+        Probe::Tcp => super::health::tcp_check(ctx.address, port, timeout).await.map_err(|e| e.to_string()),
+        Probe::Command(argv) => {
+            let Some((program, args)) = argv.split_first() else { return Err("empty command".into()) };
+            let program = resolve_command(program, ctx.bin_dir.as_deref(), std::env::var_os("PATH").as_deref())?;
+            let mut env: std::collections::HashMap<String, String> =
+                spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            env.insert("PORT".into(), spec.port.to_string());
+            env.insert("HOST".into(), ctx.address.to_string());
+            super::health::command_check(&program, args, &env, &ctx.task_dir(&spec.task_id), timeout).await
+        }
+    }
+}
+
 async fn watch_child(
     ctx: &TaskContext,
     board: &StatusBoard,
@@ -581,14 +618,25 @@ async fn watch_child(
     let pid = child.id().map_or(0, i64::from);
     let started = Instant::now();
     let health = convert::health_from_proto(spec.health.as_ref()).effective();
-    let checked = !health.http_path.is_empty();
+    let probe = Probe::of(&health);
+    let checked = probe.is_some();
+    let readiness = spec.readiness.as_ref().map(|r| convert::health_from_proto(Some(r)).effective());
+    let ready_probe = readiness.as_ref().and_then(Probe::of);
+    let ready_every =
+        readiness.as_ref().map_or(Duration::from_secs(1), |r| Duration::from_millis(u64::from(r.interval_ms)));
+    let ready_timeout =
+        readiness.as_ref().map_or(Duration::from_secs(1), |r| Duration::from_millis(u64::from(r.timeout_ms)));
+    // An adopted process was running (and ready) before this node agent restarted; checking
+    // again would take it out of its load balancer for nothing.
+    let mut ready = ready_probe.is_none() || matches!(child, Process::Adopted { .. });
+    let mut next_ready_check = started;
     let interval = Duration::from_millis(u64::from(health.interval_ms));
     let timeout = Duration::from_millis(u64::from(health.timeout_ms));
     let grace = Duration::from_millis(u64::from(health.grace_ms));
-    let port = u16::try_from(spec.port).unwrap_or(0);
     tracing::info!(task = %spec.task_id, pid, "task process started");
     board.update(spec, |s| {
         s.pid = pid;
+        s.ready = ready;
         s.healthy = !checked;
         s.state = if checked { TaskState::Starting } else { TaskState::Running } as i32;
         s.message = if checked { "waiting for the first passing health check".into() } else { "running".into() };
@@ -608,9 +656,22 @@ async fn watch_child(
                 terminate(&mut child, board, spec, ctx.stop_grace).await;
                 return Outcome::Control { closed: r.is_err() };
             }
+            () = tokio::time::sleep_until(next_ready_check), if !ready => {
+                next_ready_check = Instant::now() + ready_every;
+                let Some(p) = &ready_probe else { continue };
+                match run_probe(ctx, spec, p, ready_timeout).await {
+                    Ok(()) => {
+                        ready = true;
+                        tracing::info!(task = %spec.task_id, "task ready");
+                        board.update(spec, |s| s.ready = true);
+                    }
+                    Err(e) => tracing::debug!(task = %spec.task_id, error = %e, "readiness check failed"),
+                }
+            }
             () = tokio::time::sleep_until(next_check), if checked => {
                 next_check = Instant::now() + interval;
-                match http_check(ctx.address, port, &health.http_path, timeout).await {
+                let Some(p) = &probe else { continue };
+                match run_probe(ctx, spec, p, timeout).await {
                     Ok(()) => {
                         failures = 0;
                         ever_healthy = true;
@@ -676,6 +737,45 @@ mod tests {
         assert_eq!(std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(), pid.to_string());
         assert_eq!(std::fs::read_to_string(cg.join("memory.max")).unwrap(), (32 * 1024 * 1024).to_string());
         assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).unwrap(), "50000 100000");
+        exec.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn tcp_health_and_command_readiness_checks_drive_healthy_and_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = Executor::start(context(dir.path()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Listens at once, but is ready only once it has written its flag (a cache warm-up).
+        let mut task = spec(
+            "g.warm.1",
+            "python3",
+            &[
+                "-c",
+                "import http.server,os,time,threading\n\
+s=http.server.HTTPServer(('127.0.0.1',int(os.environ['PORT'])),http.server.BaseHTTPRequestHandler)\n\
+threading.Thread(target=s.serve_forever,daemon=True).start()\n\
+time.sleep(1.5); open('ready.flag','w').close(); time.sleep(600)",
+            ],
+        );
+        task.port = u32::from(port);
+        task.health = Some(switchyard_proto::common::v1::HealthCheck {
+            protocol: "tcp".into(),
+            interval_ms: 100,
+            timeout_ms: 500,
+            grace_ms: 5000,
+            max_failures: 3,
+            ..Default::default()
+        });
+        task.readiness = Some(switchyard_proto::common::v1::HealthCheck {
+            protocol: "command".into(),
+            command: vec!["sh".into(), "-c".into(), "test -f ready.flag".into()],
+            interval_ms: 100,
+            timeout_ms: 1000,
+            ..Default::default()
+        });
+        exec.apply(vec![task]).await;
+        wait_for(exec.board(), "healthy over TCP but not ready", |s| s.len() == 1 && s[0].healthy && !s[0].ready).await;
+        wait_for(exec.board(), "ready once warmed up", |s| s.len() == 1 && s[0].healthy && s[0].ready).await;
         exec.shutdown().await;
     }
 
@@ -800,6 +900,7 @@ mod tests {
             timeout_ms: 200,
             grace_ms: 100,
             max_failures: 2,
+            ..Default::default()
         });
         exec.apply(vec![s]).await;
         wait_for(exec.board(), "a health restart", |s| s.len() == 1 && s[0].restarts >= 1).await;

@@ -134,3 +134,80 @@ mod tests {
         ));
     }
 }
+
+/// Connects to `address:port`; `Ok` once the connection is accepted within `timeout`.
+pub async fn tcp_check(address: IpAddr, port: u16, timeout: Duration) -> Result<(), CheckError> {
+    let timeout_ms = timeout.as_millis() as u64;
+    match tokio::time::timeout(timeout, TcpStream::connect(target(address, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(CheckError::Connect(e.to_string())),
+        Err(_) => Err(CheckError::Timeout(timeout_ms)),
+    }
+}
+
+/// Runs `program args` in `dir` with `env`; `Ok` when it exits with status 0 within `timeout`
+/// (it is killed otherwise). The error carries the exit status and the end of its stderr.
+pub async fn command_check(
+    program: &std::path::Path,
+    args: &[String],
+    env: &std::collections::HashMap<String, String>,
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(format!("no result within {} ms", timeout.as_millis())),
+        Ok(Err(e)) => Err(format!("{} failed: {e}", program.display())),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: String = stderr.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
+            Err(format!(
+                "{} {}{}",
+                program.display(),
+                out.status,
+                if tail.is_empty() { String::new() } else { format!(": {tail}") }
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_checks_pass_on_a_listening_port_and_fail_on_a_closed_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(tcp_check(lo, open, Duration::from_secs(1)).await, Ok(()));
+        assert!(matches!(tcp_check(lo, closed, Duration::from_secs(1)).await, Err(CheckError::Connect(_))));
+    }
+
+    #[tokio::test]
+    async fn command_checks_pass_on_status_zero_and_explain_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = std::path::Path::new("/bin/sh");
+        let env = std::collections::HashMap::from([("PORT".to_string(), "31000".to_string())]);
+        let run = |script: &str, ms| {
+            let args = vec!["-c".to_string(), script.to_string()];
+            let (env, dir) = (env.clone(), dir.path().to_path_buf());
+            async move { command_check(sh, &args, &env, &dir, Duration::from_millis(ms)).await }
+        };
+        assert_eq!(run("test \"$PORT\" = 31000", 2000).await, Ok(()));
+        let err = run("echo not ready >&2; exit 3", 2000).await.unwrap_err();
+        assert!(err.contains("exit status: 3") && err.contains("not ready"), "{err}");
+        assert!(run("sleep 5", 100).await.unwrap_err().contains("no result within 100 ms"));
+    }
+}
