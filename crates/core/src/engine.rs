@@ -141,6 +141,9 @@ pub fn validate(state: &State, proposal: &Proposal) -> Result<(), Refusal> {
             }
             plan_switchover(state, group, to, proposal.at_ms).map(|_| ())
         }
+        Action::ScaleApp { group, app, site, instances, .. } => {
+            state.check_scale(group, app, site, *instances, proposal.at_ms)
+        }
         Action::Autoscale { site, group, app, from, to, .. } => {
             state.check_autoscale(&proposal.actor, site, group, app, *from, *to, proposal.at_ms)
         }

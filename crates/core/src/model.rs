@@ -327,6 +327,9 @@ pub struct AppGroup {
     pub placement: Placement,
     /// The operation that holds this group; at most one at a time.
     pub operation: Option<String>,
+    /// The spec before the last update, for `RollbackGroup` (cancelling a rollout).
+    #[serde(default)]
+    pub previous_spec: Option<GroupSpec>,
 }
 
 impl AppGroup {

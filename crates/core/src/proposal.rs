@@ -44,6 +44,21 @@ pub enum Action {
         spec: GroupSpec,
         reason: String,
     },
+    /// Go back to the group's spec before its last update (cancels a rollout that cannot
+    /// progress, or undoes a bad one).
+    RollbackGroup {
+        group: String,
+        reason: String,
+    },
+    /// An operator sets an app's instance count on one site where the group is active; 0
+    /// suspends it (the spec is kept).
+    ScaleApp {
+        group: String,
+        app: String,
+        site: String,
+        instances: u32,
+        reason: String,
+    },
     /// Stop changes to everything in `scope` (switchovers, spec updates, autoscaling) until
     /// `until_ms` (leader time) or until cleared. Setting an existing freeze replaces it.
     SetFreeze {

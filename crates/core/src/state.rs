@@ -128,7 +128,10 @@ impl State {
                     detail: json!({ "spec": spec, "placement": placement }),
                     raft_index: index,
                 });
-                self.groups.insert(spec.name.clone(), AppGroup { spec: spec.clone(), placement, operation: None });
+                self.groups.insert(
+                    spec.name.clone(),
+                    AppGroup { spec: spec.clone(), placement, operation: None, previous_spec: None },
+                );
                 self.routing_version = index;
                 Ok(Applied::Changed)
             }
@@ -201,26 +204,36 @@ impl State {
                 });
                 Ok(Applied::Changed)
             }
-            Action::UpdateGroup { spec, reason } => {
-                let update = self.plan_group_update(spec, at)?;
-                if update.changes.is_empty() {
+            Action::UpdateGroup { spec, reason } => self.apply_update(index, at, actor, spec, reason, "group.update"),
+            Action::RollbackGroup { group, reason } => {
+                let previous = self
+                    .groups
+                    .get(group)
+                    .ok_or_else(|| Refusal::UnknownGroup(group.clone()))?
+                    .previous_spec
+                    .clone()
+                    .ok_or_else(|| Refusal::Invalid(format!("group {group:?} has no earlier spec to go back to")))?;
+                let reason = format!("rollback: {reason}");
+                let applied = self.apply_update(index, at, actor, &previous, &reason, "group.rollback")?;
+                Ok(applied)
+            }
+            Action::ScaleApp { group, app, site, instances, reason } => {
+                self.check_scale(group, app, site, *instances, at)?;
+                let g = self.groups.get_mut(group).expect("check_scale checked the group");
+                let share = g.placement.sites.entry(site.clone()).or_default();
+                let from = share.instances.get(app).copied().unwrap_or(0);
+                if from == *instances {
                     return Ok(Applied::Unchanged);
                 }
-                let group = self.groups.get_mut(&spec.name).expect("plan_group_update checked the group exists");
-                let before = group.spec.clone();
-                let dns_changed = before.dns_name != spec.dns_name || before.ttl_s != spec.ttl_s;
-                group.spec = spec.clone();
-                group.placement = Placement { sites: update.placement, epoch: index };
-                if dns_changed {
-                    self.routing_version = index;
-                }
+                share.instances.insert(app.clone(), *instances);
+                g.placement.epoch = index;
                 self.audit.append(Entry {
                     time_ms: at,
                     actor,
-                    action: "group.update",
-                    subject: &spec.name,
+                    action: if *instances == 0 { "app.suspend" } else { "app.scale" },
+                    subject: &format!("{group}/{app}@{site}"),
                     reason,
-                    detail: json!({ "changes": update.changes, "before": before, "after": spec }),
+                    detail: json!({ "from": from, "to": instances }),
                     raft_index: index,
                 });
                 Ok(Applied::Changed)
@@ -463,6 +476,76 @@ impl State {
     }
 
     /// Epoch a cell must have applied to be current: the newest placement epoch of any group.
+    /// Applies a checked group update (also the body of a rollback, with `action`).
+    fn apply_update(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        spec: &GroupSpec,
+        reason: &str,
+        action: &'static str,
+    ) -> Response {
+        let update = self.plan_group_update(spec, at)?;
+        if update.changes.is_empty() {
+            return Ok(Applied::Unchanged);
+        }
+        let group = self.groups.get_mut(&spec.name).expect("plan_group_update checked the group exists");
+        let before = group.spec.clone();
+        let dns_changed = before.dns_name != spec.dns_name || before.ttl_s != spec.ttl_s;
+        group.previous_spec = Some(before.clone());
+        group.spec = spec.clone();
+        group.placement = Placement { sites: update.placement, epoch: index };
+        if dns_changed {
+            self.routing_version = index;
+        }
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action,
+            subject: &spec.name,
+            reason,
+            detail: json!({ "changes": update.changes, "before": before, "after": spec }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    /// Everything an operator's scaling of one app on one site must satisfy.
+    pub fn check_scale(&self, group: &str, app: &str, site: &str, instances: u32, now_ms: u64) -> Result<(), Refusal> {
+        let g = self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
+        let spec = g
+            .spec
+            .apps
+            .iter()
+            .find(|a| a.name == app)
+            .ok_or_else(|| Refusal::Invalid(format!("group {group:?} has no app {app:?}")))?;
+        if !self.sites.contains_key(site) {
+            return Err(Refusal::UnknownSite(site.to_string()));
+        }
+        if let Some(op) = &g.operation {
+            return Err(Refusal::GroupBusy { group: group.to_string(), operation: op.clone() });
+        }
+        self.check_not_frozen(group, &[site], now_ms)?;
+        if g.placement.sites.get(site).is_none_or(|s| s.weight == 0) {
+            return Err(Refusal::Invalid(format!(
+                "{group} takes no traffic on {site}; scale it where it is active, or move it there with a switchover"
+            )));
+        }
+        if instances > 10_000 {
+            return Err(Refusal::Invalid(format!("{instances} instances is above the limit of 10000")));
+        }
+        if let (Some(crate::model::Autoscale(a)), true) = (&spec.autoscale, instances > 0)
+            && (instances < a.min_instances || instances > a.max_instances)
+        {
+            return Err(Refusal::Invalid(format!(
+                "{group}/{app} is autoscaled within [{}, {}]; {instances} is outside (0 suspends it)",
+                a.min_instances, a.max_instances
+            )));
+        }
+        Ok(())
+    }
+
     /// What updating a group to `spec` would change, without changing anything: the same
     /// check and computation `apply` uses, so a dry run shows exactly what a commit does.
     /// Instance counts: an app whose declared count changed gets the new count on every site

@@ -682,3 +682,55 @@ fn freezes_stop_switchovers_updates_and_autoscaling_until_cleared_or_expired() {
     autoscale(&mut f, "cell:site-1", "site-1", 3, 4).unwrap();
     verify_chain(f.state.audit.records()).unwrap();
 }
+
+fn scale(f: &mut Fed, site: &str, instances: u32) -> Result<Applied, Refusal> {
+    let action = Action::ScaleApp {
+        group: "crm-web".into(),
+        app: "web".into(),
+        site: site.into(),
+        instances,
+        reason: "CHG-9".into(),
+    };
+    f.propose(OPERATOR, action)
+}
+
+#[test]
+fn operators_scale_and_suspend_an_app_where_it_is_active() {
+    let mut f = Fed::new();
+    assert_eq!(scale(&mut f, "site-1", 5).unwrap(), Applied::Changed);
+    assert_eq!(f.state.groups["crm-web"].placement.sites["site-1"].instances["web"], 5);
+    assert_eq!(scale(&mut f, "site-1", 0).unwrap(), Applied::Changed);
+    let last = f.state.audit.records().last().unwrap();
+    assert_eq!((last.action.as_str(), last.subject.as_str()), ("app.suspend", "crm-web/web@site-1"));
+    assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 0, "suspended, spec kept");
+    assert_eq!(f.state.groups["crm-web"].spec.apps.len(), 1);
+    assert_eq!(scale(&mut f, "site-1", 0).unwrap(), Applied::Unchanged);
+
+    let before = f.state.clone();
+    assert!(scale(&mut f, "site-2", 3).unwrap_err().to_string().contains("takes no traffic on site-2"));
+    assert_eq!(scale(&mut f, "site-9", 3).unwrap_err(), Refusal::UnknownSite("site-9".into()));
+    update(&mut f, autoscaled(2, 6)).unwrap();
+    let before_bounds = f.state.clone();
+    assert!(scale(&mut f, "site-1", 9).unwrap_err().to_string().contains("autoscaled within [2, 6]"));
+    assert!(same_except_index(&before_bounds, &f.state));
+    assert_ne!(before, f.state);
+}
+
+#[test]
+fn a_rollback_restores_the_spec_before_the_last_update() {
+    let mut f = Fed::new();
+    let original = f.state.groups["crm-web"].spec.clone();
+    let err = f.propose(OPERATOR, Action::RollbackGroup { group: "crm-web".into(), reason: "x".into() }).unwrap_err();
+    assert!(err.to_string().contains("no earlier spec"), "{err}");
+
+    let mut broken = original.clone();
+    broken.apps[0].command = "sample-app-v2".into();
+    update(&mut f, broken).unwrap();
+    let epoch = f.state.groups["crm-web"].placement.epoch;
+    f.ok(OPERATOR, Action::RollbackGroup { group: "crm-web".into(), reason: "v2 never gets healthy".into() });
+    let g = &f.state.groups["crm-web"];
+    assert_eq!(g.spec, original);
+    assert!(g.placement.epoch > epoch);
+    let last = f.state.audit.records().last().unwrap();
+    assert_eq!((last.action.as_str(), last.reason.as_str()), ("group.rollback", "rollback: v2 never gets healthy"));
+}

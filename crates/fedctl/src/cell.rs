@@ -54,6 +54,7 @@ pub enum CellCommand {
     Apps,
     Tasks { node: Option<String> },
     Roles,
+    Kill { tasks: Vec<String>, app: Option<String> },
     Drain { node: String, drain: bool },
 }
 
@@ -109,6 +110,19 @@ pub async fn run(
                 ]);
             }
             println!("site {}\n{t}", r.site);
+        }
+        CellCommand::Kill { tasks, app } => {
+            let (group, app) = match app.as_deref().map(|a| a.split_once('/')) {
+                None => (String::new(), String::new()),
+                Some(Some((g, a))) => (g.to_string(), a.to_string()),
+                Some(None) => return Err(CliError::Usage("--app takes GROUP/APP".into())),
+            };
+            let r = client.kill_tasks(pb::KillTasksRequest { task_ids: tasks, group, app }).await?.into_inner();
+            if output == Format::Json {
+                println!("{}", json(&r));
+                return Ok(());
+            }
+            println!("killed (each is replaced): {}", r.killed.join(", "));
         }
         CellCommand::Roles => {
             let r = client.list_roles(pb::ListRolesRequest {}).await?.into_inner();

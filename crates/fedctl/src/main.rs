@@ -159,6 +159,14 @@ enum CellCmd {
     },
     /// Roles (tenants): what each holds, its DRF share, quota guarantee and limit, reservations.
     Roles,
+    /// Kill tasks (drained from HAProxy first); the cell replaces them. A restart.
+    Kill {
+        /// Task ids (see `fedctl cell tasks`).
+        tasks: Vec<String>,
+        /// Instead of ids: every task of GROUP/APP on this site.
+        #[arg(long)]
+        app: Option<String>,
+    },
     /// Put a node in maintenance: nothing new lands there and its tasks move off, make-before-break.
     Drain { node: String },
     /// End a node's maintenance.
@@ -169,6 +177,26 @@ enum CellCmd {
 enum GroupCmd {
     /// Print the group's current spec as TOML, the form `group apply` takes.
     Show { group: String },
+    /// Go back to the spec before the group's last change (cancels a rollout that cannot
+    /// progress, or undoes a bad one).
+    Rollback {
+        group: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Set an app's instance count where its group is active; `--instances 0` suspends it
+    /// (the spec is kept; scale it up again to resume).
+    Scale {
+        group: String,
+        app: String,
+        #[arg(long)]
+        instances: u32,
+        /// Default: the group's single active site.
+        #[arg(long, default_value = "")]
+        site: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Apply a group spec from a TOML file (`-` for stdin): changed apps are rolled out on every
     /// site running the group under their upgrade strategy; instance counts follow the file.
     Apply {
@@ -304,6 +332,29 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
         Cmd::Group(GroupCmd::Show { group }) => group_show(&cfg_path, group).await,
+        Cmd::Group(GroupCmd::Rollback { group, reason }) => {
+            let r =
+                api(&cfg_path).await?.rollback_group(pb::RollbackGroupRequest { group, reason }).await?.into_inner();
+            println!("{} (group epoch {})", if r.changed { "rolled back" } else { "nothing to change" }, r.epoch);
+            for c in &r.changes {
+                println!("  - {c}");
+            }
+            Ok(())
+        }
+        Cmd::Group(GroupCmd::Scale { group, app, instances, site, reason }) => {
+            let r = api(&cfg_path)
+                .await?
+                .scale_app(pb::ScaleAppRequest { group: group.clone(), app: app.clone(), site, instances, reason })
+                .await?
+                .into_inner();
+            let what = if instances == 0 { "suspended".to_string() } else { format!("scaled to {instances}") };
+            if r.changed {
+                println!("{group}/{app} {what} on {} (group epoch {})", r.site, r.epoch);
+            } else {
+                println!("{group}/{app} already at {instances} on {}", r.site);
+            }
+            Ok(())
+        }
         Cmd::Freeze(FreezeCmd::Set { scope, reason, for_s }) => {
             let f = api(&cfg_path)
                 .await?
@@ -347,6 +398,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 CellCmd::Nodes => cell::CellCommand::Nodes,
                 CellCmd::Apps => cell::CellCommand::Apps,
                 CellCmd::Roles => cell::CellCommand::Roles,
+                CellCmd::Kill { tasks, app } => cell::CellCommand::Kill { tasks, app },
                 CellCmd::Tasks { node } => cell::CellCommand::Tasks { node },
                 CellCmd::Drain { node } => cell::CellCommand::Drain { node, drain: true },
                 CellCmd::Undrain { node } => cell::CellCommand::Drain { node, drain: false },

@@ -198,6 +198,76 @@ impl Operator for OperatorService {
         Ok(Response::new(pb::GroupSpecReply { spec_toml, epoch }))
     }
 
+    async fn rollback_group(
+        &self,
+        req: Request<pb::RollbackGroupRequest>,
+    ) -> Result<Response<pb::UpdateGroupReply>, Status> {
+        let id = authorise(&req, Role::can_switchover, "roll a group back")?;
+        let r = req.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a reason is required; it goes into the audit history"));
+        }
+        let previous = self.fed.shared.read(|s| s.groups.get(&r.group).map(|g| g.previous_spec.clone()));
+        let Some(previous) = previous else { return Err(Status::not_found(format!("unknown group {:?}", r.group))) };
+        let changes = match &previous {
+            Some(p) => {
+                self.fed.shared.read(|s| s.plan_group_update(p, now_ms())).map(|u| u.changes).unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let applied = self
+            .fed
+            .propose(&id.to_string(), Action::RollbackGroup { group: r.group.clone(), reason: r.reason })
+            .await?;
+        let epoch = self.fed.shared.read(|s| s.groups.get(&r.group).map_or(0, |g| g.placement.epoch));
+        let changed = applied == Applied::Changed;
+        tracing::info!(group = %r.group, actor = %id, "group rolled back");
+        Ok(Response::new(pb::UpdateGroupReply {
+            changed,
+            changes: if changed { changes } else { Vec::new() },
+            epoch,
+            dry_run: false,
+        }))
+    }
+
+    async fn scale_app(&self, req: Request<pb::ScaleAppRequest>) -> Result<Response<pb::ScaleAppReply>, Status> {
+        let id = authorise(&req, Role::can_switchover, "scale apps")?;
+        let r = req.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a reason is required; it goes into the audit history"));
+        }
+        let site = if r.site.is_empty() {
+            let active = self.fed.shared.read(|s| {
+                s.groups.get(&r.group).map(|g| g.placement.active_sites().into_iter().cloned().collect::<Vec<_>>())
+            });
+            match active.as_deref() {
+                None => return Err(Status::not_found(format!("unknown group {:?}", r.group))),
+                Some([one]) => one.clone(),
+                Some(many) => {
+                    return Err(Status::invalid_argument(format!(
+                        "group {:?} is active on {} sites ({}); name one with --site",
+                        r.group,
+                        many.len(),
+                        many.join(", ")
+                    )));
+                }
+            }
+        } else {
+            r.site.clone()
+        };
+        let action = Action::ScaleApp {
+            group: r.group.clone(),
+            app: r.app.clone(),
+            site: site.clone(),
+            instances: r.instances,
+            reason: r.reason,
+        };
+        let applied = self.fed.propose(&id.to_string(), action).await?;
+        let epoch = self.fed.shared.read(|s| s.groups.get(&r.group).map_or(0, |g| g.placement.epoch));
+        tracing::info!(group = %r.group, app = %r.app, %site, instances = r.instances, actor = %id, "app scaled");
+        Ok(Response::new(pb::ScaleAppReply { changed: applied == Applied::Changed, site, epoch }))
+    }
+
     async fn set_freeze(&self, req: Request<pb::SetFreezeRequest>) -> Result<Response<pb::Freeze>, Status> {
         let id = authorise(&req, Role::can_freeze, "set freezes")?;
         let r = req.into_inner();

@@ -55,6 +55,20 @@ impl CellAdmin for AdminService {
         Ok(Response::new(pb::ListRolesReply { site: st.site().to_string(), roles, quota_error }))
     }
 
+    async fn kill_tasks(&self, req: Request<pb::KillTasksRequest>) -> Result<Response<pb::KillTasksReply>, Status> {
+        let id = authorise(&req, Role::can_switchover, "kill tasks")?;
+        let r = req.into_inner();
+        let killed = {
+            let mut st = self.shared.state();
+            st.kill_tasks(&r.task_ids, &r.group, &r.app, tokio::time::Instant::now())
+                .map_err(Status::invalid_argument)?
+        };
+        tracing::info!(?killed, actor = %id, "tasks killed by an operator");
+        self.shared.poke_reconcile();
+        self.shared.poke_report();
+        Ok(Response::new(pb::KillTasksReply { killed }))
+    }
+
     async fn drain_node(&self, req: Request<pb::DrainNodeRequest>) -> Result<Response<pb::DrainNodeReply>, Status> {
         let id = authorise(&req, Role::can_switchover, "drain or undrain nodes")?;
         let r = req.into_inner();

@@ -865,6 +865,49 @@ impl CellState {
         })
     }
 
+    /// Kills the named tasks, or every task of `group`/`app` when no id is given: each serving
+    /// one is drained from the load balancer first, then stopped; the next scheduling pass
+    /// replaces them. Unknown ids are an error and nothing is killed.
+    pub(crate) fn kill_tasks(
+        &mut self,
+        ids: &[String],
+        group: &str,
+        app: &str,
+        now: Instant,
+    ) -> Result<Vec<String>, String> {
+        let chosen: Vec<String> = if ids.is_empty() {
+            if group.is_empty() || app.is_empty() {
+                return Err("name tasks, or a group and an app to kill all of its tasks".into());
+            }
+            let all: Vec<String> =
+                self.tasks.values().filter(|t| t.group == group && t.app == app).map(|t| t.task_id.clone()).collect();
+            if all.is_empty() {
+                return Err(format!("{group}/{app} has no tasks on this site"));
+            }
+            all
+        } else {
+            let unknown: Vec<&str> =
+                ids.iter().filter(|id| !self.tasks.contains_key(*id)).map(String::as_str).collect();
+            if !unknown.is_empty() {
+                return Err(format!("no such task(s) on this site: {}; see fedctl cell tasks", unknown.join(", ")));
+            }
+            ids.to_vec()
+        };
+        for id in &chosen {
+            if self.leaving.contains_key(id) {
+                continue;
+            }
+            let serving = self.tasks.get(id).is_some_and(|t| self.task_ready(t));
+            if serving && !self.lb_drain.is_zero() {
+                self.leaving.insert(id.clone(), now + self.lb_drain);
+            } else {
+                self.tasks.remove(id);
+            }
+        }
+        self.dirty = true;
+        Ok(chosen)
+    }
+
     /// Puts a node in or out of maintenance. Returns whether anything changed; unknown nodes are
     /// an error naming the known ones.
     pub(crate) fn set_draining(&mut self, node_id: &str, drain: bool) -> Result<bool, String> {
