@@ -249,6 +249,10 @@ pub struct AppSpec {
     /// absent: ready when healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<HealthSpec>,
+    /// Apps of the same group that must be running and ready before this one starts, and that
+    /// stop only after it (start and stop order: data before app before ingress).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<AppName>,
     /// Placement constraints in the form `field:OPERATOR[:value]` (`hostname:UNIQUE`,
     /// `rack:GROUP_BY:2`, `zone:LIKE:z[12]`), applied by each site's cell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -363,6 +367,44 @@ pub fn validate_site(spec: &SiteSpec) -> Vec<String> {
     errs
 }
 
+/// A dependency cycle among `apps`, as the names around it, if there is one.
+fn dependency_cycle(apps: &[AppSpec]) -> Option<Vec<String>> {
+    let deps: BTreeMap<&str, &[String]> = apps.iter().map(|a| (a.name.as_str(), a.depends_on.as_slice())).collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut mark: BTreeMap<&str, u8> = BTreeMap::new();
+    fn visit<'a>(
+        n: &'a str,
+        deps: &BTreeMap<&'a str, &'a [String]>,
+        mark: &mut BTreeMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match mark.get(n).copied().unwrap_or(0) {
+            2 => return None,
+            1 => {
+                let start = path.iter().position(|p| *p == n).unwrap_or(0);
+                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+                cycle.push(n.to_string());
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        mark.insert(n, 1);
+        path.push(n);
+        for d in deps.get(n).copied().unwrap_or(&[]) {
+            if d != n
+                && deps.contains_key(d.as_str())
+                && let Some(c) = visit(d.as_str(), deps, mark, path)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        mark.insert(n, 2);
+        None
+    }
+    deps.keys().find_map(|n| visit(n, &deps, &mut mark, &mut Vec::new()))
+}
+
 /// Checks a group spec on its own; returns every problem found.
 pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
     let mut errs = Vec::new();
@@ -381,6 +423,22 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
     }
     if spec.apps.is_empty() {
         errs.push(format!("group {g:?} has no apps"));
+    }
+    let names: std::collections::BTreeSet<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
+    for app in &spec.apps {
+        for d in &app.depends_on {
+            if !names.contains(d.as_str()) {
+                errs.push(format!(
+                    "group {g:?}: app {:?} depends on {d:?}, which is not an app of the group",
+                    app.name
+                ));
+            } else if *d == app.name {
+                errs.push(format!("group {g:?}: app {:?} depends on itself", app.name));
+            }
+        }
+    }
+    if let Some(cycle) = dependency_cycle(&spec.apps) {
+        errs.push(format!("group {g:?}: dependencies form a cycle: {}", cycle.join(" -> ")));
     }
     let mut seen = std::collections::BTreeSet::new();
     for app in &spec.apps {
@@ -451,6 +509,39 @@ mod tests {
         assert_eq!(a.saturating_sub(a.times(2)), Resources::default());
         assert!(a.fits_in(a.times(2)));
         assert!(!a.times(2).fits_in(a));
+    }
+
+    #[test]
+    fn dependencies_must_name_apps_of_the_group_and_not_loop() {
+        let app = |name: &str, deps: &[&str]| AppSpec {
+            name: name.into(),
+            command: "x".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            instances: 1,
+            resources: Resources { cpu_millis: 1, mem_mib: 1, disk_mib: 0 },
+            health: HealthSpec::default(),
+            readiness: None,
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            constraints: vec![],
+            upgrade: UpgradeSpec::default(),
+            autoscale: None,
+            metrics: MetricsSpec::default(),
+        };
+        let group = |apps| GroupSpec {
+            name: "g".into(),
+            dns_name: "g".into(),
+            ttl_s: 5,
+            tier: 0,
+            home_site: "s".into(),
+            tenant: String::new(),
+            apps,
+        };
+        assert!(validate_group(&group(vec![app("db", &[]), app("web", &["db"])])).is_empty());
+        let errs = validate_group(&group(vec![app("web", &["cache"])]));
+        assert!(errs[0].contains("depends on \"cache\""), "{errs:?}");
+        let errs = validate_group(&group(vec![app("a", &["b"]), app("b", &["c"]), app("c", &["a"])]));
+        assert!(errs.iter().any(|e| e.contains("cycle: a -> b -> c -> a")), "{errs:?}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
             resources: Resources { cpu_millis: cpu, mem_mib: 64, disk_mib: 0 },
             health: HealthSpec { http_path: "/health".into(), ..Default::default() },
             readiness: None,
+            depends_on: vec![],
             constraints: vec![],
             upgrade: Default::default(),
             autoscale: None,

@@ -187,6 +187,7 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
                 resources: resources_from_proto(a.resources.as_ref()),
                 health,
                 readiness,
+                depends_on: a.depends_on.clone(),
                 constraints: a.constraints.clone(),
                 upgrade,
                 role: if a.role.is_empty() { g.name.clone() } else { a.role.clone() },
@@ -196,6 +197,17 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
             };
             app.version = app.compute_version();
             apps.push(app);
+        }
+        let names: BTreeSet<&str> = apps.iter().map(|a: &AppRecord| a.name.as_str()).collect();
+        for a in &apps {
+            for d in &a.depends_on {
+                if !names.contains(d.as_str()) || *d == a.name {
+                    problems.push(format!(
+                        "{}/{}: depends on {d:?}, which is not another app of the group",
+                        g.name, a.name
+                    ));
+                }
+            }
         }
         groups.push(GroupRecord { name: g.name.clone(), epoch: g.epoch, apps, frozen: g.autoscale_frozen });
     }

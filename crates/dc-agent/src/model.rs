@@ -98,6 +98,9 @@ pub struct AppRecord {
     /// Must pass once before a task counts and takes traffic; `None`: ready when healthy.
     #[serde(default)]
     pub readiness: Option<HealthSpec>,
+    /// Apps of the group that must be ready before this one starts, and stop after it.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
     /// Placement constraints, `field:OPERATOR[:value]`, validated on receipt.
     #[serde(default)]
     pub constraints: Vec<String>,
@@ -255,6 +258,7 @@ mod tests {
             resources: Resources::new(100, 64, 0),
             health: HealthSpec { http_path: "/health".into(), interval_ms: 500, ..Default::default() },
             readiness: None,
+            depends_on: vec![],
             constraints: vec!["hostname:UNIQUE".into()],
             upgrade: UpgradeStrategy::default(),
             role: "web".into(),

@@ -102,6 +102,9 @@ pub struct AppDemand {
     pub version: String,
     pub upgrade: UpgradeStrategy,
     pub constraints: Vec<Constraint>,
+    /// Apps of the same group that must be ready before this one launches anything, and that
+    /// are stopped only once this one has no task left.
+    pub depends_on: Vec<String>,
 }
 
 /// Tenants and their quotas, and static reservations of node resources for a role.
@@ -216,9 +219,10 @@ pub fn plan(input: &Input<'_>) -> Plan {
         per_app.entry((&t.group, &t.app)).or_default().push(t);
     }
 
-    // 1. The service scheduler: one deployment step per app.
+    // 1. The service scheduler: one deployment step per app, in dependency order.
     let mut plan = Plan::default();
     let mut pending: Vec<Pending<'_>> = Vec::new();
+    let serving = |t: &&TaskView| !t.stopping && t.ready && t.phase == TaskPhase::Running { healthy: Some(true) };
     for g in input.demand {
         for a in &g.apps {
             let tasks = per_app.get(&(g.group.as_str(), a.app.as_str())).map_or(&[][..], Vec::as_slice);
@@ -246,7 +250,40 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 upgrade: a.upgrade,
                 ..deploy::AppSpec::new(app_key(&g.group, &a.app), a.version.clone(), a.instances)
             };
-            let step = deploy::plan(&spec, &views);
+            let mut step = deploy::plan(&spec, &views);
+            // Start order: nothing launches before every dependency is fully ready.
+            let unready: Vec<String> = a
+                .depends_on
+                .iter()
+                .filter_map(|d| {
+                    let want = g.apps.iter().find(|x| &x.app == d)?.instances as usize;
+                    let ready = tasks_of(&per_app, &g.group, d).iter().filter(|t| serving(t)).count();
+                    (ready < want).then(|| format!("{}/{d} ({ready}/{want} ready)", g.group))
+                })
+                .collect();
+            if step.launch > 0 && !unready.is_empty() {
+                step.launch = 0;
+                step.done = false;
+                step.waiting_for = Some(format!("waits for its dependencies to be ready: {}", unready.join(", ")));
+            }
+            // Stop order: an app going away stops only once no app that depends on it runs.
+            if a.instances == 0 && !step.kill.is_empty() {
+                let running_dependents: Vec<String> = g
+                    .apps
+                    .iter()
+                    .filter(|x| {
+                        x.depends_on.contains(&a.app)
+                            && tasks_of(&per_app, &g.group, &x.app).iter().any(|t| !t.stopping)
+                    })
+                    .map(|x| format!("{}/{}", g.group, x.app))
+                    .collect();
+                if !running_dependents.is_empty() {
+                    step.kill.clear();
+                    step.done = false;
+                    step.waiting_for =
+                        Some(format!("stops after the apps that depend on it: {}", running_dependents.join(", ")));
+                }
+            }
             for id in &step.kill {
                 if let Some(t) = tasks.iter().find(|t| &t.task_id == id) {
                     stop.insert(&t.task_id);
@@ -531,6 +568,15 @@ fn fair_counts<'a>(
     granted
 }
 
+/// The tasks of one app, from the per-app index.
+fn tasks_of<'a, 'k>(
+    per_app: &'a BTreeMap<(&'k str, &'k str), Vec<&'a TaskView>>,
+    group: &str,
+    app: &str,
+) -> &'a [&'a TaskView] {
+    per_app.iter().find(|((g, a), _)| *g == group && *a == app).map_or(&[][..], |(_, v)| v.as_slice())
+}
+
 fn requests_for(p: &Pending<'_>, role: &str, count: u32) -> PlacementRequest {
     PlacementRequest {
         app: app_key(p.group, &p.app.app),
@@ -592,6 +638,7 @@ mod tests {
             version: "v1".into(),
             upgrade: UpgradeStrategy::default(),
             constraints: vec![],
+            depends_on: vec![],
         }
     }
 
@@ -951,6 +998,36 @@ mod tests {
         new.ready = true;
         let plan = run(&nodes, &[old, new], &[d]);
         assert_eq!(plan.stop, ["old"]);
+    }
+
+    #[test]
+    fn dependencies_start_first_and_stop_last() {
+        let nodes = [node("n1", 8000, 8000, (9000, 9009))];
+        let mut web = app("g", "web", 2, WEB);
+        web.depends_on = vec!["db".into()];
+        let d = [GroupDemand { group: "g".into(), apps: vec![web.clone(), app("g", "db", 1, WEB)] }];
+        // Nothing runs: only db launches; web waits and says for what.
+        let plan = run(&nodes, &[], &d);
+        assert_eq!(plan.start.iter().map(|s| s.app.as_str()).collect::<Vec<_>>(), ["db"]);
+        let why = &plan.waiting[&("g".to_string(), "web".to_string())];
+        assert!(why.contains("waits for its dependencies to be ready: g/db (0/1 ready)"), "{why}");
+        // db ready: web launches.
+        let db = task("db-1", "g", "db", "n1", 9000, WEB, 1);
+        let plan = run(&nodes, std::slice::from_ref(&db), &d);
+        assert_eq!(plan.start.iter().map(|s| s.app.as_str()).collect::<Vec<_>>(), ["web", "web"]);
+
+        // Both go to 0: web stops first; db stops once web has no task left.
+        let stop =
+            [GroupDemand { group: "g".into(), apps: vec![AppDemand { instances: 0, ..web }, app("g", "db", 0, WEB)] }];
+        let running = [db.clone(), task("web-1", "g", "web", "n1", 9001, WEB, 2)];
+        let plan = run(&nodes, &running, &stop);
+        assert_eq!(plan.stop, ["web-1"]);
+        assert!(
+            plan.waiting[&("g".to_string(), "db".to_string())]
+                .contains("stops after the apps that depend on it: g/web")
+        );
+        let plan = run(&nodes, &[db], &stop);
+        assert_eq!(plan.stop, ["db-1"]);
     }
 
     #[test]

@@ -233,6 +233,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             ..Default::default()
         },
         readiness: None,
+        depends_on: vec![],
         constraints: vec![],
         upgrade: Default::default(),
         autoscale: None,

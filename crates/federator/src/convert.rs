@@ -99,6 +99,7 @@ pub fn desired_to_proto(d: &DesiredView) -> agent::DesiredState {
                         resources: Some(resources_to_proto(a.spec.resources)),
                         health: Some(health_to_proto(&a.spec.health)),
                         readiness: a.spec.readiness.as_ref().map(health_to_proto),
+                        depends_on: a.spec.depends_on.clone(),
                         constraints: a.spec.constraints.clone(),
                         upgrade: Some(agent::UpgradeStrategy {
                             minimum_health_capacity: a.spec.upgrade.minimum_health_capacity,

@@ -465,6 +465,7 @@ impl CellState {
                         upgrade: a.upgrade,
                         // Validated when the desired state was accepted.
                         constraints: a.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect(),
+                        depends_on: a.depends_on.clone(),
                     })
                     .collect(),
             })
