@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use switchyard_chaos_tests::{Federation, fedctl, fedctl_json, fedctl_ok, wait_for};
+use switchyard_chaos_tests::{Federation, dig_a, dig_raw, fedctl, fedctl_json, fedctl_ok, wait_for};
 
 fn web_app(dir: &std::path::Path) -> Value {
     let apps = fedctl_json(dir, &["cell", "apps", "--dir", dir.to_str().unwrap()]);
@@ -34,10 +34,47 @@ fn settled(dir: &std::path::Path, n: u64) -> Option<Value> {
 fn kill_suspend_resume_and_roll_back_an_app() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("fed");
-    let _fed = Federation::up(&dir, &["--sites", "2"]);
+    let fed = Federation::up(&dir, &["--sites", "2"]);
     let d = dir.to_str().unwrap();
     let before = web_tasks(&dir);
     assert_eq!(before.len(), 2);
+
+    // Service discovery: every healthy instance is an SRV record (its port on its node's
+    // name, whose address comes along), and the app's name answers with their addresses.
+    let tasks = fedctl_json(&dir, &["cell", "tasks", "--dir", d]);
+    let mut want: Vec<(u64, String)> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["group"] == "crm-web")
+        .map(|t| (t["port"].as_u64().unwrap(), format!("{}.site-1.fed.local.", t["node_id"].as_str().unwrap())))
+        .collect();
+    want.sort();
+    let srv = wait_for(Duration::from_secs(20), "SRV records for both instances", || {
+        let out = dig_raw(&fed.dns(), "_web._tcp.crm-web.site-1.fed.local.", "SRV");
+        let mut got: Vec<(u64, String)> = out
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .filter_map(|l| {
+                // owner TTL IN SRV priority weight port target
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 8 && f[3] == "SRV").then(|| Some((f[6].parse().ok()?, f[7].to_string())))?
+            })
+            .collect();
+        got.sort();
+        (got == want).then_some(out)
+    });
+    assert!(srv.contains("ADDITIONAL SECTION"), "the nodes' addresses come along: {srv}");
+    let mut node_ips: Vec<String> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["group"] == "crm-web")
+        .map(|t| t["address"].as_str().unwrap().to_string())
+        .collect();
+    node_ips.sort();
+    node_ips.dedup();
+    assert_eq!(dig_a(&fed.dns(), "web.crm-web.site-1.fed.local."), node_ips);
 
     // Kill one task: it is replaced by a new one, the other is untouched.
     let out = fedctl_ok(&dir, &["cell", "kill", &before[0], "--dir", d]);

@@ -146,7 +146,13 @@ impl State {
                         report.site
                     )));
                 }
+                let endpoints_before = crate::views::service_endpoints(self);
                 self.reports.insert(report.site.clone(), ReportRecord { report: report.clone(), received_at_ms: at });
+                // Service discovery records follow healthy instances: a new table version
+                // exactly when they change.
+                if crate::views::service_endpoints(self) != endpoints_before {
+                    self.routing_version = index;
+                }
                 Ok(Applied::Changed)
             }
             Action::SetFreeze { scope, reason, until_ms } => {

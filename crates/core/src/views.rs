@@ -20,6 +20,50 @@ pub struct RouteEntry {
     pub group: String,
     pub ttl_s: u32,
     pub targets: Vec<RouteTarget>,
+    pub services: Vec<RouteService>,
+}
+
+/// One SRV record: an instance's port on a host named in the same table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteService {
+    pub priority: u32,
+    pub weight: u32,
+    pub port: u32,
+    /// Relative to the zone: `<node>.<site>`.
+    pub target: String,
+}
+
+/// (group, site, app) → sorted (node, address, port) of its healthy instances.
+pub type ServiceEndpoints = BTreeMap<(String, String, String), Vec<(String, IpAddr, u32)>>;
+
+/// Where the healthy instances of every app of every group run, per site, from the committed
+/// cell reports: (group, site, app) → sorted (node, address, port). Only groups placed on the
+/// site and apps of the group's spec count.
+pub fn service_endpoints(state: &State) -> ServiceEndpoints {
+    let mut out = BTreeMap::new();
+    for g in state.groups.values() {
+        for site in g.placement.sites.keys() {
+            let Some(report) = state.reports.get(site).and_then(|r| r.report.groups.get(&g.spec.name)) else {
+                continue;
+            };
+            for app in &g.spec.apps {
+                let Some(a) = report.apps.get(&app.name) else { continue };
+                let mut eps: Vec<(String, IpAddr, u32)> = a
+                    .instances
+                    .iter()
+                    .filter(|i| i.running && i.healthy && i.port > 0)
+                    .filter_map(|i| Some((i.node_id.clone(), i.address.parse().ok()?, i.port)))
+                    .collect();
+                if eps.is_empty() {
+                    continue;
+                }
+                eps.sort();
+                eps.dedup();
+                out.insert((g.spec.name.clone(), site.clone(), app.name.clone()), eps);
+            }
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +71,60 @@ pub struct RoutingView {
     pub version: u64,
     pub epoch: u64,
     pub entries: Vec<RouteEntry>,
+}
+
+/// Service discovery names of every healthy app instance (see [`service_endpoints`]):
+/// `<app>.<group>.<site>` with the instances' addresses, `_<app>._tcp.<group>.<site>` with one
+/// SRV record per instance, and `<node>.<site>` with each node's address (the SRV targets).
+fn service_entries(state: &State) -> Vec<RouteEntry> {
+    let mut entries = Vec::new();
+    let mut hosts: BTreeMap<(String, String), (IpAddr, u32)> = BTreeMap::new();
+    for ((group, site, app), eps) in service_endpoints(state) {
+        let Some(g) = state.groups.get(&group) else { continue };
+        let ttl_s = g.spec.ttl_s;
+        let base = format!("{}.{}", g.spec.dns_name, site);
+        let mut addresses: Vec<IpAddr> = eps.iter().map(|(_, a, _)| *a).collect();
+        addresses.dedup();
+        addresses.sort();
+        addresses.dedup();
+        entries.push(RouteEntry {
+            name: format!("{app}.{base}"),
+            group: group.clone(),
+            ttl_s,
+            targets: vec![RouteTarget { site: site.clone(), addresses, weight: 1 }],
+            services: Vec::new(),
+        });
+        let services = eps
+            .iter()
+            .map(|(node, _, port)| RouteService {
+                priority: 0,
+                weight: 1,
+                port: *port,
+                target: format!("{node}.{site}"),
+            })
+            .collect();
+        entries.push(RouteEntry {
+            name: format!("_{app}._tcp.{base}"),
+            group: group.clone(),
+            ttl_s,
+            targets: Vec::new(),
+            services,
+        });
+        for (node, address, _) in eps {
+            let ttl = hosts.get(&(node.clone(), site.clone())).map_or(ttl_s, |(_, t)| (*t).min(ttl_s));
+            hosts.insert((node, site.clone()), (address, ttl));
+        }
+    }
+    for ((node, site), (address, ttl_s)) in hosts {
+        entries.push(RouteEntry {
+            name: format!("{node}.{site}"),
+            group: String::new(),
+            ttl_s,
+            targets: vec![RouteTarget { site: site.clone(), addresses: vec![address], weight: 1 }],
+            services: Vec::new(),
+        });
+    }
+    entries
 }
 
 /// The routing table: for each group's DNS name, every site of its placement with that site's
@@ -52,8 +150,11 @@ pub fn routing_table(state: &State) -> RoutingView {
                     })
                 })
                 .collect(),
+            services: Vec::new(),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut entries = entries;
+    entries.extend(service_entries(state));
     RoutingView { version: state.routing_version, epoch: state.routing_version, entries }
 }
 

@@ -735,3 +735,59 @@ fn a_rollback_restores_the_spec_before_the_last_update() {
     let last = f.state.audit.records().last().unwrap();
     assert_eq!((last.action.as_str(), last.reason.as_str()), ("group.rollback", "rollback: v2 never gets healthy"));
 }
+
+#[test]
+fn service_discovery_names_follow_healthy_instances_and_bump_the_routing_version_only_on_change() {
+    let mut f = Fed::new();
+    let report = |ports: &[(u32, bool)]| {
+        let instances = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, healthy))| InstanceReport {
+                task_id: format!("crm-web.web.{i}"),
+                node_id: format!("site-1-node-{}", i % 2 + 1),
+                address: format!("127.0.1.{}", 11 + i % 2),
+                port: *port,
+                running: true,
+                healthy: *healthy,
+                pid: 100,
+            })
+            .collect();
+        CellReport {
+            site: "site-1".into(),
+            applied_epoch: 1,
+            nodes: vec![],
+            groups: BTreeMap::from([(
+                "crm-web".to_string(),
+                GroupReport {
+                    applied_epoch: 1,
+                    apps: BTreeMap::from([(
+                        "web".to_string(),
+                        AppReport { desired: 2, instances, blocker: String::new() },
+                    )]),
+                },
+            )]),
+        }
+    };
+    let before = f.state.routing_version;
+    f.ok("cell:site-1", Action::CellReport(report(&[(31_000, true), (31_001, false)])));
+    let v1 = f.state.routing_version;
+    assert!(v1 > before, "a healthy instance appeared");
+    let rt = routing_table(&f.state);
+    let names: Vec<&str> = rt.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["crm-web", "web.crm-web.site-1", "_web._tcp.crm-web.site-1", "site-1-node-1.site-1"]);
+    let srv = &rt.entries[2].services;
+    assert_eq!((srv.len(), srv[0].port, srv[0].target.as_str()), (1, 31_000, "site-1-node-1.site-1"));
+
+    // The same endpoints reported again: no new routing version (DNS serial stays).
+    f.ok("cell:site-1", Action::CellReport(report(&[(31_000, true), (31_001, false)])));
+    assert_eq!(f.state.routing_version, v1);
+    // The second instance turns healthy: both are published, on their own hosts.
+    f.ok("cell:site-1", Action::CellReport(report(&[(31_000, true), (31_001, true)])));
+    assert!(f.state.routing_version > v1);
+    let rt = routing_table(&f.state);
+    let app = rt.entries.iter().find(|e| e.name == "web.crm-web.site-1").unwrap();
+    let addresses: Vec<String> = app.targets[0].addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(addresses, ["127.0.1.11", "127.0.1.12"]);
+    assert!(rt.entries.iter().any(|e| e.name == "site-1-node-2.site-1"));
+}

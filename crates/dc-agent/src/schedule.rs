@@ -345,24 +345,6 @@ pub fn plan(input: &Input<'_>) -> Plan {
         *pending_per_role.entry(&p.app.role).or_default() += p.count;
     }
     let role_list: Vec<cm::Role> = roles.values().cloned().collect();
-    let allocation = if wants.is_empty() {
-        None
-    } else {
-        match drf::allocate(&nodes, &usage, &role_list, &wants, input.filters, input.now_ms) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                for p in &pending {
-                    plan.blockers.push(Blocker {
-                        group: p.group.to_string(),
-                        app: p.app.app.clone(),
-                        message: format!("the allocator refused this cell's quotas: {e}"),
-                    });
-                }
-                None
-            }
-        }
-    };
-
     let mut running: Vec<RunningTask> = holding
         .iter()
         .map(|t| RunningTask {
@@ -375,11 +357,41 @@ pub fn plan(input: &Input<'_>) -> Plan {
         })
         .collect();
     let fair = fair_counts(&nodes, &running, &roles, &pending);
-    if let Some(allocation) = &allocation {
-        for (role, _) in wants.iter() {
+    // Roles are offered in DRF order (lowest weighted dominant share first), one offer cycle
+    // each over the whole cell as it stands after the roles before it placed theirs, so every
+    // role can spread over every node while fairness decides who goes first and how much.
+    let total = nodes.iter().fold(cm::Resources::ZERO, |acc, n| acc.plus(n.total));
+    let held_by = |usage: &Usage, role: &str| {
+        usage.iter().filter(|((_, r), _)| r == role).fold(cm::Resources::ZERO, |acc, (_, u)| acc.plus(*u))
+    };
+    let weighted = |role: &str| {
+        let weight = roles.get(role).map_or(1.0, |r| r.weight);
+        held_by(&usage, role).dominant_share(total) / if weight > 0.0 { weight } else { 1.0 }
+    };
+    let mut order: Vec<&String> = wants.keys().collect();
+    order.sort_by(|a, b| weighted(a).total_cmp(&weighted(b)).then(a.cmp(b)));
+    let mut usage_now = usage.clone();
+    let mut reports: BTreeMap<String, drf::RoleReport> = BTreeMap::new();
+    {
+        for role in order {
+            let one = BTreeMap::from([(role.clone(), wants[role])]);
+            let allocation = match drf::allocate(&nodes, &usage_now, &role_list, &one, input.filters, input.now_ms) {
+                Ok(a) => a,
+                Err(e) => {
+                    for p in pending.iter().filter(|p| &p.app.role == role) {
+                        plan.blockers.push(Blocker {
+                            group: p.group.to_string(),
+                            app: p.app.app.clone(),
+                            message: format!("the allocator refused this cell's quotas: {e}"),
+                        });
+                    }
+                    continue;
+                }
+            };
             let offers: BTreeMap<&str, cm::Resources> =
                 allocation.offers.iter().filter(|o| &o.role == role).map(|o| (o.node.as_str(), o.resources)).collect();
             let report = &allocation.roles[role];
+            reports.insert(role.clone(), report.clone());
             // The framework takes no more of its offers than the role's fair number of tasks.
             let mut budget = fair.get(role.as_str()).copied().unwrap_or(0);
             let requests: Vec<(&Pending<'_>, PlacementRequest)> = pending
@@ -414,6 +426,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 let Some((pend, _)) = requests.iter().find(|(_, r)| r.app == p.app) else { continue };
                 let port = p.ports.first().copied().unwrap_or(0);
                 used_nodes.insert(p.node.clone());
+                let held = usage_now.entry((p.node.clone(), role.clone())).or_default();
+                *held = held.plus(cm_res(pend.app.resources));
                 running.push(RunningTask {
                     id: format!("planned-{}", plan.start.len()),
                     app: p.app.clone(),
@@ -473,36 +487,23 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 plan.blockers.push(Blocker { group: pend.group.to_string(), app: pend.app.app.clone(), message });
             }
         }
-        for (name, report) in &allocation.roles {
-            plan.roles.insert(
-                name.clone(),
-                RoleUse {
-                    held: res(report.held),
-                    offered: res(report.offered),
-                    dominant_share: report.dominant_share,
-                    at_limit: report.at_limit,
-                    pending: pending_per_role.get(name.as_str()).copied().unwrap_or(0),
-                },
-            );
-        }
-    } else {
-        let total = nodes.iter().fold(cm::Resources::ZERO, |acc, n| acc.plus(n.total));
-        for role in roles.values() {
-            let held = usage
-                .iter()
-                .filter(|((_, r), _)| *r == role.name)
-                .fold(cm::Resources::ZERO, |acc, (_, u)| acc.plus(*u));
-            plan.roles.insert(
-                role.name.clone(),
-                RoleUse {
-                    held: res(held),
-                    offered: Resources::ZERO,
-                    dominant_share: held.dominant_share(total),
-                    at_limit: role.limit.is_some_and(|l| l.checked_minus(held).is_none_or(|room| room.is_zero())),
-                    pending: 0,
-                },
-            );
-        }
+    }
+    for role in roles.values() {
+        let held = held_by(&usage, &role.name);
+        let report = reports.get(&role.name);
+        plan.roles.insert(
+            role.name.clone(),
+            RoleUse {
+                held: res(held),
+                offered: report.map_or(Resources::ZERO, |r| res(r.offered)),
+                dominant_share: report.map_or_else(|| held.dominant_share(total), |r| r.dominant_share),
+                at_limit: report.map_or_else(
+                    || role.limit.is_some_and(|l| l.checked_minus(held).is_none_or(|room| room.is_zero())),
+                    |r| r.at_limit,
+                ),
+                pending: pending_per_role.get(role.name.as_str()).copied().unwrap_or(0),
+            },
+        );
     }
     plan
 }
@@ -1088,6 +1089,18 @@ mod tests {
         let count = |app: &str| tasks.iter().filter(|t| t.app == app).count();
         // Served one offer per pass, lowest dominant share first.
         assert_eq!((count("web"), count("batch")), (3, 2), "{tasks:?}");
+    }
+
+    #[test]
+    fn every_role_spreads_over_every_node_in_the_same_pass() {
+        let nodes = [node("n1", 8000, 8000, (9000, 9099)), node("n2", 8000, 8000, (9000, 9099))];
+        let d = [demand("crm-web", "web", 2, WEB), demand("mobile-app", "api", 2, WEB)];
+        let plan = run(&nodes, &[], &d);
+        for app in ["web", "api"] {
+            let hosts: BTreeSet<&str> =
+                plan.start.iter().filter(|s| s.app == app).map(|s| s.node_id.as_str()).collect();
+            assert_eq!(hosts.len(), 2, "{app} on both nodes: {plan:?}");
+        }
     }
 
     #[test]

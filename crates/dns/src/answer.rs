@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::config::ZoneConfig;
@@ -93,6 +93,20 @@ pub fn answer(table: Option<&Table>, zone: &ZoneConfig, qname: &Name, qtype: Rec
         if let Some(entry) = table.entry(&qname) {
             exists = true;
             answers.extend(address_records(&entry.name, entry.ttl_s, &routed_addresses(entry), qtype));
+            if wants(qtype, RecordType::SRV) {
+                for s in &entry.services {
+                    let srv = SRV::new(s.priority, s.weight, s.port, s.target.clone());
+                    answers.push(Record::from_rdata(entry.name.clone(), entry.ttl_s, RData::SRV(srv)));
+                    // The targets' addresses, so a client needs no second query (RFC 2782).
+                    if let Some(host) = table.entry(&s.target) {
+                        for r in address_records(&host.name, host.ttl_s, &routed_addresses(host), RecordType::ANY) {
+                            if !additional.contains(&r) {
+                                additional.push(r);
+                            }
+                        }
+                    }
+                }
+            }
         } else {
             exists = table.is_empty_non_terminal(&qname);
         }
@@ -150,6 +164,7 @@ fn soa_record(zone: &ZoneConfig, version: u64) -> Record {
 mod tests {
     use super::*;
     use crate::table::tests::{entry, proto, target};
+    use switchyard_proto::routing::v1 as pb;
 
     fn zone_config(ns_addresses: &[&str]) -> ZoneConfig {
         ZoneConfig::new(
@@ -200,6 +215,64 @@ mod tests {
             RData::SOA(soa) => soa.serial,
             other => panic!("not a SOA: {other:?}"),
         }
+    }
+
+    fn service_table() -> Table {
+        let srv = |port: u32, target: &str| pb::ServiceRecord { priority: 0, weight: 1, port, target: target.into() };
+        let mut svc = entry("_web._tcp.crm-web.site-1", 5, vec![]);
+        svc.services = vec![srv(31_000, "n1.site-1"), srv(31_001, "n2.site-1"), srv(31_002, "n1.site-1")];
+        Table::from_proto(proto(
+            9,
+            9,
+            vec![
+                entry("web.crm-web.site-1", 5, vec![target("site-1", &["127.0.1.11", "127.0.1.12"], 1)]),
+                svc,
+                entry("n1.site-1", 5, vec![target("site-1", &["127.0.1.11"], 1)]),
+                entry("n2.site-1", 5, vec![target("site-1", &["127.0.1.12"], 1)]),
+            ],
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn srv_records_name_each_instance_with_its_hosts_addresses_alongside() {
+        let t = service_table();
+        let zone = zone_config(&["127.0.0.53"]);
+        let a = answer(Some(&t), &zone, &name("_web._tcp.crm-web.site-1.fed.local."), RecordType::SRV);
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        let srv: Vec<(u16, String)> = a
+            .answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::SRV(s) => (s.port, s.target.to_ascii()),
+                other => panic!("not SRV: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            srv,
+            [
+                (31_000, "n1.site-1.fed.local.".into()),
+                (31_001, "n2.site-1.fed.local.".into()),
+                (31_002, "n1.site-1.fed.local.".into())
+            ]
+        );
+        assert_eq!(ips(&a.additional), ["127.0.1.11", "127.0.1.12"], "each host's address once");
+        // The app name answers A with every instance's address; an SRV query there is NODATA.
+        let a = answer(Some(&t), &zone, &name("web.crm-web.site-1.fed.local."), RecordType::A);
+        assert_eq!(ips(&a.answers), ["127.0.1.11", "127.0.1.12"]);
+        let a = answer(Some(&t), &zone, &name("web.crm-web.site-1.fed.local."), RecordType::SRV);
+        assert_eq!((a.rcode, a.answers.len()), (ResponseCode::NoError, 0));
+        // The parents exist (empty non-terminals), so they are NODATA, not NXDOMAIN.
+        let a = answer(Some(&t), &zone, &name("_tcp.crm-web.site-1.fed.local."), RecordType::A);
+        assert_eq!(a.rcode, ResponseCode::NoError);
+    }
+
+    #[test]
+    fn a_bad_srv_record_refuses_the_whole_table() {
+        let mut svc = entry("_web._tcp.g.s", 5, vec![]);
+        svc.services = vec![pb::ServiceRecord { priority: 0, weight: 1, port: 70_000, target: "n1.s".into() }];
+        let err = Table::from_proto(proto(1, 1, vec![svc])).unwrap_err();
+        assert!(err.to_string().contains("port 70000 is outside 1-65535"), "{err}");
     }
 
     #[test]

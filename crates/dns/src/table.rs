@@ -39,6 +39,18 @@ pub struct EntryDoc {
     pub group: String,
     pub ttl_s: u32,
     pub targets: Vec<TargetDoc>,
+    /// SRV records; absent in files written before service discovery existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceDoc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDoc {
+    pub priority: u32,
+    pub weight: u32,
+    pub port: u32,
+    pub target: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +79,11 @@ impl From<pb::RoutingTable> for TableDoc {
                         .into_iter()
                         .map(|t| TargetDoc { site: t.site, addresses: t.addresses, weight: t.weight })
                         .collect(),
+                    services: e
+                        .services
+                        .into_iter()
+                        .map(|s| ServiceDoc { priority: s.priority, weight: s.weight, port: s.port, target: s.target })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -86,6 +103,20 @@ pub enum TableError {
     Address { name: String, site: String, address: String },
     #[error("entry {name:?} has TTL {ttl_s}s; it must be between 1 and {TTL_S_MAX}")]
     Ttl { name: String, ttl_s: u32 },
+    #[error("entry {name:?}: SRV record {detail}")]
+    Service { name: String, detail: String },
+}
+
+/// One SRV record of a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    /// Lower-case absolute host name.
+    pub target: Name,
+    /// As the federator sent it, relative to the zone.
+    pub relative: String,
 }
 
 /// One site's share of a routed name.
@@ -108,6 +139,7 @@ pub struct Entry {
     pub group: String,
     pub ttl_s: u32,
     pub targets: Vec<Target>,
+    pub services: Vec<Service>,
 }
 
 /// A validated routing table at one version.
@@ -154,12 +186,26 @@ impl Table {
                     .collect::<Result<Vec<_>, _>>()?;
                 targets.push(Target { site: t.site.clone(), addresses, weight: t.weight });
             }
+            let mut services = Vec::with_capacity(e.services.len());
+            for s in &e.services {
+                let bad = |detail: String| TableError::Service { name: e.name.clone(), detail };
+                let port = u16::try_from(s.port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| bad(format!("port {} is outside 1-65535", s.port)))?;
+                let priority =
+                    u16::try_from(s.priority).map_err(|_| bad(format!("priority {} is above 65535", s.priority)))?;
+                let weight = u16::try_from(s.weight).map_err(|_| bad(format!("weight {} is above 65535", s.weight)))?;
+                let target = parse_relative(&s.target, &zone).map_err(|r| bad(format!("target {:?} {r}", s.target)))?;
+                services.push(Service { priority, weight, port, target, relative: s.target.to_ascii_lowercase() });
+            }
             let entry = Entry {
                 name: name.clone(),
                 relative: e.name.to_ascii_lowercase(),
                 group: e.group.clone(),
                 ttl_s: e.ttl_s,
                 targets,
+                services,
             };
             if entries.insert(name, entry).is_some() {
                 return Err(TableError::DuplicateName { name: e.name.clone() });
@@ -198,6 +244,16 @@ impl Table {
                             site: t.site.clone(),
                             addresses: t.addresses.iter().map(ToString::to_string).collect(),
                             weight: t.weight,
+                        })
+                        .collect(),
+                    services: e
+                        .services
+                        .iter()
+                        .map(|s| ServiceDoc {
+                            priority: u32::from(s.priority),
+                            weight: u32::from(s.weight),
+                            port: u32::from(s.port),
+                            target: s.relative.clone(),
                         })
                         .collect(),
                 })
@@ -380,7 +436,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn entry(name: &str, ttl_s: u32, targets: Vec<pb::SiteTarget>) -> pb::RoutingEntry {
-        pb::RoutingEntry { name: name.into(), group: format!("{name}-group"), ttl_s, targets }
+        pb::RoutingEntry { name: name.into(), group: format!("{name}-group"), ttl_s, targets, services: vec![] }
     }
 
     pub(crate) fn proto(version: u64, epoch: u64, entries: Vec<pb::RoutingEntry>) -> pb::RoutingTable {

@@ -146,6 +146,16 @@ pub fn routing_to_proto(v: &RoutingView, zone: &str) -> routing::RoutingTable {
                         weight: t.weight,
                     })
                     .collect(),
+                services: e
+                    .services
+                    .iter()
+                    .map(|s| routing::ServiceRecord {
+                        priority: s.priority,
+                        weight: s.weight,
+                        port: s.port,
+                        target: s.target.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
     }

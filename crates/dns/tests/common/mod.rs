@@ -95,6 +95,7 @@ pub fn table(version: u64, epoch: u64, crm_address: &str) -> RoutingTable {
                 SiteTarget { site: "site-a".into(), addresses: vec![crm_address.into()], weight: 100 },
                 SiteTarget { site: "site-b".into(), addresses: vec!["127.0.66.1".into()], weight: 0 },
             ],
+            services: vec![],
         }],
     }
 }
