@@ -29,7 +29,7 @@ use switchyard_cell_core::constraints::Constraint;
 use switchyard_cell_core::deploy::{self, TaskState, UpgradeStrategy};
 use switchyard_cell_core::drf::{self, DeclineFilter, Demand, Usage};
 use switchyard_cell_core::model as cm;
-use switchyard_cell_core::placement::{PlacementRequest, Placer, RunningTask};
+use switchyard_cell_core::placement::{PlacementPlan, PlacementRequest, Placer, RunningTask, Unplaced};
 
 use crate::model::Resources;
 
@@ -311,21 +311,26 @@ pub fn plan(input: &Input<'_>) -> Plan {
             attributes: n.attributes.clone(),
             total: cm_res(n.capacity),
             ports: vec![cm::PortRange { min: n.port_min, max: n.port_max }],
-            reserved: input
-                .quotas
-                .reservations
-                .iter()
-                .filter(|((node, _), _)| *node == n.id)
-                .map(|((_, role), r)| (role.clone(), cm_res(*r)))
-                .collect(),
+            reserved: if input.quotas.reservations.is_empty() {
+                BTreeMap::new()
+            } else {
+                input
+                    .quotas
+                    .reservations
+                    .iter()
+                    .filter(|((node, _), _)| *node == n.id)
+                    .map(|((_, role), r)| (role.clone(), cm_res(*r)))
+                    .collect()
+            },
             state: if n.reachable && !n.draining { cm::NodeState::Up } else { cm::NodeState::Draining },
         })
         .collect();
-    let mut usage: Usage = BTreeMap::new();
+    let mut by_ref: BTreeMap<(&str, &str), cm::Resources> = BTreeMap::new();
     for t in &holding {
-        let held = usage.entry((t.node_id.clone(), t.role.clone())).or_default();
+        let held = by_ref.entry((t.node_id.as_str(), t.role.as_str())).or_default();
         *held = held.plus(cm_res(t.resources));
     }
+    let usage: Usage = by_ref.into_iter().map(|((n, r), u)| ((n.to_string(), r.to_string()), u)).collect();
     let mut roles: BTreeMap<String, cm::Role> =
         input.quotas.roles.iter().map(|r| (r.name.clone(), r.clone())).collect();
     for role in usage.keys().map(|(_, r)| r).chain(pending.iter().map(|p| &p.app.role)) {
@@ -345,34 +350,45 @@ pub fn plan(input: &Input<'_>) -> Plan {
         *pending_per_role.entry(&p.app.role).or_default() += p.count;
     }
     let role_list: Vec<cm::Role> = roles.values().cloned().collect();
-    let mut running: Vec<RunningTask> = holding
-        .iter()
-        .map(|t| RunningTask {
-            id: t.task_id.clone(),
-            app: app_key(&t.group, &t.app),
-            role: t.role.clone(),
-            node: t.node_id.clone(),
-            resources: cm_res(t.resources),
-            ports: vec![t.port],
-        })
-        .collect();
-    let fair = fair_counts(&nodes, &running, &roles, &pending);
     // Roles are offered in DRF order (lowest weighted dominant share first), one offer cycle
     // each over the whole cell as it stands after the roles before it placed theirs, so every
     // role can spread over every node while fairness decides who goes first and how much.
     let total = nodes.iter().fold(cm::Resources::ZERO, |acc, n| acc.plus(n.total));
-    let held_by = |usage: &Usage, role: &str| {
-        usage.iter().filter(|((_, r), _)| r == role).fold(cm::Resources::ZERO, |acc, (_, u)| acc.plus(*u))
-    };
+    let mut held_per_role: BTreeMap<&str, cm::Resources> = BTreeMap::new();
+    for ((_, role), u) in &usage {
+        let h = held_per_role.entry(role.as_str()).or_default();
+        *h = h.plus(*u);
+    }
+    let held_by = |role: &str| held_per_role.get(role).copied().unwrap_or_default();
     let weighted = |role: &str| {
         let weight = roles.get(role).map_or(1.0, |r| r.weight);
-        held_by(&usage, role).dominant_share(total) / if weight > 0.0 { weight } else { 1.0 }
+        held_by(role).dominant_share(total) / if weight > 0.0 { weight } else { 1.0 }
     };
     let mut order: Vec<&String> = wants.keys().collect();
     order.sort_by(|a, b| weighted(a).total_cmp(&weighted(b)).then(a.cmp(b)));
     let mut usage_now = usage.clone();
     let mut reports: BTreeMap<String, drf::RoleReport> = BTreeMap::new();
-    {
+    // Nothing to launch (a converged cell, most passes): no offers, no placement.
+    if !wants.is_empty() {
+        let mut running: Vec<RunningTask> = holding
+            .iter()
+            .map(|t| RunningTask {
+                id: t.task_id.clone(),
+                app: app_key(&t.group, &t.app),
+                role: t.role.clone(),
+                node: t.node_id.clone(),
+                resources: cm_res(t.resources),
+                ports: vec![t.port],
+            })
+            .collect();
+        // What every node has in use (tasks holding resources, then the launches of this pass).
+        let mut used_on: BTreeMap<String, cm::Resources> = BTreeMap::new();
+        for t in &running {
+            let u = used_on.entry(t.node.clone()).or_default();
+            *u = u.plus(t.resources);
+        }
+        let fair = fair_counts(&nodes, &used_on, &running, &roles, &pending);
+        let mut shared: Option<Placer<'_>> = None;
         for role in order {
             let one = BTreeMap::from([(role.clone(), wants[role])]);
             let allocation = match drf::allocate(&nodes, &usage_now, &role_list, &one, input.filters, input.now_ms) {
@@ -403,24 +419,38 @@ pub fn plan(input: &Input<'_>) -> Plan {
                     (p, requests_for(p, role, count))
                 })
                 .collect();
-            // The role sees exactly its offers: an offered node has the offer free (its total
-            // is what is in use plus the offer), every other node takes nothing new but still
-            // counts for constraints.
-            let view: Vec<cm::Node> = nodes
-                .iter()
-                .map(|n| match offers.get(n.id.as_str()) {
-                    Some(offer) => {
-                        let used = running
-                            .iter()
-                            .filter(|t| t.node == n.id)
-                            .fold(cm::Resources::ZERO, |acc, t| acc.plus(t.resources));
-                        cm::Node { total: used.plus(*offer), reserved: BTreeMap::new(), ..n.clone() }
-                    }
-                    None => cm::Node { state: cm::NodeState::Draining, ..n.clone() },
-                })
-                .collect();
             let only: Vec<PlacementRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
-            let placed = Placer::new(&view, &running).plan(&only);
+            let declined_here = input.filters.iter().any(|f| &f.role == role && f.until_ms > input.now_ms);
+            let placed = if offers.is_empty() {
+                PlacementPlan {
+                    placed: Vec::new(),
+                    unplaced: only
+                        .iter()
+                        .filter(|r| r.count > 0)
+                        .map(|r| Unplaced { app: r.app.clone(), count: r.count, reason: String::new() })
+                        .collect(),
+                }
+            } else if declined_here {
+                // The role declined some nodes: it sees exactly its offers. An offered node
+                // has the offer free (its total is what is in use plus the offer); every other
+                // node takes nothing new but still counts for constraints.
+                shared = None;
+                let view: Vec<cm::Node> = nodes
+                    .iter()
+                    .map(|n| match offers.get(n.id.as_str()) {
+                        Some(offer) => {
+                            let used = used_on.get(&n.id).copied().unwrap_or_default();
+                            cm::Node { total: used.plus(*offer), reserved: BTreeMap::new(), ..n.clone() }
+                        }
+                        None => cm::Node { state: cm::NodeState::Draining, ..n.clone() },
+                    })
+                    .collect();
+                Placer::new(&view, &running).plan(&only)
+            } else {
+                // Offered the whole cell (less other roles' reservations, within its limit):
+                // the placer's own view is the same, and it keeps its books between roles.
+                shared.get_or_insert_with(|| Placer::new(&nodes, &running)).plan(&only)
+            };
             let mut used_nodes: BTreeSet<String> = BTreeSet::new();
             for p in &placed.placed {
                 let Some((pend, _)) = requests.iter().find(|(_, r)| r.app == p.app) else { continue };
@@ -428,6 +458,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 used_nodes.insert(p.node.clone());
                 let held = usage_now.entry((p.node.clone(), role.clone())).or_default();
                 *held = held.plus(cm_res(pend.app.resources));
+                let used = used_on.entry(p.node.clone()).or_default();
+                *used = used.plus(cm_res(pend.app.resources));
                 running.push(RunningTask {
                     id: format!("planned-{}", plan.start.len()),
                     app: p.app.clone(),
@@ -489,7 +521,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         }
     }
     for role in roles.values() {
-        let held = held_by(&usage, &role.name);
+        let held = held_by(&role.name);
         let report = reports.get(&role.name);
         plan.roles.insert(
             role.name.clone(),
@@ -514,6 +546,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
 /// (summed over the nodes that take tasks) and under its quota limit.
 fn fair_counts<'a>(
     nodes: &[cm::Node],
+    used_on: &BTreeMap<String, cm::Resources>,
     running: &[RunningTask],
     roles: &BTreeMap<String, cm::Role>,
     pending: &'a [Pending<'a>],
@@ -521,8 +554,7 @@ fn fair_counts<'a>(
     let total = nodes.iter().fold(cm::Resources::ZERO, |acc, n| acc.plus(n.total));
     let mut free = cm::Resources::ZERO;
     for n in nodes.iter().filter(|n| n.accepts_new_tasks()) {
-        let used = running.iter().filter(|t| t.node == n.id).fold(cm::Resources::ZERO, |acc, t| acc.plus(t.resources));
-        free = free.plus(n.total.minus(used));
+        free = free.plus(n.total.minus(used_on.get(&n.id).copied().unwrap_or_default()));
     }
     struct Want {
         held: cm::Resources,

@@ -66,6 +66,9 @@ pub(crate) struct LbIntent {
     pub keep: Vec<String>,
 }
 
+/// A converged cell with nothing changed still runs a scheduling pass this often.
+const IDLE_PASS: Duration = Duration::from_secs(5);
+
 /// Every task of an app carries the same load-balancer weight; shares between sites are DNS's.
 const LB_WEIGHT: u16 = 10;
 
@@ -106,6 +109,11 @@ pub(crate) struct CellState {
     fresh_start: bool,
     /// Persisted tables changed since the last snapshot.
     dirty: bool,
+    /// Something the scheduler reads changed since its last pass, or that pass left work for
+    /// a later one; a converged, unchanged cell skips passes (but runs one every
+    /// [`IDLE_PASS`] regardless).
+    sched_dirty: bool,
+    last_pass: Option<Instant>,
     shutting_down: bool,
 }
 
@@ -166,6 +174,8 @@ impl CellState {
             lb_drain: Duration::ZERO,
             fresh_start: restored.is_none(),
             dirty: false,
+            sched_dirty: true,
+            last_pass: None,
             shutting_down: false,
         };
         if let Some(r) = restored {
@@ -192,6 +202,7 @@ impl CellState {
 
     /// Replaces the roles' quotas and the node reservations (from the quota file).
     pub(crate) fn set_quotas(&mut self, quotas: Quotas) {
+        self.sched_dirty = true;
         self.quotas = quotas;
         self.quota_error = None;
         self.filters.clear();
@@ -245,6 +256,7 @@ impl CellState {
         }
         self.prune_groups();
         self.dirty |= changed;
+        self.sched_dirty |= changed;
         changed
     }
 
@@ -259,6 +271,7 @@ impl CellState {
 
     /// Records a (re)connected node and returns the id of its connection.
     pub(crate) fn register_node(&mut self, reg: NodeRegistration, tx: NodeTx, now: Instant) -> u64 {
+        self.sched_dirty = true;
         self.next_conn_id += 1;
         let conn = NodeConn { id: self.next_conn_id, tx, last_seen: now, sent: None };
         match self.nodes.get_mut(&reg.node_id) {
@@ -298,6 +311,7 @@ impl CellState {
             hb.tasks.into_iter().map(|t| (t.task_id.clone(), t)).collect();
         let changed = statuses != entry.statuses;
         entry.statuses = statuses;
+        self.sched_dirty |= changed;
         // Not part of `changed`: CPU time grows with every heartbeat.
         entry.usage = hb.usage.into_iter().map(|u| (u.task_id, (u.cpu_seconds, u.rss_bytes))).collect();
         Some(changed)
@@ -309,6 +323,7 @@ impl CellState {
             Some(entry) if entry.conn.as_ref().is_some_and(|c| c.id == conn_id) => {
                 entry.conn = None;
                 entry.statuses.clear();
+                self.sched_dirty = true;
                 true
             }
             _ => false,
@@ -330,6 +345,7 @@ impl CellState {
             entry.lost_reported = true;
             lost.push(id.clone());
         }
+        self.sched_dirty |= !lost.is_empty();
         lost
     }
 
@@ -351,6 +367,7 @@ impl CellState {
             }
         }
         self.dirty |= !done.is_empty();
+        self.sched_dirty |= !done.is_empty();
         if !done.is_empty() {
             self.prune_groups();
         }
@@ -402,6 +419,7 @@ impl CellState {
         let n = adopted.len();
         self.tasks.extend(adopted.into_iter().map(|t| (t.task_id.clone(), t)));
         self.dirty |= n > 0;
+        self.sched_dirty |= n > 0;
         n
     }
 
@@ -414,6 +432,10 @@ impl CellState {
         if self.desired_epoch.is_none() || self.shutting_down {
             return false;
         }
+        if !self.sched_dirty && self.last_pass.is_some_and(|t| now.saturating_duration_since(t) < IDLE_PASS) {
+            return false;
+        }
+        self.last_pass = Some(now);
         let now_ms = now.saturating_duration_since(self.clock_origin).as_millis() as u64;
         let nodes: Vec<NodeView> = self
             .nodes
@@ -521,6 +543,10 @@ impl CellState {
         }
         let blockers: BTreeMap<(String, String), String> =
             plan.blockers.into_iter().map(|b| ((b.group, b.app), b.message)).collect();
+        // Converged: nothing to do and nothing waited for. Otherwise the next tick looks again
+        // (tasks just placed, launches held back for fairness, offers declined, ...).
+        self.sched_dirty =
+            !(plan.start.is_empty() && plan.stop.is_empty() && blockers.is_empty() && plan.waiting.is_empty());
         let blockers_changed = blockers != self.blockers || plan.waiting != self.waiting;
         self.blockers = blockers;
         self.waiting = plan.waiting;
@@ -906,6 +932,7 @@ impl CellState {
             }
         }
         self.dirty = true;
+        self.sched_dirty = true;
         Ok(chosen)
     }
 
@@ -918,6 +945,7 @@ impl CellState {
         }
         let changed = if drain { self.draining.insert(node_id.to_string()) } else { self.draining.remove(node_id) };
         self.dirty |= changed;
+        self.sched_dirty |= changed;
         Ok(changed)
     }
 
