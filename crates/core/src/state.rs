@@ -68,6 +68,17 @@ impl State {
         if proposal.version > Proposal::VERSION {
             return Err(Refusal::UnsupportedVersion(proposal.version));
         }
+        // Service discovery records derive from groups, placements and reports: whatever the
+        // action, a new routing version exactly when they change.
+        let endpoints_before = crate::views::service_endpoints(self);
+        let response = self.apply_action(index, proposal);
+        if response.is_ok() && crate::views::service_endpoints(self) != endpoints_before {
+            self.routing_version = index;
+        }
+        response
+    }
+
+    fn apply_action(&mut self, index: u64, proposal: &Proposal) -> Response {
         let at = proposal.at_ms;
         let actor = proposal.actor.as_str();
         match &proposal.action {
@@ -146,13 +157,7 @@ impl State {
                         report.site
                     )));
                 }
-                let endpoints_before = crate::views::service_endpoints(self);
                 self.reports.insert(report.site.clone(), ReportRecord { report: report.clone(), received_at_ms: at });
-                // Service discovery records follow healthy instances: a new table version
-                // exactly when they change.
-                if crate::views::service_endpoints(self) != endpoints_before {
-                    self.routing_version = index;
-                }
                 Ok(Applied::Changed)
             }
             Action::SetFreeze { scope, reason, until_ms } => {
@@ -179,6 +184,9 @@ impl State {
                 Ok(Applied::Changed)
             }
             Action::ClearFreeze { scope, reason } => {
+                if !self.freezes.get(scope).is_some_and(|f| f.holds_at(at)) {
+                    return Ok(Applied::Unchanged);
+                }
                 self.freezes.retain(|_, f| f.holds_at(at));
                 let Some(was) = self.freezes.remove(scope) else { return Ok(Applied::Unchanged) };
                 self.audit.append(Entry {
@@ -560,7 +568,8 @@ impl State {
     /// taking traffic; a removed app stops everywhere.
     pub fn plan_group_update(&self, spec: &GroupSpec, now_ms: u64) -> Result<GroupUpdate, Refusal> {
         let current = self.groups.get(&spec.name).ok_or_else(|| Refusal::UnknownGroup(spec.name.clone()))?;
-        self.check_not_frozen(&spec.name, &[], now_ms)?;
+        let sites: Vec<&str> = current.placement.sites.keys().map(String::as_str).collect();
+        self.check_not_frozen(&spec.name, &sites, now_ms)?;
         let mut errs = validate_group(spec);
         if !self.sites.contains_key(&spec.home_site) {
             errs.push(format!("group {:?}: home_site {:?} is not a known site", spec.name, spec.home_site));

@@ -739,36 +739,7 @@ fn a_rollback_restores_the_spec_before_the_last_update() {
 #[test]
 fn service_discovery_names_follow_healthy_instances_and_bump_the_routing_version_only_on_change() {
     let mut f = Fed::new();
-    let report = |ports: &[(u32, bool)]| {
-        let instances = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (port, healthy))| InstanceReport {
-                task_id: format!("crm-web.web.{i}"),
-                node_id: format!("site-1-node-{}", i % 2 + 1),
-                address: format!("127.0.1.{}", 11 + i % 2),
-                port: *port,
-                running: true,
-                healthy: *healthy,
-                pid: 100,
-            })
-            .collect();
-        CellReport {
-            site: "site-1".into(),
-            applied_epoch: 1,
-            nodes: vec![],
-            groups: BTreeMap::from([(
-                "crm-web".to_string(),
-                GroupReport {
-                    applied_epoch: 1,
-                    apps: BTreeMap::from([(
-                        "web".to_string(),
-                        AppReport { desired: 2, instances, blocker: String::new() },
-                    )]),
-                },
-            )]),
-        }
-    };
+    let report = |ports: &[(u32, bool)]| site_report("site-1", ports);
     let before = f.state.routing_version;
     f.ok("cell:site-1", Action::CellReport(report(&[(31_000, true), (31_001, false)])));
     let v1 = f.state.routing_version;
@@ -790,4 +761,74 @@ fn service_discovery_names_follow_healthy_instances_and_bump_the_routing_version
     let addresses: Vec<String> = app.targets[0].addresses.iter().map(ToString::to_string).collect();
     assert_eq!(addresses, ["127.0.1.11", "127.0.1.12"]);
     assert!(rt.entries.iter().any(|e| e.name == "site-1-node-2.site-1"));
+}
+
+/// A report from `site`'s cell with crm-web/web instances on two nodes: (port, serving).
+fn site_report(site: &str, ports: &[(u32, bool)]) -> CellReport {
+    let instances = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (port, healthy))| InstanceReport {
+            task_id: format!("crm-web.web.{i}"),
+            node_id: format!("{site}-node-{}", i % 2 + 1),
+            address: format!("127.0.1.{}", 11 + i % 2),
+            port: *port,
+            running: true,
+            healthy: *healthy,
+            pid: 100,
+        })
+        .collect();
+    CellReport {
+        site: site.into(),
+        applied_epoch: 1,
+        nodes: vec![],
+        groups: BTreeMap::from([(
+            "crm-web".to_string(),
+            GroupReport {
+                applied_epoch: 1,
+                apps: BTreeMap::from([(
+                    "web".to_string(),
+                    AppReport { desired: 2, instances, blocker: String::new() },
+                )]),
+            },
+        )]),
+    }
+}
+
+#[test]
+fn service_records_of_a_site_dropped_by_a_rollback_get_a_new_routing_version() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    // site-2's instances come up (healthy) while the switchover scales up.
+    f.ok("cell:site-2", Action::CellReport(site_report("site-2", &[(31_000, true), (31_001, true)])));
+    let names = |f: &Fed| routing_table(&f.state).entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+    assert!(names(&f).contains(&"web.crm-web.site-2".to_string()));
+    let version = f.state.routing_version;
+    // The operation fails before traffic moved: site-2 leaves the placement, and with it its
+    // service records, in a new routing version (DNS servers would otherwise keep them).
+    f.ok("system", Action::FailOperation { id, at: Phase::ScalingUp, error: "verify timed out".into() });
+    assert!(!names(&f).iter().any(|n| n.ends_with("site-2")), "{:?}", names(&f));
+    assert!(f.state.routing_version > version);
+}
+
+#[test]
+fn a_site_freeze_holds_spec_changes_of_groups_placed_there() {
+    let mut f = Fed::new();
+    f.ok(
+        "dr-admin:dana",
+        Action::SetFreeze { scope: FreezeScope::Site("site-1".into()), reason: "DC work".into(), until_ms: None },
+    );
+    let mut spec = group("crm-web", 2, 100);
+    spec.apps[0].env.insert("RELEASE".into(), "2".into());
+    let err = update(&mut f, spec).unwrap_err();
+    assert!(matches!(&err, Refusal::Frozen { scope, .. } if scope == "site:site-1"), "{err}");
+    // Clearing a freeze that does not hold changes nothing.
+    let before = f.state.clone();
+    let r = f.propose(
+        "dr-admin:dana",
+        Action::ClearFreeze { scope: FreezeScope::Group("crm-web".into()), reason: "x".into() },
+    );
+    assert_eq!(r, Ok(Applied::Unchanged));
+    assert!(same_except_index(&before, &f.state));
 }

@@ -59,9 +59,12 @@ pub struct NodeView {
 pub enum TaskPhase {
     /// Placed, not yet reported running.
     Staging,
-    /// Running; `healthy` is `None` while no verdict is known (in its grace period, or its node
-    /// is unreachable), `Some(false)` while failing or restarting.
+    /// Running; `healthy` is `None` while no verdict is known yet (in its grace period, or
+    /// failing checks below the restart threshold), `Some(false)` while failing or restarting.
     Running { healthy: Option<bool> },
+    /// The cell cannot know: its node is unreachable, or reconnected and has not reported yet.
+    /// Such a task neither counts nor is killed by a deployment step (it may well be serving).
+    Unknown,
 }
 
 /// A task that exists in the cell's table.
@@ -234,6 +237,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                         (true, _) => (TaskState::Killing, None),
                         (false, TaskPhase::Staging) => (TaskState::Staging, None),
                         (false, TaskPhase::Running { healthy }) => (TaskState::Running, healthy),
+                        (false, TaskPhase::Unknown) => (TaskState::Running, None),
                     };
                     deploy::TaskView {
                         id: t.task_id.clone(),
@@ -251,6 +255,9 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 ..deploy::AppSpec::new(app_key(&g.group, &a.app), a.version.clone(), a.instances)
             };
             let mut step = deploy::plan(&spec, &views);
+            // Missing information is not a verdict: a task whose state is unknown is never
+            // killed by a step (the next pass decides once its node reports).
+            step.kill.retain(|id| tasks.iter().any(|t| &t.task_id == id && t.phase != TaskPhase::Unknown));
             // Start order: nothing launches before every dependency is fully ready.
             let unready: Vec<String> = a
                 .depends_on
@@ -271,10 +278,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 let running_dependents: Vec<String> = g
                     .apps
                     .iter()
-                    .filter(|x| {
-                        x.depends_on.contains(&a.app)
-                            && tasks_of(&per_app, &g.group, &x.app).iter().any(|t| !t.stopping)
-                    })
+                    .filter(|x| x.depends_on.contains(&a.app) && !tasks_of(&per_app, &g.group, &x.app).is_empty())
                     .map(|x| format!("{}/{}", g.group, x.app))
                     .collect();
                 if !running_dependents.is_empty() {
@@ -408,34 +412,19 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 allocation.offers.iter().filter(|o| &o.role == role).map(|o| (o.node.as_str(), o.resources)).collect();
             let report = &allocation.roles[role];
             reports.insert(role.clone(), report.clone());
-            // The framework takes no more of its offers than the role's fair number of tasks.
+            // The framework takes no more of its offers than the role's fair number of tasks,
+            // app by app; what an app cannot place goes back to the role's budget for the next.
             let mut budget = fair.get(role.as_str()).copied().unwrap_or(0);
-            let requests: Vec<(&Pending<'_>, PlacementRequest)> = pending
-                .iter()
-                .filter(|p| &p.app.role == role)
-                .map(|p| {
-                    let count = p.count.min(budget);
-                    budget -= count;
-                    (p, requests_for(p, role, count))
-                })
-                .collect();
-            let only: Vec<PlacementRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
-            let declined_here = input.filters.iter().any(|f| &f.role == role && f.until_ms > input.now_ms);
-            let placed = if offers.is_empty() {
-                PlacementPlan {
-                    placed: Vec::new(),
-                    unplaced: only
-                        .iter()
-                        .filter(|r| r.count > 0)
-                        .map(|r| Unplaced { app: r.app.clone(), count: r.count, reason: String::new() })
-                        .collect(),
-                }
-            } else if declined_here {
-                // The role declined some nodes: it sees exactly its offers. An offered node
-                // has the offer free (its total is what is in use plus the offer); every other
-                // node takes nothing new but still counts for constraints.
+            let declined_here =
+                !offers.is_empty() && input.filters.iter().any(|f| &f.role == role && f.until_ms > input.now_ms);
+            // A role that declined nodes recently sees exactly its offers: an offered node has
+            // the offer free (its total is what is in use plus the offer); every other node
+            // takes nothing new but still counts for constraints. Otherwise the role was offered
+            // the whole cell (less other roles' reservations, within its limit): the shared
+            // placer's own view is the same, and it keeps its books between roles.
+            let view: Vec<cm::Node> = if declined_here {
                 shared = None;
-                let view: Vec<cm::Node> = nodes
+                nodes
                     .iter()
                     .map(|n| match offers.get(n.id.as_str()) {
                         Some(offer) => {
@@ -444,13 +433,36 @@ pub fn plan(input: &Input<'_>) -> Plan {
                         }
                         None => cm::Node { state: cm::NodeState::Draining, ..n.clone() },
                     })
-                    .collect();
-                Placer::new(&view, &running).plan(&only)
+                    .collect()
             } else {
-                // Offered the whole cell (less other roles' reservations, within its limit):
-                // the placer's own view is the same, and it keeps its books between roles.
-                shared.get_or_insert_with(|| Placer::new(&nodes, &running)).plan(&only)
+                Vec::new()
             };
+            let mut restricted = declined_here.then(|| Placer::new(&view, &running));
+            let mut requests: Vec<(&Pending<'_>, PlacementRequest)> = Vec::new();
+            let mut placed = PlacementPlan::default();
+            for p in pending.iter().filter(|p| &p.app.role == role) {
+                let request = requests_for(p, role, p.count.min(budget));
+                if request.count > 0 {
+                    let one = if offers.is_empty() {
+                        PlacementPlan {
+                            placed: Vec::new(),
+                            unplaced: vec![Unplaced {
+                                app: request.app.clone(),
+                                count: request.count,
+                                reason: String::new(),
+                            }],
+                        }
+                    } else if let Some(r) = restricted.as_mut() {
+                        r.plan(std::slice::from_ref(&request))
+                    } else {
+                        shared.get_or_insert_with(|| Placer::new(&nodes, &running)).plan(std::slice::from_ref(&request))
+                    };
+                    budget -= u32::try_from(one.placed.len()).unwrap_or(u32::MAX).min(budget);
+                    placed.placed.extend(one.placed);
+                    placed.unplaced.extend(one.unplaced);
+                }
+                requests.push((p, request));
+            }
             let mut used_nodes: BTreeSet<String> = BTreeSet::new();
             for p in &placed.placed {
                 let Some((pend, _)) = requests.iter().find(|(_, r)| r.app == p.app) else { continue };
@@ -1064,6 +1076,31 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_never_kills_tasks_whose_state_is_unknown() {
+        // Mid-upgrade, n1's link drops (or the cell restarted and n1 has not reported yet):
+        // its old tasks may well be serving. Nothing of them is killed until n1 reports.
+        let nodes = [node("n1", 8000, 8000, (9000, 9009)), node("n2", 8000, 8000, (9000, 9009))];
+        let mut d = demand("g", "web", 4, WEB);
+        d.apps[0].version = "v2".into();
+        let mut tasks = vec![
+            task("a", "g", "web", "n1", 9000, WEB, 1),
+            task("b", "g", "web", "n1", 9001, WEB, 2),
+            task("c", "g", "web", "n2", 9000, WEB, 3),
+            task("d", "g", "web", "n2", 9001, WEB, 4),
+        ];
+        tasks[0].phase = TaskPhase::Unknown;
+        tasks[1].phase = TaskPhase::Unknown;
+        let plan = run(&nodes, &tasks, std::slice::from_ref(&d));
+        assert!(!plan.stop.iter().any(|id| id == "a" || id == "b"), "{plan:?}");
+        // Known and serving again: the upgrade proceeds under its strategy.
+        tasks[0].phase = TaskPhase::Running { healthy: Some(true) };
+        tasks[1].phase = TaskPhase::Running { healthy: Some(true) };
+        let plan = run(&nodes, &tasks, &[d]);
+        assert_eq!(plan.start.len(), 4, "maximumOverCapacity 1: four replacements first: {plan:?}");
+        assert!(plan.stop.is_empty());
+    }
+
+    #[test]
     fn an_upgrade_that_cannot_progress_says_why() {
         let nodes = [node("n1", 4000, 4096, (9000, 9009))];
         let tasks = [task("a", "g", "web", "n1", 9000, WEB, 1), task("b", "g", "web", "n1", 9001, WEB, 2)];
@@ -1133,6 +1170,19 @@ mod tests {
                 plan.start.iter().filter(|s| s.app == app).map(|s| s.node_id.as_str()).collect();
             assert_eq!(hosts.len(), 2, "{app} on both nodes: {plan:?}");
         }
+    }
+
+    #[test]
+    fn an_app_that_cannot_place_leaves_its_roles_budget_to_the_next_app() {
+        let nodes = [node("n1", 1000, 8000, (9000, 9009)), node("n2", 1000, 8000, (9000, 9009))];
+        let mut unique = app("g", "a", 5, WEB);
+        unique.constraints = vec![Constraint::parse("hostname:UNIQUE").unwrap()];
+        let d = [GroupDemand { group: "g".into(), apps: vec![unique, app("g", "b", 2, WEB)] }];
+        // a already has one instance per host; room is left for two more 500-cpu tasks.
+        let tasks = [task("a1", "g", "a", "n1", 9000, WEB, 1), task("a2", "g", "a", "n2", 9000, WEB, 2)];
+        let plan = run(&nodes, &tasks, &d);
+        assert_eq!(plan.start.iter().filter(|s| s.app == "b").count(), 2, "{plan:?}");
+        assert!(plan.blockers.iter().any(|b| b.app == "a" && b.message.contains("UNIQUE")), "{plan:?}");
     }
 
     #[test]

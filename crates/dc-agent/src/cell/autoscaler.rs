@@ -30,9 +30,10 @@ struct Book {
     sampler: Sampler,
     windows: BTreeMap<Metric, MetricWindow>,
     history: ScalingHistory,
-    last_sample_ms: Option<u64>,
+    /// Monotonic, so a wall-clock step never stalls or floods sampling.
+    last_sample: Option<tokio::time::Instant>,
     /// (from, to, sent at) of the request in flight.
-    pending: Option<(u32, u32, u64)>,
+    pending: Option<(u32, u32, tokio::time::Instant)>,
 }
 
 fn wall_ms() -> u64 {
@@ -52,12 +53,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: Shutdown) {
         });
         for job in jobs {
             let book = books.entry((job.group.clone(), job.app.clone())).or_default();
-            let now = wall_ms();
-            if book.last_sample_ms.is_some_and(|t| now < t + job.spec.sample_interval_ms.max(100)) {
+            let every = Duration::from_millis(job.spec.sample_interval_ms.max(100));
+            if book.last_sample.is_some_and(|t| t.elapsed() < every) {
                 continue;
             }
-            book.last_sample_ms = Some(now);
-            round(&shared, &job, book, now).await;
+            book.last_sample = Some(tokio::time::Instant::now());
+            round(&shared, &job, book, wall_ms()).await;
         }
     }
 }
@@ -87,10 +88,9 @@ async fn round(shared: &Shared, job: &AutoscaleJob, book: &mut Book, now: u64) {
     if decision.change == Change::None {
         return;
     }
-    if book
-        .pending
-        .is_some_and(|(from, to, at)| from == job.instances && to == decision.target && now < at + RESEND_AFTER_MS)
-    {
+    if book.pending.is_some_and(|(from, to, at)| {
+        from == job.instances && to == decision.target && at.elapsed() < Duration::from_millis(RESEND_AFTER_MS)
+    }) {
         return;
     }
     let request = agent::ScalingRequest {
@@ -110,7 +110,7 @@ async fn round(shared: &Shared, job: &AutoscaleJob, book: &mut Book, now: u64) {
                 Change::Down => book.history.last_down_ms = Some(now),
                 Change::None => {}
             }
-            book.pending = Some((job.instances, decision.target, now));
+            book.pending = Some((job.instances, decision.target, tokio::time::Instant::now()));
         }
         Err(e) => {
             tracing::warn!(group = %job.group, app = %job.app, error = %e, "autoscaling request not sent; next round retries")
@@ -137,9 +137,8 @@ async fn scrape(addr: IpAddr, port: u16, path: &str) -> Option<String> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect((addr, port)).await.ok()?;
         let host = if addr.is_ipv6() { format!("[{addr}]") } else { addr.to_string() };
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        // HTTP/1.0: the answer is never chunked, so the body is the exposition as is.
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
         let mut body = Vec::new();
         (&mut s).take(MAX_SCRAPE_BYTES).read_to_end(&mut body).await.ok()?;
         let text = String::from_utf8(body).ok()?;

@@ -38,6 +38,8 @@ struct NodeConn {
     last_seen: Instant,
     /// Tasks last handed to the node on this connection; `None` until the first assignment.
     sent: Option<Vec<nodepb::TaskSpec>>,
+    /// A heartbeat arrived on this connection: the node's task statuses are known.
+    heard: bool,
 }
 
 struct NodeEntry {
@@ -273,7 +275,7 @@ impl CellState {
     pub(crate) fn register_node(&mut self, reg: NodeRegistration, tx: NodeTx, now: Instant) -> u64 {
         self.sched_dirty = true;
         self.next_conn_id += 1;
-        let conn = NodeConn { id: self.next_conn_id, tx, last_seen: now, sent: None };
+        let conn = NodeConn { id: self.next_conn_id, tx, last_seen: now, sent: None, heard: false };
         match self.nodes.get_mut(&reg.node_id) {
             Some(entry) => {
                 entry.reg = reg;
@@ -305,6 +307,10 @@ impl CellState {
         let entry = self.nodes.get_mut(&hb.node_id)?;
         let conn = entry.conn.as_mut().filter(|c| c.id == conn_id)?;
         conn.last_seen = now;
+        if !conn.heard {
+            conn.heard = true;
+            self.sched_dirty = true;
+        }
         entry.last_seen = now;
         entry.applied_generation = hb.applied_generation;
         let statuses: BTreeMap<String, nodepb::TaskStatus> =
@@ -424,7 +430,9 @@ impl CellState {
     }
 
     pub(crate) fn all_task_nodes_connected(&self) -> bool {
-        self.tasks.values().all(|t| self.nodes.get(&t.node_id).is_some_and(|n| n.conn.is_some()))
+        self.tasks
+            .values()
+            .all(|t| self.nodes.get(&t.node_id).is_some_and(|n| n.conn.as_ref().is_some_and(|c| c.heard)))
     }
 
     /// Plans and applies one scheduling step. Returns whether tasks or blockers changed.
@@ -560,15 +568,16 @@ impl CellState {
 
     /// Whether the task's node says it passed its readiness check (or it has none).
     fn task_ready_flag(&self, t: &TaskRecord) -> bool {
-        self.nodes.get(&t.node_id).and_then(|n| n.statuses.get(&t.task_id)).is_some_and(|st| st.ready)
+        self.nodes.get(&t.node_id).and_then(|n| n.statuses.get(&t.task_id)).is_some_and(|st| !st.not_ready)
     }
 
     /// What the scheduler needs to know of a task's state on its node.
     fn task_phase(&self, t: &TaskRecord) -> TaskPhase {
-        let Some(node) = self.nodes.get(&t.node_id) else { return TaskPhase::Running { healthy: None } };
-        if node.conn.is_none() {
-            // Unreachable: it may well still run; no verdict.
-            return TaskPhase::Running { healthy: None };
+        let Some(node) = self.nodes.get(&t.node_id) else { return TaskPhase::Unknown };
+        if node.conn.is_none() || !node.conn.as_ref().is_some_and(|c| c.heard) {
+            // Unreachable, or reconnected without a heartbeat yet: it may well still run and
+            // serve; no verdict, and no reason to kill it.
+            return TaskPhase::Unknown;
         }
         match node.statuses.get(&t.task_id).and_then(|st| TaskState::try_from(st.state).ok().map(|s| (s, st))) {
             None | Some((TaskState::Unspecified | TaskState::Starting, _)) => TaskPhase::Staging,
@@ -983,7 +992,7 @@ impl CellState {
                         weight: LB_WEIGHT,
                         ready: status.state == TaskState::Running as i32
                             && status.healthy
-                            && status.ready
+                            && !status.not_ready
                             && !self.leaving.contains_key(&t.task_id),
                     });
                 }
@@ -1062,7 +1071,7 @@ impl CellState {
             Some(st) => {
                 s.pid = st.pid;
                 s.state = st.state;
-                s.healthy = st.healthy;
+                s.healthy = st.healthy && !st.not_ready;
                 s.restarts = st.restarts;
                 s.message = st.message.clone();
             }
@@ -1157,7 +1166,9 @@ mod tests {
     fn assignments_carry_the_task_environment_and_are_sent_once() {
         let mut s = CellState::new("site-a".into(), 0, None);
         let (tx, mut rx) = mpsc::channel(4);
-        s.register_node(reg("n1"), tx, Instant::now());
+        let conn = s.register_node(reg("n1"), tx, Instant::now());
+        // The node reports (nothing yet): its tasks' states are known from now on.
+        s.heartbeat(conn, nodepb::NodeHeartbeat { node_id: "n1".into(), ..Default::default() }, Instant::now());
         let d = s.check_desired(&desired(3, 2)).unwrap();
         s.commit_desired(d);
         assert!(s.place(Instant::now(), Duration::from_secs(3)));
@@ -1212,7 +1223,9 @@ mod tests {
         let mut r = CellState::new("site-a".into(), 1, Some(snap));
         assert!(!r.all_task_nodes_connected());
         let (tx3, _rx3) = mpsc::channel(4);
-        r.register_node(reg("n2"), tx3, later);
+        let c3 = r.register_node(reg("n2"), tx3, later);
+        assert!(!r.all_task_nodes_connected(), "registered, but its tasks' states are not known yet");
+        r.heartbeat(c3, nodepb::NodeHeartbeat { node_id: "n2".into(), ..Default::default() }, later);
         assert!(r.all_task_nodes_connected());
         r.place(later, Duration::from_secs(3));
         assert_eq!(r.tasks.keys().cloned().collect::<BTreeSet<_>>(), ids);

@@ -473,25 +473,29 @@ fn launch(ctx: &TaskContext, spec: &nodepb::TaskSpec) -> Result<Child, String> {
         .process_group(0)
         // If the node's runtime goes away without stopping tasks (a panic), do not leak them.
         .kill_on_drop(true);
-    set_rlimits_before_exec(&mut cmd, ctx.max_open_files);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-    if let (Some(root), Some(pid)) = (&ctx.cgroup_root, child.id())
-        && let Err(e) = super::limits::confine(root, spec, pid)
-    {
-        // Never run a task unconfined on a node told to confine it.
-        let _ = child.start_kill();
-        return Err(e);
-    }
-    Ok(child)
+    // Never run a task unconfined on a node told to confine it: the child joins its cgroup
+    // before it executes anything, or the launch fails.
+    let procs = match &ctx.cgroup_root {
+        Some(root) => Some(super::limits::prepare_task(root, spec)?),
+        None => None,
+    };
+    confine_before_exec(&mut cmd, procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), ctx.max_open_files);
+    let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", program.display()));
+    drop(procs);
+    child
 }
 
 /// The one `unsafe` in the workspace: `pre_exec` runs a closure in the forked child.
-// SAFETY: the closure only calls setrlimit(2) twice, which is async-signal-safe; it allocates
-// nothing and takes no lock, so it is sound between fork and exec.
+// SAFETY: the closure only calls write(2) on a descriptor the parent keeps open until spawn
+// returns, and setrlimit(2); both are async-signal-safe, and it allocates nothing and takes no
+// lock, so it is sound between fork and exec.
 #[allow(unsafe_code)]
-fn set_rlimits_before_exec(cmd: &mut Command, max_open_files: Option<u64>) {
+fn confine_before_exec(cmd: &mut Command, cgroup_procs: Option<std::os::fd::RawFd>, max_open_files: Option<u64>) {
     unsafe {
-        cmd.pre_exec(move || super::limits::apply_rlimits(max_open_files));
+        cmd.pre_exec(move || {
+            let fd = cgroup_procs.map(|fd| std::os::fd::BorrowedFd::borrow_raw(fd));
+            super::limits::enter_child(fd, max_open_files)
+        });
     }
 }
 
@@ -636,7 +640,7 @@ async fn watch_child(
     tracing::info!(task = %spec.task_id, pid, "task process started");
     board.update(spec, |s| {
         s.pid = pid;
-        s.ready = ready;
+        s.not_ready = !ready;
         s.healthy = !checked;
         s.state = if checked { TaskState::Starting } else { TaskState::Running } as i32;
         s.message = if checked { "waiting for the first passing health check".into() } else { "running".into() };
@@ -663,7 +667,7 @@ async fn watch_child(
                     Ok(()) => {
                         ready = true;
                         tracing::info!(task = %spec.task_id, "task ready");
-                        board.update(spec, |s| s.ready = true);
+                        board.update(spec, |s| s.not_ready = false);
                     }
                     Err(e) => tracing::debug!(task = %spec.task_id, error = %e, "readiness check failed"),
                 }
@@ -734,7 +738,9 @@ mod tests {
         }
         assert_eq!(std::fs::read_to_string(&limits).unwrap(), "1024\n0\n", "RLIMIT_NOFILE and no core dumps");
         let cg = cgroups.path().join("g.limits.1");
-        assert_eq!(std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(), pid.to_string());
+        // The child wrote "0" (itself) before exec; the kernel turns that into its pid.
+        assert_eq!(std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(), "0");
+        assert!(pid > 0);
         assert_eq!(std::fs::read_to_string(cg.join("memory.max")).unwrap(), (32 * 1024 * 1024).to_string());
         assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).unwrap(), "50000 100000");
         exec.shutdown().await;
@@ -774,8 +780,9 @@ time.sleep(1.5); open('ready.flag','w').close(); time.sleep(600)",
             ..Default::default()
         });
         exec.apply(vec![task]).await;
-        wait_for(exec.board(), "healthy over TCP but not ready", |s| s.len() == 1 && s[0].healthy && !s[0].ready).await;
-        wait_for(exec.board(), "ready once warmed up", |s| s.len() == 1 && s[0].healthy && s[0].ready).await;
+        wait_for(exec.board(), "healthy over TCP but not ready", |s| s.len() == 1 && s[0].healthy && s[0].not_ready)
+            .await;
+        wait_for(exec.board(), "ready once warmed up", |s| s.len() == 1 && s[0].healthy && !s[0].not_ready).await;
         exec.shutdown().await;
     }
 

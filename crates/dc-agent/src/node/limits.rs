@@ -2,7 +2,8 @@
 //! - **rlimits** (always): no core dumps, and at most `max_open_files` descriptors;
 //! - **cgroup v2** (with `dc-agent node --cgroup-root DIR`): each task gets `DIR/<task-id>`
 //!   with `memory.max` (its memory request) and `cpu.max` (its CPU request as a quota per
-//!   100 ms period), and its process is moved there right after it starts.
+//!   100 ms period), and its process moves itself there between fork and exec, so nothing of
+//!   it ever runs outside.
 //!
 //! A cgroup root without the `cpu` and `memory` controllers (a cgroup v1 or hybrid host, or a
 //! container that was not delegated them) is refused when the node starts, with what is missing
@@ -55,8 +56,12 @@ pub fn task_cgroup(root: &Path, task_id: &str) -> PathBuf {
     root.join(task_id)
 }
 
-/// Creates the task's cgroup with its limits and moves `pid` into it.
-pub fn confine(root: &Path, spec: &nodepb::TaskSpec, pid: u32) -> Result<PathBuf, String> {
+/// The kernel's smallest `cpu.max` quota.
+const CPU_QUOTA_MIN_US: u64 = 1_000;
+
+/// Creates the task's cgroup with its limits, and opens its `cgroup.procs` for the task's
+/// process to write `0` into (moving itself) before it executes its program.
+pub fn prepare_task(root: &Path, spec: &nodepb::TaskSpec) -> Result<std::fs::File, String> {
     let dir = task_cgroup(root, &spec.task_id);
     let fail = |what: &str, e: std::io::Error| format!("cgroup {}: cannot {what}: {e}", dir.display());
     std::fs::create_dir_all(&dir).map_err(|e| fail("create it", e))?;
@@ -66,11 +71,15 @@ pub fn confine(root: &Path, spec: &nodepb::TaskSpec, pid: u32) -> Result<PathBuf
             .map_err(|e| fail("set memory.max", e))?;
     }
     if res.cpu_millis > 0 {
-        let quota = res.cpu_millis * CPU_PERIOD_US / 1000;
+        let quota = (res.cpu_millis * CPU_PERIOD_US / 1000).max(CPU_QUOTA_MIN_US);
         std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")).map_err(|e| fail("set cpu.max", e))?;
     }
-    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|e| fail("move the task into it", e))?;
-    Ok(dir)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("cgroup.procs"))
+        .map_err(|e| fail("open cgroup.procs", e))
 }
 
 /// Removes a stopped task's cgroup (the kernel refuses while a process is still in it).
@@ -97,10 +106,18 @@ pub fn check_open_files(max_open_files: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Applies the rlimits in the forked child before it executes the task's program: no core
-/// dumps, and `max_open_files` descriptors when given. Only async-signal-safe calls.
-pub fn apply_rlimits(max_open_files: Option<u64>) -> std::io::Result<()> {
+/// Runs in the forked child before it executes the task's program: joins the task's cgroup
+/// (writing `0` to its open `cgroup.procs`), then sets the rlimits (no core dumps, and
+/// `max_open_files` descriptors when given). Only async-signal-safe calls: write(2) and
+/// setrlimit(2).
+pub fn enter_child(
+    cgroup_procs: Option<std::os::fd::BorrowedFd<'_>>,
+    max_open_files: Option<u64>,
+) -> std::io::Result<()> {
     use nix::sys::resource::{Resource, setrlimit};
+    if let Some(fd) = cgroup_procs {
+        nix::unistd::write(fd, b"0").map_err(std::io::Error::from)?;
+    }
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
     if let Some(n) = max_open_files {
         setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(std::io::Error::from)?;
@@ -145,10 +162,24 @@ mod tests {
             resources: Some(switchyard_proto::common::v1::Resources { cpu_millis: 250, mem_mib: 64, disk_mib: 0 }),
             ..Default::default()
         };
-        let dir = confine(root.path(), &spec, 4242).unwrap();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        std::fs::create_dir_all(task_cgroup(root.path(), "g.web.7")).unwrap();
+        std::fs::write(task_cgroup(root.path(), "g.web.7").join("cgroup.procs"), "").unwrap();
+        let _procs = prepare_task(root.path(), &spec).unwrap();
+        let read = |f: &str| std::fs::read_to_string(task_cgroup(root.path(), "g.web.7").join(f)).unwrap();
         assert_eq!(read("memory.max"), (64 * 1024 * 1024).to_string());
         assert_eq!(read("cpu.max"), "25000 100000", "250 millicores = a quarter of each period");
-        assert_eq!(read("cgroup.procs"), "4242");
+        // A tiny request still gets the kernel's smallest quota instead of an invalid one.
+        let tiny = nodepb::TaskSpec {
+            task_id: "g.web.8".into(),
+            resources: Some(switchyard_proto::common::v1::Resources { cpu_millis: 5, mem_mib: 0, disk_mib: 0 }),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(task_cgroup(root.path(), "g.web.8")).unwrap();
+        std::fs::write(task_cgroup(root.path(), "g.web.8").join("cgroup.procs"), "").unwrap();
+        let _procs = prepare_task(root.path(), &tiny).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(task_cgroup(root.path(), "g.web.8").join("cpu.max")).unwrap(),
+            "1000 100000"
+        );
     }
 }

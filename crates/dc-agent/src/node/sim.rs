@@ -82,7 +82,7 @@ impl SimExecutor {
             board.update(&spec, |s| {
                 s.state = TaskState::Running as i32;
                 s.healthy = true;
-                s.ready = true;
+                s.not_ready = false;
                 s.pid = 0;
                 s.message = "running (simulated)".into();
             });
