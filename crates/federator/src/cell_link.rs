@@ -153,7 +153,7 @@ async fn receive_reports(fed: Arc<Federator>, site: String, mut inbound: Streami
             Some((prev, at)) => *prev != report || at.elapsed() >= REPORT_HEARTBEAT,
             None => true,
         };
-        if !due || !fed.is_leader() {
+        if !due {
             continue;
         }
         match fed.propose(&actor, Action::CellReport(report.clone())).await {

@@ -36,6 +36,19 @@ pub struct FederatorConfig {
     pub sites: Vec<SiteSpec>,
     #[serde(default)]
     pub groups: Vec<GroupSpec>,
+    /// The other replicas of the cluster. A new cluster is initialised by the replica with the
+    /// lowest node id, with every listed replica as a voter.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// Another federator replica. Its certificate must name it `federator:fed-<node_id>`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub node_id: u64,
+    /// `host:port` of its gRPC port.
+    pub address: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -101,6 +114,18 @@ impl FederatorConfig {
         }
         if self.engine.verify_window_ms == 0 {
             p.push("engine: verify_window_ms must be > 0".to_string());
+        }
+        let mut ids = BTreeSet::from([self.node_id]);
+        for peer in &self.peers {
+            if !ids.insert(peer.node_id) {
+                p.push(format!("peer node_id {} is used twice (or is this replica's own)", peer.node_id));
+            }
+            if peer.node_id == 0 || !peer.address.contains(':') {
+                p.push(format!(
+                    "peer {}: node_id must be non-zero and address HOST:PORT ({:?})",
+                    peer.node_id, peer.address
+                ));
+            }
         }
         let mut names = BTreeSet::new();
         for s in &self.sites {

@@ -13,6 +13,7 @@ use switchyard_core::engine::validate;
 use switchyard_core::{Action, Applied, Proposal, Refusal};
 use switchyard_proto::agent::v1::cell_link_server::CellLinkServer;
 use switchyard_proto::operator::v1::operator_server::OperatorServer;
+use switchyard_proto::raft::v1::raft_peer_client::RaftPeerClient;
 use switchyard_proto::raft::v1::raft_peer_server::RaftPeerServer;
 use switchyard_proto::routing::v1::routing_server::RoutingServer;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -61,7 +62,40 @@ pub struct Federator {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub config: Arc<FederatorConfig>,
+    /// For forwarding writes to the leader.
+    tls: switchyard_tls::Bundle,
+    leader_client: tokio::sync::Mutex<Option<(u64, RaftPeerClient<tonic::transport::Channel>)>>,
 }
+
+/// A write a follower hands to the leader.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Forwarded {
+    pub actor: String,
+    pub action: Action,
+}
+
+/// What the leader did with a forwarded write.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum ForwardOutcome {
+    Applied(Applied),
+    Refused(Refusal),
+    NotLeader(Option<u64>),
+    Raft(String),
+}
+
+impl From<Result<Applied, ProposeError>> for ForwardOutcome {
+    fn from(r: Result<Applied, ProposeError>) -> Self {
+        match r {
+            Ok(a) => ForwardOutcome::Applied(a),
+            Err(ProposeError::Refused(r)) => ForwardOutcome::Refused(r),
+            Err(ProposeError::NotLeader { leader, .. }) => ForwardOutcome::NotLeader(leader),
+            Err(ProposeError::Raft(e)) => ForwardOutcome::Raft(e),
+        }
+    }
+}
+
+/// How long a forwarded write may take before the follower gives up (the client retries).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Federator {
     pub fn leader(&self) -> Option<u64> {
@@ -72,9 +106,59 @@ impl Federator {
         self.leader() == Some(self.id)
     }
 
-    /// Stamps `action` with the leader's time and `actor`, checks it against the committed
-    /// state, and commits it through Raft. Returns what `apply` returned.
+    /// Commits `action` by `actor`: on the leader directly, on a follower by forwarding it to
+    /// the leader (so clients may talk to any replica). Returns what `apply` returned.
     pub async fn propose(&self, actor: &str, action: Action) -> Result<Applied, ProposeError> {
+        if self.is_leader() {
+            return self.propose_here(actor, action).await;
+        }
+        let Some(leader) = self.leader() else {
+            return Err(ProposeError::NotLeader { node: self.id, leader: None });
+        };
+        self.forward(leader, actor, action).await
+    }
+
+    async fn forward(&self, leader: u64, actor: &str, action: Action) -> Result<Applied, ProposeError> {
+        let not_leader = || ProposeError::NotLeader { node: self.id, leader: Some(leader) };
+        let addr = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else { return Err(not_leader()) };
+        let mut cached = self.leader_client.lock().await;
+        if cached.as_ref().is_none_or(|(id, _)| *id != leader) {
+            let channel = crate::raft::mtls_channel(&addr, &self.tls).map_err(|e| ProposeError::Raft(e.to_string()))?;
+            *cached = Some((leader, RaftPeerClient::new(channel)));
+        }
+        let client = &mut cached.as_mut().expect("set above").1;
+        let payload = crate::raft::encode(&Forwarded { actor: actor.to_string(), action });
+        let reply = match tokio::time::timeout(FORWARD_TIMEOUT, client.forward(payload)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(status)) => {
+                *cached = None;
+                return Err(ProposeError::Raft(format!(
+                    "forwarding to leader {leader} at {addr}: {}",
+                    status.message()
+                )));
+            }
+            Err(_) => {
+                *cached = None;
+                return Err(ProposeError::Raft(format!("leader {leader} at {addr} did not answer in time")));
+            }
+        };
+        let outcome: ForwardOutcome = crate::raft::decode(reply.get_ref()).map_err(ProposeError::Raft)?;
+        match outcome {
+            ForwardOutcome::Applied(a) => Ok(a),
+            ForwardOutcome::Refused(r) => Err(ProposeError::Refused(r)),
+            ForwardOutcome::NotLeader(l) => Err(ProposeError::NotLeader { node: self.id, leader: l }),
+            ForwardOutcome::Raft(e) => Err(ProposeError::Raft(e)),
+        }
+    }
+
+    /// Stamps `action` with this leader's time and `actor`, checks it against the committed
+    /// state, and commits it through Raft. Never forwards (a forwarded write lands here).
+    pub async fn propose_here(&self, actor: &str, action: Action) -> Result<Applied, ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader { node: self.id, leader: self.leader() });
         }
@@ -144,7 +228,14 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot bind gRPC address {}", config.listen))?;
     let grpc_addr = listener.local_addr()?;
 
-    let federator = Arc::new(Federator { id: config.node_id, raft: raft.clone(), shared, config: config.clone() });
+    let federator = Arc::new(Federator {
+        id: config.node_id,
+        raft: raft.clone(),
+        shared,
+        config: config.clone(),
+        tls: tls.clone(),
+        leader_client: tokio::sync::Mutex::new(None),
+    });
     let max = switchyard_proto::MAX_MESSAGE_BYTES;
     let router = tonic::transport::Server::builder()
         .tls_config(tls.server_tls())?
@@ -166,7 +257,7 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
                 .max_encoding_message_size(max),
         )
         .add_service(
-            RaftPeerServer::new(PeerService::new(raft.clone()))
+            RaftPeerServer::new(PeerService::new(raft.clone(), federator.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
@@ -176,9 +267,13 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         }
     });
 
-    if !raft.is_initialized().await? {
-        let members = BTreeMap::from([(config.node_id, BasicNode { addr: config.advertise_addr() })]);
-        tracing::info!(node_id = config.node_id, "initialising a new single-node cluster");
+    // A new cluster is initialised once, by the replica with the lowest node id; the others
+    // join when it reaches them.
+    let lowest = config.peers.iter().map(|p| p.node_id).chain([config.node_id]).min();
+    if !raft.is_initialized().await? && lowest == Some(config.node_id) {
+        let mut members = BTreeMap::from([(config.node_id, BasicNode { addr: config.advertise_addr() })]);
+        members.extend(config.peers.iter().map(|p| (p.node_id, BasicNode { addr: p.address.clone() })));
+        tracing::info!(node_id = config.node_id, voters = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster");
         raft.initialize(members).await.context("initialising the cluster")?;
     }
 

@@ -5,7 +5,8 @@
 mod network;
 mod store;
 
-pub use network::{NetworkFactory, PeerService};
+pub use network::{NetworkFactory, PeerService, mtls_channel};
+pub(crate) use network::{decode, encode};
 pub use store::{LogStore, Shared, StateMachineStore, open_storage};
 
 use switchyard_core::{Proposal, Response};

@@ -68,14 +68,14 @@ enum Method {
     Snapshot,
 }
 
-fn encode<T: Serialize>(value: &T) -> RaftPayload {
+pub(crate) fn encode<T: Serialize>(value: &T) -> RaftPayload {
     RaftPayload {
         format: PayloadFormat::Json as i32,
         data: serde_json::to_vec(value).expect("raft messages serialize"),
     }
 }
 
-fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, String> {
+pub(crate) fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, String> {
     if payload.format != PayloadFormat::Json as i32 {
         return Err(format!("unsupported raft payload format {}", payload.format));
     }
@@ -143,42 +143,65 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Serves Raft RPCs from peer federators.
+/// Serves Raft RPCs, and writes forwarded by followers, from peer federators.
 pub struct PeerService {
     raft: Raft,
+    federator: std::sync::Arc<crate::node::Federator>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, federator: std::sync::Arc<crate::node::Federator>) -> Self {
+        Self { raft, federator }
     }
 }
 
-fn only_federators<T>(req: &Request<T>) -> Result<(), Status> {
+fn only_federators<T>(req: &Request<T>) -> Result<switchyard_tls::Identity, Status> {
     let id = peer_identity(req)?;
     if id.role != Role::Federator {
         return Err(Status::permission_denied(format!("{id} may not send Raft traffic; only federator replicas may")));
     }
-    Ok(())
+    Ok(id)
+}
+
+/// A replica may speak only for itself: the node id a Raft message claims must be the one its
+/// certificate names (`federator:fed-<node_id>`).
+fn speaks_for(id: &switchyard_tls::Identity, node: NodeId) -> Result<(), Status> {
+    if id.name == format!("fed-{node}") {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{id} may not send Raft messages as node {node}; its certificate names another replica"
+        )))
+    }
 }
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
-        only_federators(&req)?;
+        let id = only_federators(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        speaks_for(&id, rpc.vote.leader_id().voted_for().unwrap_or_default())?;
         Ok(tonic::Response::new(encode(&self.raft.append_entries(rpc).await)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
-        only_federators(&req)?;
+        let id = only_federators(&req)?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        speaks_for(&id, rpc.vote.leader_id().voted_for().unwrap_or_default())?;
         Ok(tonic::Response::new(encode(&self.raft.vote(rpc).await)))
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
-        only_federators(&req)?;
+        let id = only_federators(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        speaks_for(&id, rpc.vote.leader_id().voted_for().unwrap_or_default())?;
         Ok(tonic::Response::new(encode(&self.raft.install_snapshot(rpc).await)))
+    }
+
+    async fn forward(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        only_federators(&req)?;
+        let w: crate::node::Forwarded = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        let outcome: crate::node::ForwardOutcome = self.federator.propose_here(&w.actor, w.action).await.into();
+        Ok(tonic::Response::new(encode(&outcome)))
     }
 }
