@@ -34,7 +34,8 @@ pub struct CellArgs {
     /// Address the NodeLink service listens on (IP:PORT).
     #[arg(long)]
     pub listen: String,
-    /// Federator CellLink endpoint, https://IP:PORT.
+    /// Federator replicas, https://IP:PORT, comma-separated: the cell links to one and moves to
+    /// the next when its link fails (any replica serves; writes reach the leader).
     #[arg(long)]
     pub federator: String,
     #[arg(long)]
@@ -174,7 +175,8 @@ impl ServerUrl {
 pub struct CellConfig {
     pub site: String,
     pub listen: SocketAddr,
-    pub federator: ServerUrl,
+    /// Every replica, in the order given; never empty.
+    pub federators: Vec<ServerUrl>,
     pub tls: TlsFiles,
     pub data_dir: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
@@ -268,7 +270,12 @@ impl CellArgs {
         let mut p = Problems(Vec::new());
         p.name("site", &self.site);
         let listen = p.socket("listen", &self.listen);
-        let federator = p.check(ServerUrl::parse("federator", &self.federator));
+        let federators: Option<Vec<ServerUrl>> = self
+            .federator
+            .split(',')
+            .map(|u| p.check(ServerUrl::parse("federator", u.trim())))
+            .collect::<Option<Vec<_>>>()
+            .filter(|v| !v.is_empty());
         let tls = tls_files(&mut p, &self.tls_ca, &self.tls_cert, &self.tls_key);
         if self.data_dir.as_os_str().is_empty() {
             p.0.push("--data-dir must not be empty".to_string());
@@ -284,7 +291,7 @@ impl CellArgs {
             Some(CellConfig {
                 site: self.site.clone(),
                 listen: listen?,
-                federator: federator?,
+                federators: federators?,
                 tls,
                 data_dir: self.data_dir.clone(),
                 metrics_listen: metrics_listen?,

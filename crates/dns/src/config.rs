@@ -21,7 +21,8 @@ pub struct Args {
     /// Address for DNS over UDP and TCP, e.g. `0.0.0.0:53`. Port 0 picks one free port for both.
     #[arg(long)]
     pub listen: String,
-    /// Federator routing endpoint, `https://HOST:PORT`.
+    /// Federator replicas' routing endpoints, `https://HOST:PORT`, comma-separated: the stream
+    /// follows one and moves to the next when it fails.
     #[arg(long)]
     pub federator: String,
     /// Federation CA certificate (PEM).
@@ -82,7 +83,10 @@ pub struct FederatorEndpoint {
 pub struct Config {
     pub zone: ZoneConfig,
     pub listen: SocketAddr,
+    /// The first replica (kept for logs and callers that need one).
     pub federator: FederatorEndpoint,
+    /// Every replica, in the order given.
+    pub federators: Vec<FederatorEndpoint>,
     pub tls: TlsFiles,
     pub state_dir: PathBuf,
     pub server_id: String,
@@ -117,7 +121,9 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|_| problem(format!("--listen {:?} is not IP:PORT (e.g. 127.0.0.1:5353)", args.listen)))
             .ok();
-        let federator = parse_federator(&args.federator).map_err(&mut problem).ok();
+        let federators: Option<Vec<FederatorEndpoint>> =
+            args.federator.split(',').map(|f| parse_federator(f.trim()).map_err(&mut problem).ok()).collect();
+        let federator = federators.as_ref().and_then(|f| f.first().cloned());
         for (flag, path) in [("--tls-ca", &args.tls_ca), ("--tls-cert", &args.tls_cert), ("--tls-key", &args.tls_key)] {
             if !path.is_file() {
                 problem(format!("{flag} {} is not a readable file", path.display()));
@@ -173,6 +179,7 @@ impl Config {
                 zone: ZoneConfig::new(origin, ns_name, ns_addresses),
                 listen,
                 federator,
+                federators: federators.unwrap_or_default(),
                 tls: TlsFiles { ca: args.tls_ca.clone(), cert: args.tls_cert.clone(), key: args.tls_key.clone() },
                 state_dir: args.state_dir.clone(),
                 server_id: args.server_id.clone(),

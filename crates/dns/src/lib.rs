@@ -110,7 +110,7 @@ impl RunningDns {
 /// that can fail on bad input fails before a socket is bound.
 pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
     let bundle = config.tls.load()?;
-    let endpoint = watch::endpoint(&config.federator, &bundle)?;
+    let endpoints = config.federators.iter().map(|f| watch::endpoint(f, &bundle)).collect::<Result<Vec<_>, _>>()?;
     config::ensure_state_dir(&config.state_dir)
         .map_err(|source| DnsError::StateDir { path: config.state_dir.clone(), source })?;
 
@@ -140,7 +140,7 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
 
     let applier = Applier::new(table.clone(), config.zone.origin.clone(), config.state_dir.clone());
-    let watch = tokio::spawn(watch::watch_forever(endpoint, config.server_id.clone(), applier));
+    let watch = tokio::spawn(watch::watch_forever(endpoints, config.server_id.clone(), applier));
     tracing::info!(
         zone = %config.zone.origin,
         listen = %local_addr,

@@ -62,12 +62,16 @@ pub fn endpoint(federator: &FederatorEndpoint, bundle: &Bundle) -> Result<Endpoi
         .keep_alive_while_idle(true))
 }
 
-/// Follows the federator's routing stream until the task is aborted.
-pub async fn watch_forever(endpoint: Endpoint, server_id: String, applier: Applier) {
+/// Follows a federator replica's routing stream until the task is aborted, moving to the next
+/// replica (round robin) whenever the stream fails.
+pub async fn watch_forever(endpoints: Vec<Endpoint>, server_id: String, applier: Applier) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-    let federator = endpoint.uri().to_string();
+    let mut next = 0usize;
     loop {
-        match follow_stream(&endpoint, &server_id, &applier).await {
+        let endpoint = &endpoints[next % endpoints.len()];
+        next = next.wrapping_add(1);
+        let federator = endpoint.uri().to_string();
+        match follow_stream(endpoint, &server_id, &applier).await {
             Ok(received) => {
                 tracing::warn!(%federator, received, "routing stream ended; reconnecting");
                 if received > 0 {

@@ -18,6 +18,10 @@ pub const DEFAULT_CONFIG: &str = ".switchyard/fedctl.toml";
 pub struct ClientConfig {
     /// `https://host:port` of a federator.
     pub endpoint: String,
+    /// Further replicas, tried in order when `endpoint` cannot be reached (any replica serves;
+    /// writes are forwarded to the leader).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     pub tls: TlsFiles,
 }
 
@@ -45,15 +49,25 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Connects to the first replica that answers: `endpoint`, then each of `endpoints`.
 pub async fn connect(cfg: &ClientConfig) -> Result<OperatorClient<Channel>, CliError> {
+    let mut last = None;
+    for endpoint in std::iter::once(&cfg.endpoint).chain(cfg.endpoints.iter().filter(|e| **e != cfg.endpoint)) {
+        match connect_one(cfg, endpoint).await {
+            Ok(c) => return Ok(c),
+            Err(CliError::Unavailable(e)) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(CliError::Unavailable(last.unwrap_or_else(|| "no federator endpoint configured".into())))
+}
+
+async fn connect_one(cfg: &ClientConfig, endpoint: &str) -> Result<OperatorClient<Channel>, CliError> {
     let bundle = cfg.tls.load().map_err(|e| CliError::Usage(format!("client certificate: {e}")))?;
     let uri: tonic::transport::Uri =
-        cfg.endpoint.parse().map_err(|e| CliError::Usage(format!("endpoint {:?} is not a URL: {e}", cfg.endpoint)))?;
+        endpoint.parse().map_err(|e| CliError::Usage(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
     if uri.scheme_str() != Some("https") {
-        return Err(CliError::Usage(format!(
-            "endpoint {:?} must use https://; plaintext is not supported",
-            cfg.endpoint
-        )));
+        return Err(CliError::Usage(format!("endpoint {endpoint:?} must use https://; plaintext is not supported")));
     }
     let host = uri.host().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']').to_string();
     let channel = Endpoint::from(uri)
@@ -64,7 +78,7 @@ pub async fn connect(cfg: &ClientConfig) -> Result<OperatorClient<Channel>, CliE
         .connect()
         .await
         .map_err(|e| {
-            CliError::Unavailable(format!("cannot reach the federator at {}: {}", cfg.endpoint, source_chain(&e)))
+            CliError::Unavailable(format!("cannot reach the federator at {endpoint}: {}", source_chain(&e)))
         })?;
     Ok(OperatorClient::new(channel).max_decoding_message_size(switchyard_proto::MAX_MESSAGE_BYTES))
 }

@@ -214,6 +214,14 @@ struct FederatorToml<'a> {
     engine: EngineConfig,
     sites: &'a [SiteSpec],
     groups: &'a [GroupSpec],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<PeerToml>,
+}
+
+#[derive(Serialize)]
+struct PeerToml {
+    node_id: u64,
+    address: String,
 }
 
 fn sample_groups(home: &str) -> Vec<GroupSpec> {
@@ -274,6 +282,8 @@ pub struct UpArgs {
     pub timeout: Duration,
     /// Start an HAProxy per site on its ingress address (when `haproxy` is installed).
     pub ingress: bool,
+    /// Federator replicas (1 = a single node; 3 or 5 = a Raft cluster).
+    pub federators: u32,
 }
 
 /// `name` found in a directory of `PATH`.
@@ -423,8 +433,14 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             s.ingress_port = Some(port);
         }
     }
-    let fed_addr = SocketAddr::new(loopback, free_port(loopback)?);
-    let fed_url = format!("https://{fed_addr}");
+    let mut fed_addrs = Vec::new();
+    for _ in 0..args.federators.max(1) {
+        fed_addrs.push(SocketAddr::new(loopback, free_port(loopback)?));
+    }
+    let fed_urls: Vec<String> = fed_addrs.iter().map(|a| format!("https://{a}")).collect();
+    let fed_url = fed_urls[0].clone();
+    // What cells and DNS servers are given: every replica, so they follow any one's loss.
+    let fed_list = fed_urls.join(",");
     let dns_addr = SocketAddr::new(loopback, free_port(loopback)?);
 
     let mut cluster = ClusterFile {
@@ -442,39 +458,62 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     let operator = user.unwrap_or_else(|| "sre".to_string());
     let client_tls = issue("fedctl", Role::Operator, &operator, &[])?;
     issue("admin", Role::Admin, "admin", &[])?;
-    let client = ClientConfig { endpoint: fed_url.clone(), tls: client_tls };
+    let client = ClientConfig {
+        endpoint: fed_url.clone(),
+        endpoints: if fed_urls.len() > 1 { fed_urls.clone() } else { Vec::new() },
+        tls: client_tls,
+    };
     std::fs::write(dir.join("fedctl.toml"), toml::to_string(&client).expect("serializes")).map_err(io)?;
 
     let started = Instant::now();
     let result = async {
-        // Federator.
-        let fed_tls = issue("federator", Role::Federator, "fed-1", &["127.0.0.1".into(), "localhost".into()])?;
-        let metrics = SocketAddr::new(loopback, free_port(loopback)?);
-        let fed_config = FederatorToml {
-            node_id: 1,
-            listen: fed_addr.to_string(),
-            metrics_listen: metrics.to_string(),
-            data_dir: data.join("federator"),
-            zone: ZONE,
-            tls: &fed_tls,
-            engine: EngineConfig { verify_window_ms: 2_000, drain_ms: 500, ..EngineConfig::default() },
-            sites: &site_specs,
-            groups: &groups,
-        };
-        let fed_config_path = dir.join("federator.toml");
-        std::fs::write(&fed_config_path, toml::to_string(&fed_config).map_err(|e| CliError::Failed(e.to_string()))?)
+        // Federator replicas.
+        let replicas = fed_addrs.len() as u64;
+        for (k, fed_addr) in fed_addrs.iter().enumerate() {
+            let id = k as u64 + 1;
+            let name = if replicas == 1 { "federator".to_string() } else { format!("federator-{id}") };
+            let fed_tls =
+                issue(&name, Role::Federator, &format!("fed-{id}"), &["127.0.0.1".into(), "localhost".into()])?;
+            let metrics = SocketAddr::new(loopback, free_port(loopback)?);
+            let peers = fed_addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != k)
+                .map(|(j, a)| PeerToml { node_id: j as u64 + 1, address: a.to_string() })
+                .collect();
+            let fed_config = FederatorToml {
+                node_id: id,
+                listen: fed_addr.to_string(),
+                metrics_listen: metrics.to_string(),
+                data_dir: data.join(&name),
+                zone: ZONE,
+                tls: &fed_tls,
+                engine: EngineConfig { verify_window_ms: 2_000, drain_ms: 500, ..EngineConfig::default() },
+                sites: &site_specs,
+                groups: &groups,
+                peers,
+            };
+            let fed_config_path = dir.join(format!("{name}.toml"));
+            std::fs::write(
+                &fed_config_path,
+                toml::to_string(&fed_config).map_err(|e| CliError::Failed(e.to_string()))?,
+            )
             .map_err(io)?;
-        let argv = vec!["--config".to_string(), fed_config_path.display().to_string()];
-        let (pid, log) = spawn("federator", &bins.join("federator"), &argv, &logs)?;
-        cluster.processes.push(Proc {
-            name: "federator".into(),
-            role: "federator".into(),
-            site: None,
-            pid,
-            listen: BTreeMap::from([("grpc".into(), fed_addr.to_string()), ("metrics".into(), metrics.to_string())]),
-            argv,
-            log,
-        });
+            let argv = vec!["--config".to_string(), fed_config_path.display().to_string()];
+            let (pid, log) = spawn(&name, &bins.join("federator"), &argv, &logs)?;
+            cluster.processes.push(Proc {
+                name,
+                role: "federator".into(),
+                site: None,
+                pid,
+                listen: BTreeMap::from([
+                    ("grpc".into(), fed_addr.to_string()),
+                    ("metrics".into(), metrics.to_string()),
+                ]),
+                argv,
+                log,
+            });
+        }
         cluster.save(&dir)?;
 
         // One cell per site (with its ingress proxy), then its nodes.
@@ -514,7 +553,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                 "--listen".into(),
                 site.cell.clone(),
                 "--federator".into(),
-                fed_url.clone(),
+                fed_list.clone(),
                 "--data-dir".into(),
                 data.join(format!("cell-{}", site.name)).display().to_string(),
                 "--metrics-listen".into(),
@@ -596,7 +635,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             "--listen".into(),
             dns_addr.to_string(),
             "--federator".into(),
-            fed_url.clone(),
+            fed_list.clone(),
             "--state-dir".into(),
             data.join("dns-1").display().to_string(),
             "--server-id".into(),

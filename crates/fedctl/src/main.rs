@@ -83,6 +83,9 @@ enum Cmd {
         /// Do not start an HAProxy ingress per site (started only when haproxy is installed).
         #[arg(long)]
         no_ingress: bool,
+        /// Federator replicas (a Raft cluster): 1, 3 or 5.
+        #[arg(long, default_value_t = 1)]
+        federators: u32,
     },
     /// Stop the local federation started with `fedctl up`.
     Down {
@@ -304,13 +307,17 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg_path = config_path(cli.config.as_deref());
     match cli.command {
-        Cmd::Up { dir, sites, nodes_per_site, timeout_s, no_ingress } => {
+        Cmd::Up { dir, sites, nodes_per_site, timeout_s, no_ingress, federators } => {
+            if ![1, 3, 5].contains(&federators) {
+                return Err(CliError::Usage(format!("--federators {federators}: use 1, 3 or 5 replicas")));
+            }
             local::up(local::UpArgs {
                 dir,
                 sites,
                 nodes_per_site,
                 timeout: Duration::from_secs(timeout_s),
                 ingress: !no_ingress,
+                federators,
             })
             .await
         }

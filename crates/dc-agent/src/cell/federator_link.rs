@@ -34,17 +34,27 @@ enum LinkError {
     Persist { epoch: u64, reason: String },
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, endpoint: Endpoint, cfg: Arc<CellConfig>, shutdown: Shutdown) {
+/// Links to one federator replica at a time, moving to the next (round robin) whenever the
+/// link fails, so a cell follows the federation through the loss of any replica.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    federators: Vec<(String, Endpoint)>,
+    cfg: Arc<CellConfig>,
+    shutdown: Shutdown,
+) {
     let mut backoff = Backoff::new(200, 5000);
+    let mut next = 0usize;
     loop {
+        let (url, endpoint) = &federators[next % federators.len()];
+        next = next.wrapping_add(1);
         let outcome = tokio::select! {
-            r = attach_once(&shared, &endpoint, &cfg, &mut backoff) => r,
+            r = attach_once(&shared, endpoint, url, &cfg, &mut backoff) => r,
             () = shutdown.wait() => return,
         };
         metrics::gauge!("cell_federator_connected").set(0.0);
         match outcome {
-            Ok(()) => tracing::warn!(federator = %cfg.federator.url, "federator closed the cell link"),
-            Err(e) => tracing::warn!(federator = %cfg.federator.url, error = %e, "cell link down"),
+            Ok(()) => tracing::warn!(federator = %url, "federator closed the cell link"),
+            Err(e) => tracing::warn!(federator = %url, error = %e, "cell link down"),
         }
         let delay = backoff.next_delay();
         tokio::select! {
@@ -57,6 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: Endpoint, cfg: Arc<CellCo
 async fn attach_once(
     shared: &Arc<Shared>,
     endpoint: &Endpoint,
+    url: &str,
     cfg: &CellConfig,
     backoff: &mut Backoff,
 ) -> Result<(), LinkError> {
@@ -79,7 +90,7 @@ async fn attach_once(
     let _unlink = Unlink(shared);
     let _reporter = AbortOnDrop(tokio::spawn(report_loop(shared.clone(), tx, cfg.report_interval)));
     let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
-    tracing::info!(federator = %cfg.federator.url, "cell link up");
+    tracing::info!(federator = %url, "cell link up");
     metrics::gauge!("cell_federator_connected").set(1.0);
     backoff.reset();
     while let Some(msg) = inbound.message().await? {

@@ -104,7 +104,12 @@ pub async fn run_cell_until(
     }
     let tls_setup = |source| AgentError::TlsSetup { cert: cfg.tls.cert.clone(), source };
     let mut server_builder = crate::grpc::server(&bundle).map_err(tls_setup)?;
-    let federator = crate::grpc::endpoint(&cfg.federator, &bundle).map_err(tls_setup)?;
+    let federators = cfg
+        .federators
+        .iter()
+        .map(|u| crate::grpc::endpoint(u, &bundle).map(|e| (u.url.clone(), e)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(tls_setup)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io { path: cfg.data_dir.clone(), source })?;
     let store = persist::CellStore::open_waiting(&cfg.data_dir, STORE_WAIT).await?;
     let epoch = store.load_epoch()?;
@@ -129,7 +134,7 @@ pub async fn run_cell_until(
     tracing::info!(
         site = %cfg.site,
         listen = %local,
-        federator = %cfg.federator.url,
+        federators = %cfg.federators.iter().map(|u| u.url.as_str()).collect::<Vec<_>>().join(","),
         applied_epoch = state.applied_epoch(),
         "cell started"
     );
@@ -168,7 +173,7 @@ pub async fn run_cell_until(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop_serving);
     // Spawned only once nothing can fail any more, so an early error leaves no task behind.
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), cfg.node_timeout, shutdown.clone()));
-    let link = tokio::spawn(federator_link::run(shared.clone(), federator, cfg.clone(), shutdown.clone()));
+    let link = tokio::spawn(federator_link::run(shared.clone(), federators, cfg.clone(), shutdown.clone()));
     let autoscaler = tokio::spawn(autoscaler::run(shared.clone(), shutdown.clone()));
     let quota_watch = cfg.quotas.clone().map(|path| tokio::spawn(watch_quotas(shared.clone(), path, shutdown.clone())));
     let publisher = cfg.haproxy_socket.clone().map(|socket| {
