@@ -57,3 +57,53 @@ fn killing_the_leader_mid_switchover_loses_nothing_and_repeats_nothing() {
         "every step recorded exactly once across the leader change"
     );
 }
+
+fn signal_federators(fed: &Federation, signal: nix::sys::signal::Signal) {
+    for id in 1..=3 {
+        let pid = fed.process(&format!("federator-{id}"))["pid"].as_u64().unwrap() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    }
+}
+
+fn task_pids(dir: &std::path::Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = switchyard_chaos_tests::task_processes(dir).iter().map(|t| t.pid).collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[test]
+fn with_every_federator_frozen_sites_keep_serving_and_nothing_flaps_when_they_return() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("fed");
+    let fed = Federation::up(&dir, &["--sites", "2", "--federators", "3"]);
+    let pids = task_pids(&dir);
+    assert_eq!(pids.len(), 4, "two groups of two instances");
+    let answer = dig_a(&fed.dns(), "crm-web.fed.local.");
+    let audit_before = fedctl_json(&dir, &["audit", "list"]).as_array().unwrap().len();
+
+    // Every replica stops (SIGSTOP: as hung as a federator can be) for longer than the links'
+    // keepalive timeout: cells keep their tasks, fed-dns keeps answering from its table.
+    signal_federators(&fed, nix::sys::signal::Signal::SIGSTOP);
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        assert_eq!(dig_a(&fed.dns(), "crm-web.fed.local."), answer, "DNS answers unchanged");
+        assert_eq!(task_pids(&dir), pids, "no task stopped or restarted");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // They come back: the cells and DNS servers reconnect, and nothing changes.
+    signal_federators(&fed, nix::sys::signal::Signal::SIGCONT);
+    wait_for(Duration::from_secs(30), "the cluster to lead again", || {
+        let s = fedctl_json(&dir, &["status"]);
+        (s["leader_id"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    wait_for(Duration::from_secs(30), "both sites' cells to report again", || {
+        let sites = fedctl_json(&dir, &["sites"]);
+        sites.as_array().unwrap().iter().all(|s| s["cell_connected"] == true).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(task_pids(&dir), pids, "no task restarted after the federators returned");
+    assert_eq!(dig_a(&fed.dns(), "crm-web.fed.local."), answer);
+    let audit_after = fedctl_json(&dir, &["audit", "list"]).as_array().unwrap().len();
+    assert_eq!(audit_after, audit_before, "no decision was taken because the federators had been away");
+}
