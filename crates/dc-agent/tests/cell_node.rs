@@ -603,22 +603,7 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
     // before its node stops it, so no request fails.
     let stop_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Four clients with 300 ms requests: some request is always in flight on the leaving task.
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop_load.clone();
-            std::thread::spawn(move || {
-                let (mut ok, mut failed) = (0u32, Vec::new());
-                let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                    match support::haproxy::get_path(frontend, "/slow") {
-                        Some(_) => ok += 1,
-                        None => failed.push(ok),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = load_through(frontend, 4, &stop_load);
     tokio::time::sleep(Duration::from_millis(300)).await;
     fed.desired.send_replace(Some(desired(6, 1)));
     let r = wait_report(&fed, "1 instance", |r| web(r).is_some_and(|a| a.instances.len() == 1)).await?;
@@ -636,14 +621,7 @@ async fn cell_publishes_running_tasks_to_haproxy() -> anyhow::Result<()> {
 
     // Keep the load on a while after the leaving task has gone from the backend.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = tokio::task::spawn_blocking(move || {
-        load.into_iter().map(|t| t.join().expect("load thread")).fold((0, Vec::new()), |(ok, mut f), (o, fl)| {
-            f.extend(fl);
-            (ok + o, f)
-        })
-    })
-    .await?;
+    let (ok, failed) = finish_load(&stop_load, load).await?;
     assert!(ok > 20, "the load generator ran ({ok} requests)");
     assert!(failed.is_empty(), "{} requests failed during the scale-down (after {:?} successes)", failed.len(), failed);
 
@@ -695,6 +673,22 @@ fn load_through(
             })
         })
         .collect()
+}
+
+/// Stops the load started by [`load_through`]; the successes, and each failure's preceding
+/// success count.
+async fn finish_load(
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    load: Vec<std::thread::JoinHandle<(u32, Vec<u32>)>>,
+) -> anyhow::Result<(u32, Vec<u32>)> {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(tokio::task::spawn_blocking(move || {
+        load.into_iter().map(|t| t.join().expect("load thread")).fold((0, Vec::new()), |(ok, mut f), (o, fl)| {
+            f.extend(fl);
+            (ok + o, f)
+        })
+    })
+    .await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,14 +758,7 @@ async fn rolling_upgrade_under_load_fails_no_request_through_haproxy() -> anyhow
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = tokio::task::spawn_blocking(move || {
-        load.into_iter().map(|t| t.join().expect("load thread")).fold((0, Vec::new()), |(ok, mut f), (o, fl)| {
-            f.extend(fl);
-            (ok + o, f)
-        })
-    })
-    .await?;
+    let (ok, failed) = finish_load(&stop_load, load).await?;
     assert!(ok > 20, "the load generator ran ({ok} requests)");
     assert!(
         failed.is_empty(),
