@@ -241,6 +241,8 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         .tls_config(tls.server_tls())?
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        // Small request/response messages (Raft appends, votes): no Nagle delay.
+        .tcp_nodelay(true)
         .add_service(
             OperatorServer::new(OperatorService::new(federator.clone()))
                 .max_decoding_message_size(max)

@@ -33,6 +33,7 @@ pub fn mtls_channel(addr: &str, tls: &Bundle) -> Result<Channel, tonic::transpor
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
         .connect_lazy())
 }
 
