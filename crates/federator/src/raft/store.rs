@@ -66,9 +66,12 @@ impl LogStore {
         Ok(Some(serde_json::from_slice(v.value())?))
     }
 
-    fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> anyhow::Result<()> {
+    fn write_meta<T: Serialize>(&self, key: &str, value: &T, durable: bool) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(value).expect("raft metadata serializes");
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        if !durable {
+            tx.set_durability(redb::Durability::None)?;
+        }
         tx.open_table(META)?.insert(key, bytes.as_slice())?;
         tx.commit()?;
         Ok(())
@@ -130,7 +133,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_VOTE, vote).map_err(|e| StorageIOError::write_vote(io_err(e)).into())
+        self.write_meta(KEY_VOTE, vote, true).map_err(|e| StorageIOError::write_vote(io_err(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -138,7 +141,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed).map_err(|e| StorageIOError::write(io_err(e)).into())
+        // Advisory (a restarted replica learns the committed index from the leader again), so
+        // it need not cost an fsync on every commit: it becomes durable with the next log append.
+        self.write_meta(KEY_COMMITTED, &committed, false).map_err(|e| StorageIOError::write(io_err(e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
