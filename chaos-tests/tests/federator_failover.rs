@@ -16,6 +16,11 @@ fn killing_the_leader_mid_switchover_loses_nothing_and_repeats_nothing() {
     let status = fedctl_json(&dir, &["status"]);
     let leader = status["leader_id"].as_u64().expect("a leader");
     assert!((1..=3).contains(&leader), "{status}");
+    // Every replica answers and names the same leader.
+    let cluster = fedctl_json(&dir, &["cluster", "status"]);
+    let replicas = cluster.as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{cluster}");
+    assert!(replicas.iter().all(|r| r["reachable"] == true && r["leader_id"].as_u64() == Some(leader)), "{cluster}");
 
     let op = fedctl_json(&dir, &["switchover", "start", "crm-web", "--to", "site-2", "--reason", "CHG-77"]);
     let id = op["id"].as_str().unwrap().to_string();
@@ -35,6 +40,9 @@ fn killing_the_leader_mid_switchover_loses_nothing_and_repeats_nothing() {
     );
     let status = fedctl_json(&dir, &["status"]);
     assert_ne!(status["leader_id"].as_u64(), Some(leader), "a new leader: {status}");
+    let cluster = fedctl_json(&dir, &["cluster", "status"]);
+    let down: Vec<&Value> = cluster.as_array().unwrap().iter().filter(|r| r["reachable"] == false).collect();
+    assert_eq!(down.len(), 1, "the killed replica shows as unreachable: {cluster}");
 
     // The new leader resumes the switchover from its committed phase and finishes it.
     let done: Value = wait_for(Duration::from_secs(60), "the switchover to finish under the new leader", || {

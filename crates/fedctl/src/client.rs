@@ -62,7 +62,14 @@ pub async fn connect(cfg: &ClientConfig) -> Result<OperatorClient<Channel>, CliE
     Err(CliError::Unavailable(last.unwrap_or_else(|| "no federator endpoint configured".into())))
 }
 
-async fn connect_one(cfg: &ClientConfig, endpoint: &str) -> Result<OperatorClient<Channel>, CliError> {
+/// Every configured replica endpoint, `endpoint` first.
+pub fn all_endpoints(cfg: &ClientConfig) -> Vec<String> {
+    let mut out = vec![cfg.endpoint.clone()];
+    out.extend(cfg.endpoints.iter().filter(|e| **e != cfg.endpoint).cloned());
+    out
+}
+
+pub async fn connect_one(cfg: &ClientConfig, endpoint: &str) -> Result<OperatorClient<Channel>, CliError> {
     let bundle = cfg.tls.load().map_err(|e| CliError::Usage(format!("client certificate: {e}")))?;
     let uri: tonic::transport::Uri =
         endpoint.parse().map_err(|e| CliError::Usage(format!("endpoint {endpoint:?} is not a URL: {e}")))?;

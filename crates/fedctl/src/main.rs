@@ -125,6 +125,9 @@ enum Cmd {
     /// Stop switchovers, spec changes and autoscaling in a scope (dr-admin, admin).
     #[command(subcommand)]
     Freeze(FreezeCmd),
+    /// The federator replicas: each one's view of the leader, term and applied index.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// The tamper-evident history.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -210,6 +213,15 @@ enum GroupCmd {
         /// Show what would change and change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Asks every configured replica for its status; unreachable ones are listed as such.
+    Status {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -331,6 +343,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Certs(CertsCmd::Issue { role, name, dir }) => issue_cert(&dir, &role, &name),
         Cmd::Status { output } => status(&cfg_path, output).await,
+        Cmd::Cluster(ClusterCmd::Status { output }) => cluster_status(&cfg_path, output).await,
         Cmd::Sites { output } => sites(&cfg_path, output).await,
         Cmd::Groups { output } => groups(&cfg_path, output).await,
         Cmd::Switchover(SwitchoverCmd::Start { group, to, reason, wait, wait_timeout_s, output }) => {
@@ -461,6 +474,75 @@ async fn status(cfg: &Path, output: Format) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// One replica as `fedctl cluster status` shows it.
+#[derive(serde::Serialize)]
+struct ReplicaStatus {
+    endpoint: String,
+    reachable: bool,
+    node_id: u64,
+    leader_id: u64,
+    term: u64,
+    last_applied_index: u64,
+    audit_head_hash: String,
+    error: String,
+}
+
+async fn cluster_status(cfg_path: &Path, output: Format) -> Result<(), CliError> {
+    let cfg = ClientConfig::load(cfg_path)?;
+    let mut replicas = Vec::new();
+    for endpoint in client::all_endpoints(&cfg) {
+        let status = match client::connect_one(&cfg, &endpoint).await {
+            Ok(mut api) => api
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        replicas.push(match status {
+            Ok(s) => ReplicaStatus {
+                endpoint,
+                reachable: true,
+                node_id: s.node_id,
+                leader_id: s.leader_id,
+                term: s.term,
+                last_applied_index: s.last_applied_index,
+                audit_head_hash: s.audit_head_hash,
+                error: String::new(),
+            },
+            Err(error) => ReplicaStatus {
+                endpoint,
+                reachable: false,
+                node_id: 0,
+                leader_id: 0,
+                term: 0,
+                last_applied_index: 0,
+                audit_head_hash: String::new(),
+                error,
+            },
+        });
+    }
+    match output {
+        Format::Json => println!("{}", json(&replicas)),
+        Format::Table => {
+            let mut t = table(&["endpoint", "node", "leader", "term", "applied", "audit head", "note"]);
+            for r in &replicas {
+                t.add_row(vec![
+                    r.endpoint.clone(),
+                    if r.reachable { r.node_id.to_string() } else { "-".into() },
+                    if r.leader_id == 0 { "-".into() } else { r.leader_id.to_string() },
+                    r.term.to_string(),
+                    r.last_applied_index.to_string(),
+                    r.audit_head_hash.chars().take(12).collect(),
+                    if r.reachable { String::new() } else { format!("unreachable: {}", r.error) },
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    if replicas.iter().any(|r| r.reachable) { Ok(()) } else { Err(CliError::Unavailable("no replica answered".into())) }
 }
 
 async fn sites(cfg: &Path, output: Format) -> Result<(), CliError> {
