@@ -64,6 +64,19 @@ fn killing_the_leader_mid_switchover_loses_nothing_and_repeats_nothing() {
         ["switchover.start", "switchover.phase", "switchover.phase", "switchover.phase", "switchover.complete"],
         "every step recorded exactly once across the leader change"
     );
+
+    // The killed replica is restarted and rejoins as a follower of the new leader.
+    let out = fedctl(&dir, &["restart", &format!("federator-{leader}"), "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(Duration::from_secs(30), "all three replicas agreeing again", || {
+        let cluster = fedctl_json(&dir, &["cluster", "status"]);
+        let r = cluster.as_array().unwrap();
+        let leaders: Vec<u64> = r.iter().filter_map(|x| x["leader_id"].as_u64()).collect();
+        (r.iter().all(|x| x["reachable"] == true)
+            && leaders.len() == 3
+            && leaders.iter().all(|l| *l == leaders[0] && *l != 0))
+        .then_some(())
+    });
 }
 
 fn signal_federators(fed: &Federation, signal: nix::sys::signal::Signal) {
