@@ -143,7 +143,6 @@ pub struct Blocker {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoleUse {
     pub held: Resources,
-    pub offered: Resources,
     pub dominant_share: f64,
     pub at_limit: bool,
     /// Tasks waiting to be launched for this role.
@@ -539,7 +538,6 @@ pub fn plan(input: &Input<'_>) -> Plan {
             role.name.clone(),
             RoleUse {
                 held: res(held),
-                offered: report.map_or(Resources::ZERO, |r| res(r.offered)),
                 dominant_share: report.map_or_else(|| held.dominant_share(total), |r| r.dominant_share),
                 at_limit: report.map_or_else(
                     || role.limit.is_some_and(|l| l.checked_minus(held).is_none_or(|room| room.is_zero())),
