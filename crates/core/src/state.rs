@@ -26,7 +26,9 @@ pub struct State {
     /// Log index of the last change to anything DNS answers depend on (the SOA serial).
     pub routing_version: u64,
     /// Freezes in force (expired ones are ignored, and dropped by the next freeze change).
-    #[serde(default)]
+    /// Serialized as a list of `[scope, freeze]` pairs: a scope naming a group or site is not a
+    /// string, so it cannot be a JSON object key (snapshots hold the whole state as JSON).
+    #[serde(default, with = "freeze_list")]
     pub freezes: BTreeMap<FreezeScope, Freeze>,
 }
 
@@ -732,5 +734,34 @@ impl State {
 
     pub fn operations_in_flight(&self) -> usize {
         self.operations.values().filter(|o| o.is_running()).count()
+    }
+}
+
+/// `State::freezes` as `[[scope, freeze], ...]`. Reads the older object form too, which could
+/// only ever hold the global freeze (any other scope made the snapshot fail to serialize).
+mod freeze_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Freeze;
+    use crate::proposal::FreezeScope;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<FreezeScope, Freeze>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<(FreezeScope, Freeze)>),
+        Object(BTreeMap<FreezeScope, Freeze>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<FreezeScope, Freeze>, D::Error> {
+        Ok(match Form::deserialize(d)? {
+            Form::List(pairs) => pairs.into_iter().collect(),
+            Form::Object(map) => map,
+        })
     }
 }

@@ -832,3 +832,24 @@ fn a_site_freeze_holds_spec_changes_of_groups_placed_there() {
     assert_eq!(r, Ok(Applied::Unchanged));
     assert!(same_except_index(&before, &f.state));
 }
+
+/// Found by the simulation (seed 1): a group or site freeze made the whole state unserializable
+/// (JSON object keys must be strings), so the next snapshot failed and Raft stopped.
+#[test]
+fn a_state_with_freezes_of_every_scope_survives_a_snapshot_round_trip() {
+    let mut f = Fed::new();
+    for scope in [FreezeScope::Global, FreezeScope::Group("crm-web".into()), FreezeScope::Site("site-2".into())] {
+        f.ok("dr-admin:dana", Action::SetFreeze { scope, reason: "CHG-1".into(), until_ms: None });
+    }
+    let json = serde_json::to_string(&f.state).expect("state serializes");
+    let back: State = serde_json::from_str(&json).expect("state deserializes");
+    assert_eq!(back, f.state);
+    assert_eq!(back.freezes.len(), 3);
+
+    // A snapshot written before the list form (object keyed by scope, global only) still loads.
+    let mut value: serde_json::Value = serde_json::to_value(&back).unwrap();
+    let global = serde_json::to_value(&back.freezes[&FreezeScope::Global]).unwrap();
+    value["freezes"] = serde_json::json!({ "global": global });
+    let old: State = serde_json::from_value(value).expect("old form deserializes");
+    assert_eq!(old.freezes.keys().collect::<Vec<_>>(), vec![&FreezeScope::Global]);
+}

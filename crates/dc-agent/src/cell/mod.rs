@@ -9,6 +9,8 @@ mod node_service;
 mod reconcile;
 pub(crate) mod state;
 
+pub use state::{Rejection, fence_desired};
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

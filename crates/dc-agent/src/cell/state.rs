@@ -27,7 +27,7 @@ pub(crate) type NodeTx = mpsc::Sender<Result<nodepb::CellToNode, tonic::Status>>
 
 /// Why a desired state was not applied; `reason` is the metric label.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Rejection {
+pub struct Rejection {
     pub reason: &'static str,
     pub detail: String,
 }
@@ -150,6 +150,24 @@ pub(crate) struct Counts {
     pub blocked_apps: usize,
 }
 
+/// The cell's fencing rule: a desired state is applied only if it is for this site and its
+/// epoch is at least the highest this cell has applied (persisted across restarts).
+pub fn fence_desired(applied_epoch: u64, site: &str, d: &agent::DesiredState) -> Result<(), Rejection> {
+    if d.epoch < applied_epoch {
+        return Err(Rejection {
+            reason: "stale_epoch",
+            detail: format!("epoch {} is older than the applied epoch {}", d.epoch, applied_epoch),
+        });
+    }
+    if d.site != site {
+        return Err(Rejection {
+            reason: "wrong_site",
+            detail: format!("it is for site {:?}, this cell runs site {:?}", d.site, site),
+        });
+    }
+    Ok(())
+}
+
 impl CellState {
     pub(crate) fn new(site: String, applied_epoch: u64, restored: Option<CellStateFile>) -> Self {
         let mut s = Self {
@@ -225,18 +243,7 @@ impl CellState {
 
     /// Checks a desired state against fencing and validity without changing anything.
     pub(crate) fn check_desired(&self, d: &agent::DesiredState) -> Result<DesiredRecord, Rejection> {
-        if d.epoch < self.applied_epoch {
-            return Err(Rejection {
-                reason: "stale_epoch",
-                detail: format!("epoch {} is older than the applied epoch {}", d.epoch, self.applied_epoch),
-            });
-        }
-        if d.site != self.site {
-            return Err(Rejection {
-                reason: "wrong_site",
-                detail: format!("it is for site {:?}, this cell runs site {:?}", d.site, self.site),
-            });
-        }
+        fence_desired(self.applied_epoch, &self.site, d)?;
         convert::desired_from_proto(d, &self.site)
             .map_err(|problems| Rejection { reason: "invalid", detail: problems.join("; ") })
     }

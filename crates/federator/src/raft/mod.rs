@@ -3,11 +3,13 @@
 //! committed entries into `State::apply`.
 
 mod network;
+mod runtime;
 mod store;
 
 pub use network::{NetworkFactory, PeerService, mtls_channel};
 pub(crate) use network::{decode, encode};
-pub use store::{LogStore, Shared, StateMachineStore, open_storage};
+pub use runtime::{Runtime, seed_thread_rng};
+pub use store::{LogStore, Shared, StateMachineStore, open_storage, storage_on};
 
 use switchyard_core::{Proposal, Response};
 
@@ -21,7 +23,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = std::io::Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = Runtime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -40,7 +40,14 @@ fn io_err(e: anyhow::Error) -> openraft::AnyError {
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, StateMachineStore), anyhow::Error> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join("federator.redb");
-    let db = Arc::new(Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?);
+    let db = Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    storage_on(db)
+}
+
+/// The log store and state machine on an already opened database (the simulation opens one on
+/// an in-memory backend that outlives a simulated crash).
+pub fn storage_on(db: Database) -> Result<(LogStore, StateMachineStore), anyhow::Error> {
+    let db = Arc::new(db);
     {
         let tx = db.begin_write()?;
         tx.open_table(LOG)?;

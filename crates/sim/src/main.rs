@@ -1,0 +1,79 @@
+//! Runs simulation seeds: `switchyard-sim --seed N` replays one, `--seeds A..B` runs a range
+//! (the long run). Exits non-zero on the first broken invariant, printing its replay command.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use switchyard_sim::{Options, run_seed};
+
+const USAGE: &str =
+    "usage: switchyard-sim [--seed N | --seeds A..B] [--steps N] [--replicas 3|5] [--groups N] [--no-faults]";
+
+fn parse() -> Result<(Vec<u64>, Options), String> {
+    let mut opts = Options::default();
+    let mut seeds = vec![0];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value\n{USAGE}"));
+        let num = |v: String, name: &str| v.parse::<u64>().map_err(|_| format!("{name}: {v:?} is not a number"));
+        match a.as_str() {
+            "--seed" => seeds = vec![num(value("--seed")?, "--seed")?],
+            "--seeds" => {
+                let v = value("--seeds")?;
+                let (a, b) = v.split_once("..").ok_or(format!("--seeds {v:?} must look like 0..1000"))?;
+                let (a, b) = (num(a.into(), "--seeds")?, num(b.into(), "--seeds")?);
+                if a >= b {
+                    return Err(format!("--seeds {v:?} is empty"));
+                }
+                seeds = (a..b).collect();
+            }
+            "--steps" => opts.steps = num(value("--steps")?, "--steps")? as u32,
+            "--replicas" => {
+                opts.replicas = num(value("--replicas")?, "--replicas")?;
+                if !matches!(opts.replicas, 1 | 3 | 5) {
+                    return Err("--replicas must be 1, 3 or 5".into());
+                }
+            }
+            "--groups" => opts.groups = num(value("--groups")?, "--groups")?.max(1) as usize,
+            "--no-faults" => opts.faults = false,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok((seeds, opts))
+}
+
+fn main() -> ExitCode {
+    let (seeds, opts) = match parse() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let (mut acked, mut ops, mut virtual_ms) = (0, 0, 0);
+    for &seed in &seeds {
+        match run_seed(seed, &opts) {
+            Ok(s) => {
+                acked += s.acked_writes;
+                ops += s.operations_started;
+                virtual_ms += s.virtual_ms;
+                if seeds.len() == 1 {
+                    println!("{s:#?}");
+                }
+            }
+            Err(v) => {
+                eprintln!("{v}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{} seeds passed in {:.1} s: {:.0} virtual seconds, {acked} acknowledged writes, {ops} operations",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        virtual_ms as f64 / 1000.0
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,583 @@
+//! The simulated federation and the seeded driver: it starts replicas, cells and DNS servers,
+//! injects faults and operations step by step, checks every invariant after every step, then
+//! heals everything and requires convergence.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use rand08::Rng;
+use rand08::SeedableRng;
+use rand08::rngs::StdRng;
+use switchyard_core::engine::EngineConfig;
+use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, Resources, SiteSpec};
+use switchyard_core::{Action, Applied, FreezeScope};
+use switchyard_federator::raft::{NodeId, Raft, storage_on};
+
+use crate::disk::MemDisk;
+use crate::invariants::{self, Ack, Observed, ReplicaView};
+use crate::net::{Factory, Net, ReplicaHandle};
+use crate::parts::{SimCell, SimDns, WriteError, cell_loop, dns_loop, executor, propose_via};
+
+/// Length of one step of virtual time.
+pub const STEP: Duration = Duration::from_millis(100);
+/// The operator's endpoint on the simulated network.
+const OPERATOR: u64 = 90;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub replicas: u64,
+    pub sites: usize,
+    pub groups: usize,
+    /// Steps with faults and operations.
+    pub steps: u32,
+    /// Steps after healing within which everything must converge.
+    pub converge_steps: u32,
+    pub faults: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { replicas: 3, sites: 3, groups: 4, steps: 300, converge_steps: 400, faults: true }
+    }
+}
+
+/// A run that finished with every invariant holding.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub seed: u64,
+    pub virtual_ms: u64,
+    pub acked_writes: usize,
+    pub operations_started: usize,
+    pub operations_succeeded: usize,
+    pub operations_rolled_back: usize,
+    pub crashes: u32,
+    pub partitions: u32,
+    pub log_index: u64,
+    /// How the operator's writes ended.
+    pub write_outcomes: BTreeMap<String, u32>,
+    /// Digest of the event trace and the final committed state: equal for equal seeds.
+    pub digest: u64,
+}
+
+/// An invariant that did not hold.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub seed: u64,
+    pub step: u32,
+    pub invariant: &'static str,
+    pub detail: String,
+    pub trace_tail: Vec<String>,
+    pub options: Options,
+}
+
+impl Violation {
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let o = &self.options;
+        format!(
+            "cargo run -p switchyard-sim --release -- --seed {} --steps {} --replicas {} --groups {}{}",
+            self.seed,
+            o.steps,
+            o.replicas,
+            o.groups,
+            if o.faults { "" } else { " --no-faults" }
+        )
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {}: invariant {:?} broken at step {}: {}",
+            self.seed, self.invariant, self.step, self.detail
+        )?;
+        writeln!(f, "last events:")?;
+        for line in &self.trace_tail {
+            writeln!(f, "  {line}")?;
+        }
+        write!(f, "replay: {}", self.replay_command())
+    }
+}
+
+fn site_spec(i: usize) -> SiteSpec {
+    SiteSpec {
+        name: format!("site-{}", (b'a' + i as u8) as char),
+        ingress: vec![std::net::IpAddr::from([127, 0, 20, i as u8 + 1])],
+        labels: BTreeMap::new(),
+    }
+}
+
+pub(crate) fn group_spec(i: usize, home: &str) -> GroupSpec {
+    GroupSpec {
+        name: format!("g{i}"),
+        dns_name: format!("g{i}"),
+        ttl_s: 1,
+        tier: 1,
+        home_site: home.to_string(),
+        tenant: String::new(),
+        apps: vec![AppSpec {
+            name: "web".into(),
+            command: "sample-app".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            instances: 2,
+            resources: Resources { cpu_millis: 500, mem_mib: 256, disk_mib: 0 },
+            health: HealthSpec { http_path: "/health".into(), ..Default::default() },
+            readiness: None,
+            depends_on: vec![],
+            constraints: vec![],
+            upgrade: Default::default(),
+            autoscale: None,
+            metrics: Default::default(),
+        }],
+    }
+}
+
+struct Replica {
+    disk: MemDisk,
+    skew_ms: i64,
+    running: Option<(Raft, tokio::task::JoinHandle<()>)>,
+}
+
+pub struct World {
+    seed: u64,
+    opts: Options,
+    rng: StdRng,
+    net: Net,
+    raft_config: Arc<openraft::Config>,
+    engine: EngineConfig,
+    sites: Vec<SiteSpec>,
+    groups: Vec<GroupSpec>,
+    replicas: BTreeMap<NodeId, Replica>,
+    cells: Vec<Arc<Mutex<SimCell>>>,
+    dns: Vec<Arc<Mutex<SimDns>>>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    /// Operator writes refused (with the refusal's first words), lost or sent to no leader.
+    outcomes: Arc<Mutex<BTreeMap<String, u32>>>,
+    trace: Vec<String>,
+    writes: u64,
+    crashes: u32,
+    partitions: u32,
+}
+
+impl World {
+    pub fn new(seed: u64, opts: Options) -> Self {
+        let raft_config = openraft::Config {
+            cluster_name: "sim".into(),
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            // Small, so snapshots are built, logs purged and lagging replicas catch up by snapshot.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(60),
+            max_in_snapshot_log_to_keep: 10,
+            purge_batch_size: 1,
+            ..Default::default()
+        }
+        .validate()
+        .expect("raft config");
+        let sites: Vec<SiteSpec> = (0..opts.sites).map(site_spec).collect();
+        let groups = (0..opts.groups).map(|i| group_spec(i, &sites[i % sites.len()].name)).collect();
+        World {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            net: Net::new(seed),
+            raft_config: Arc::new(raft_config),
+            engine: EngineConfig {
+                verify_window_ms: 500,
+                drain_ms: 300,
+                scale_up_timeout_ms: 8_000,
+                scale_down_timeout_ms: 8_000,
+            },
+            sites,
+            groups,
+            replicas: BTreeMap::new(),
+            cells: Vec::new(),
+            dns: Vec::new(),
+            acks: Arc::new(Mutex::new(Vec::new())),
+            outcomes: Arc::new(Mutex::new(BTreeMap::new())),
+            trace: Vec::new(),
+            writes: 0,
+            crashes: 0,
+            partitions: 0,
+            opts,
+        }
+    }
+
+    fn log(&mut self, event: String) {
+        let line = format!("{:>7} ms  {event}", self.net.elapsed_ms());
+        self.trace.push(line);
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        (1..=self.opts.replicas).collect()
+    }
+
+    async fn start_replica(&mut self, id: NodeId) {
+        let r = self.replicas.get(&id).expect("replica");
+        // The previous incarnation's storage closes once its tasks have stopped.
+        for _ in 0..100 {
+            if !r.disk.is_open() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (log, sm) = storage_on(r.disk.open()).expect("storage opens");
+        let shared = sm.shared();
+        let factory = Factory { from: id, net: self.net.clone() };
+        let raft = Raft::new(id, self.raft_config.clone(), factory, log, sm).await.expect("raft starts");
+        let skew_ms = r.skew_ms;
+        {
+            let mut s = self.net.lock();
+            s.down.insert(id, false);
+            s.replicas.insert(id, ReplicaHandle { id, raft: raft.clone(), shared, skew_ms });
+        }
+        let exec =
+            tokio::spawn(executor(self.net.clone(), id, self.engine.clone(), self.sites.clone(), self.groups.clone()));
+        self.replicas.get_mut(&id).expect("replica").running = Some((raft, exec));
+    }
+
+    async fn crash_replica(&mut self, id: NodeId) {
+        let Some((raft, exec)) = self.replicas.get_mut(&id).and_then(|r| r.running.take()) else { return };
+        {
+            let mut s = self.net.lock();
+            s.replicas.remove(&id);
+            s.down.insert(id, true);
+        }
+        exec.abort();
+        let _ = raft.shutdown().await;
+        self.crashes += 1;
+    }
+
+    async fn setup(&mut self) {
+        for id in self.ids() {
+            self.replicas.insert(id, Replica { disk: MemDisk::default(), skew_ms: 0, running: None });
+            self.start_replica(id).await;
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            self.ids().into_iter().map(|id| (id, BasicNode { addr: format!("sim-{id}") })).collect();
+        let first = self.replicas[&1].running.as_ref().expect("running").0.clone();
+        first.initialize(members).await.expect("initialise");
+        let replicas = self.ids();
+        for (i, site) in self.sites.iter().enumerate() {
+            let cell = Arc::new(Mutex::new(SimCell::new(&site.name, 40 + i as u64, i)));
+            tokio::spawn(cell_loop(self.net.clone(), cell.clone(), replicas.clone()));
+            self.cells.push(cell);
+            let dns = Arc::new(Mutex::new(SimDns::new(&site.name, 60 + i as u64)));
+            tokio::spawn(dns_loop(self.net.clone(), dns.clone(), replicas.clone()));
+            self.dns.push(dns);
+        }
+    }
+
+    fn endpoints(&self) -> Vec<u64> {
+        let mut e = self.ids();
+        e.extend((0..self.sites.len()).map(|i| 40 + i as u64));
+        e.extend((0..self.sites.len()).map(|i| 60 + i as u64));
+        e.push(OPERATOR);
+        e
+    }
+
+    async fn inject_fault(&mut self) {
+        let roll = self.rng.gen_range(0..1000);
+        let ids = self.ids();
+        match roll {
+            0..10 => {
+                let up: Vec<NodeId> = ids.iter().copied().filter(|i| self.replicas[i].running.is_some()).collect();
+                if let Some(&id) = up.get(self.rng.gen_range(0..up.len().max(1))) {
+                    self.log(format!("crash replica {id}"));
+                    self.crash_replica(id).await;
+                }
+            }
+            10..50 => {
+                let down: Vec<NodeId> = ids.iter().copied().filter(|i| self.replicas[i].running.is_none()).collect();
+                if let Some(&id) = down.get(self.rng.gen_range(0..down.len().max(1))) {
+                    self.log(format!("restart replica {id}"));
+                    self.start_replica(id).await;
+                }
+            }
+            50..60 => {
+                let mut sides = BTreeMap::new();
+                for e in self.endpoints() {
+                    sides.insert(e, self.rng.gen_range(0..2u8));
+                }
+                let cut: Vec<u64> = sides.iter().filter(|(_, s)| **s == 1).map(|(e, _)| *e).collect();
+                self.log(format!("partition {cut:?} from the rest"));
+                self.net.lock().side = sides;
+                self.partitions += 1;
+            }
+            60..90 => {
+                self.log("heal partition".into());
+                self.net.lock().side.clear();
+            }
+            90..100 => {
+                let loss = self.rng.gen_range(0..200);
+                self.log(format!("message loss {loss} per mille"));
+                self.net.lock().loss_permille = loss;
+            }
+            100..120 => {
+                self.log("no message loss".into());
+                self.net.lock().loss_permille = 0;
+            }
+            120..135 => {
+                let delay = if self.rng.gen_range(0..10) == 0 {
+                    self.rng.gen_range(100..300)
+                } else {
+                    self.rng.gen_range(1..60)
+                };
+                self.log(format!("delays up to {delay} ms"));
+                self.net.lock().max_delay_ms = delay;
+            }
+            135..145 => {
+                let id = ids[self.rng.gen_range(0..ids.len())];
+                let skew = self.rng.gen_range(-3_000..=3_000);
+                self.log(format!("clock of replica {id} off by {skew} ms"));
+                self.replicas.get_mut(&id).expect("replica").skew_ms = skew;
+                if let Some(h) = self.net.lock().replicas.get_mut(&id) {
+                    h.skew_ms = skew;
+                }
+            }
+            145..155 => {
+                let i = self.rng.gen_range(0..self.cells.len());
+                let mut c = self.cells[i].lock().expect("cell lock");
+                let ep = c.endpoint;
+                let now_up = !c.up;
+                if now_up {
+                    c.up = true;
+                } else {
+                    c.crash();
+                }
+                drop(c);
+                self.net.lock().down.insert(ep, !now_up);
+                self.log(format!("cell {i} {}", if now_up { "restarted" } else { "crashed" }));
+            }
+            155..165 => {
+                let i = self.rng.gen_range(0..self.dns.len());
+                let mut d = self.dns[i].lock().expect("dns lock");
+                let ep = d.endpoint;
+                let now_up = !d.up;
+                if now_up {
+                    d.up = true;
+                } else {
+                    d.crash();
+                }
+                drop(d);
+                self.net.lock().down.insert(ep, !now_up);
+                self.log(format!("dns {i} {}", if now_up { "restarted" } else { "crashed" }));
+            }
+            _ => {}
+        }
+    }
+
+    /// An operator write sent to a random replica, in the background; acknowledged writes are
+    /// remembered for the no-lost-decision invariant.
+    fn operate(&mut self) {
+        let roll = self.rng.gen_range(0..100);
+        let group = self.groups[self.rng.gen_range(0..self.groups.len())].name.clone();
+        let site = self.sites[self.rng.gen_range(0..self.sites.len())].name.clone();
+        self.writes += 1;
+        let reason = format!("sim-{}", self.writes);
+        let (actor, action) = match roll {
+            0..15 => {
+                ("user:sre", Action::StartSwitchover { group: group.clone(), to: site.clone(), reason: reason.clone() })
+            }
+            15..19 => {
+                let until = self.net.clock_ms(0) + self.rng.gen_range(500..3_000);
+                (
+                    "user:dr-admin",
+                    Action::SetFreeze {
+                        scope: FreezeScope::Group(group.clone()),
+                        reason: reason.clone(),
+                        until_ms: Some(until),
+                    },
+                )
+            }
+            19..23 => (
+                "user:dr-admin",
+                Action::ClearFreeze { scope: FreezeScope::Group(group.clone()), reason: reason.clone() },
+            ),
+            23..30 => {
+                let instances = self.rng.gen_range(1..=3);
+                (
+                    "user:sre",
+                    Action::ScaleApp {
+                        group: group.clone(),
+                        app: "web".into(),
+                        site: site.clone(),
+                        instances,
+                        reason: reason.clone(),
+                    },
+                )
+            }
+            _ => return,
+        };
+        let ids = self.ids();
+        let entry = ids[self.rng.gen_range(0..ids.len())];
+        self.log(format!("operator -> replica {entry}: {reason} {action:?}").chars().take(160).collect());
+        let net = self.net.clone();
+        let acks = self.acks.clone();
+        let outcomes = self.outcomes.clone();
+        tokio::spawn(async move {
+            let outcome = match propose_via(&net, OPERATOR, entry, actor, action).await {
+                Ok((index, applied)) => {
+                    if !matches!(applied, Applied::Unchanged) {
+                        acks.lock().expect("acks").push(Ack { index, reason, applied });
+                    }
+                    "acknowledged".to_string()
+                }
+                Err(WriteError::Refused(r)) => {
+                    format!("refused: {}", r.to_string().split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+                }
+                Err(WriteError::NotLeader) => "no leader".to_string(),
+                Err(WriteError::Lost) => "lost or timed out".to_string(),
+            };
+            *outcomes.lock().expect("outcomes").entry(outcome).or_default() += 1;
+        });
+    }
+
+    fn observe(&self, step: u32) -> Observed {
+        let net = self.net.lock();
+        let replicas = net
+            .replicas
+            .values()
+            .map(|h| {
+                let m = h.raft.metrics().borrow().clone();
+                ReplicaView {
+                    id: h.id,
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    state: h.shared.read(Clone::clone),
+                }
+            })
+            .collect();
+        drop(net);
+        Observed {
+            step,
+            replicas,
+            cells: self.cells.iter().map(|c| invariants::CellView::of(&c.lock().expect("cell lock"))).collect(),
+            dns: self.dns.iter().map(|d| invariants::DnsView::of(&d.lock().expect("dns lock"))).collect(),
+            acks: self.acks.lock().expect("acks").clone(),
+        }
+    }
+
+    fn violation(&self, step: u32, invariant: &'static str, detail: String) -> Violation {
+        let tail = self.trace.iter().rev().take(40).rev().cloned().collect();
+        Violation { seed: self.seed, step, invariant, detail, trace_tail: tail, options: self.opts.clone() }
+    }
+
+    fn check(&self, step: u32, observed: &Observed) -> Result<(), Box<Violation>> {
+        if let Some(p) = take_panics().into_iter().next() {
+            return Err(Box::new(self.violation(step, "no panics", p)));
+        }
+        invariants::check_all(observed).map_err(|(name, detail)| Box::new(self.violation(step, name, detail)))
+    }
+
+    async fn heal(&mut self) {
+        self.log("heal everything".into());
+        {
+            let mut s = self.net.lock();
+            s.side.clear();
+            s.loss_permille = 0;
+            s.max_delay_ms = 5;
+        }
+        for id in self.ids() {
+            if self.replicas[&id].running.is_none() {
+                self.start_replica(id).await;
+            }
+        }
+        for c in &self.cells {
+            let mut c = c.lock().expect("cell lock");
+            c.up = true;
+            self.net.lock().down.insert(c.endpoint, false);
+        }
+        for d in &self.dns {
+            let mut d = d.lock().expect("dns lock");
+            d.up = true;
+            self.net.lock().down.insert(d.endpoint, false);
+        }
+    }
+
+    pub async fn run(mut self) -> Result<Summary, Box<Violation>> {
+        self.setup().await;
+        let total = self.opts.steps + self.opts.converge_steps;
+        for step in 0..self.opts.steps {
+            if self.opts.faults {
+                self.inject_fault().await;
+            }
+            self.operate();
+            tokio::time::sleep(STEP).await;
+            let observed = self.observe(step);
+            self.check(step, &observed)?;
+        }
+        self.heal().await;
+        let mut last = String::new();
+        for step in self.opts.steps..total {
+            tokio::time::sleep(STEP).await;
+            let observed = self.observe(step);
+            self.check(step, &observed)?;
+            match invariants::convergence::check(&observed) {
+                Ok(()) => return Ok(self.summary(&observed)),
+                Err(why) => last = why,
+            }
+        }
+        Err(Box::new(self.violation(total, "convergence", format!("not converged after healing: {last}"))))
+    }
+
+    fn summary(&self, o: &Observed) -> Summary {
+        let state = &o.replicas[0].state;
+        let mut h = DefaultHasher::new();
+        self.trace.hash(&mut h);
+        state.last_applied.hash(&mut h);
+        format!("{state:?}").hash(&mut h);
+        let ops = state.operations.values();
+        Summary {
+            seed: self.seed,
+            virtual_ms: self.net.elapsed_ms(),
+            acked_writes: o.acks.len(),
+            operations_started: state.operations.len(),
+            operations_succeeded: ops.clone().filter(|op| op.outcome == switchyard_core::Outcome::Succeeded).count(),
+            operations_rolled_back: ops.filter(|op| op.outcome == switchyard_core::Outcome::Failed).count(),
+            crashes: self.crashes,
+            partitions: self.partitions,
+            log_index: state.last_applied,
+            write_outcomes: self.outcomes.lock().expect("outcomes").clone(),
+            digest: h.finish(),
+        }
+    }
+}
+
+thread_local! {
+    /// Panics on this thread during the current run (a replica's task that panics is caught by
+    /// the runtime and would otherwise go unnoticed, as it would in a federator process).
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let recorded = PANICS.try_with(|p| p.borrow_mut().push(format!("{info}").replace('\n', " "))).is_ok();
+            if !recorded {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn take_panics() -> Vec<String> {
+    PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
+/// Runs one seed on its own single-threaded runtime with virtual time.
+pub fn run_seed(seed: u64, opts: &Options) -> Result<Summary, Box<Violation>> {
+    record_panics();
+    take_panics();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
+    switchyard_federator::raft::seed_thread_rng(seed);
+    let world = World::new(seed, opts.clone());
+    rt.block_on(world.run())
+}
