@@ -266,3 +266,141 @@ pub fn client_config_as(dir: &Path, role: &str, name: &str) -> PathBuf {
     std::fs::write(&path, toml::to_string(&cfg).expect("TOML")).expect("write client configuration");
     path
 }
+
+/// Runs `fedctl` like [`fedctl`], but gives up after `timeout`: the process is killed and
+/// `None` returned, so a hung federator can never hang a test.
+pub fn fedctl_within(dir: &Path, args: &[&str], timeout: Duration) -> Option<Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(bin_dir().join("fedctl"))
+        .args(args)
+        .env("FEDCTL_CONFIG", dir.join("fedctl.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fedctl runs");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for fedctl") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    status.map(|status| Output { status, stdout, stderr })
+}
+
+/// Writes a copy of the fedctl configuration `config` that names `endpoint` only (no fallback
+/// replicas), so a command run with it (`--config`) is answered by that replica or fails.
+pub fn single_endpoint_config(config: &Path, endpoint: &str) -> PathBuf {
+    let mut cfg: toml::Table =
+        toml::from_str(&std::fs::read_to_string(config).expect("fedctl configuration")).expect("TOML");
+    cfg.insert("endpoint".into(), endpoint.into());
+    cfg.remove("endpoints");
+    let port = endpoint.rsplit(':').next().unwrap_or("replica").trim_end_matches('/');
+    let stem = config.file_stem().and_then(|s| s.to_str()).unwrap_or("fedctl");
+    let path = config.with_file_name(format!("{stem}-only-{port}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).expect("TOML")).expect("write client configuration");
+    path
+}
+
+/// Verifies an audit chain as `fedctl audit list -o json` prints it, the way
+/// `switchyard_core::audit::verify_chain` does: sequences 1, 2, 3, ..., each record linked to its
+/// predecessor's hash (the first to the all-zero genesis hash), and each hash the SHA-256 of the
+/// record's length-prefixed fields (computed with `sha256sum`). Names the first bad record.
+pub fn verify_audit_chain(records: &[Value]) -> Result<(), String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    let mut prev = "0".repeat(64);
+    for (i, r) in records.iter().enumerate() {
+        let text = |k: &str| r[k].as_str().map(str::to_string).ok_or_else(|| format!("record {i} has no {k}: {r}"));
+        let num = |k: &str| r[k].as_u64().map(|n| n.to_string()).ok_or_else(|| format!("record {i} has no {k}: {r}"));
+        let seq = r["sequence"].as_u64().ok_or_else(|| format!("record {i} has no sequence: {r}"))?;
+        if seq != i as u64 + 1 {
+            return Err(format!("record at position {i} has sequence {seq}, expected {}", i + 1));
+        }
+        if text("prev_hash")? != prev {
+            return Err(format!(
+                "record {seq} does not link to its predecessor (prev_hash {}, expected {prev})",
+                r["prev_hash"]
+            ));
+        }
+        let mut encoded = Vec::new();
+        for field in [
+            seq.to_string(),
+            num("time_ms")?,
+            text("actor")?,
+            text("action")?,
+            text("subject")?,
+            text("reason")?,
+            text("detail_json")?,
+            num("raft_index")?,
+            text("prev_hash")?,
+        ] {
+            encoded.extend((field.len() as u64).to_be_bytes());
+            encoded.extend(field.as_bytes());
+        }
+        let file = tmp.path().join(format!("{seq}"));
+        std::fs::write(&file, encoded).map_err(|e| e.to_string())?;
+        files.push(file);
+        prev = text("hash")?;
+    }
+    if files.is_empty() {
+        return Ok(());
+    }
+    let out = Command::new("sha256sum").args(&files).output().map_err(|e| format!("sha256sum: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("sha256sum failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let sums = String::from_utf8_lossy(&out.stdout);
+    let computed: Vec<&str> = sums.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    if computed.len() != records.len() {
+        return Err(format!("sha256sum printed {} hashes for {} records", computed.len(), records.len()));
+    }
+    for (r, hash) in records.iter().zip(computed) {
+        if r["hash"].as_str() != Some(hash) {
+            return Err(format!(
+                "record {} was altered: its content hashes to {hash}, but it claims {}",
+                r["sequence"], r["hash"]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The value of an unlabelled Prometheus metric `name` served at `http://addr/metrics`.
+pub fn metric_value(addr: &str, name: &str) -> Option<f64> {
+    let (code, body) = http_get(addr, "/metrics")?;
+    if code != 200 {
+        return None;
+    }
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The serial of `zone`'s SOA record as `server` (`ip:port`) answers it.
+pub fn soa_serial(server: &str, zone: &str) -> Option<u64> {
+    let (ip, port) = server.rsplit_once(':').expect("ip:port");
+    let out = Command::new("dig")
+        .args([&format!("@{ip}"), "-p", port, zone, "SOA", "+short", "+time=2", "+tries=2"])
+        .output()
+        .expect("dig runs");
+    // `ns1.fed.local. hostmaster.fed.local. SERIAL REFRESH RETRY EXPIRE MINIMUM`
+    String::from_utf8_lossy(&out.stdout).lines().next()?.split_whitespace().nth(2)?.parse().ok()
+}

@@ -98,6 +98,18 @@ pub enum Action {
         to: Phase,
         detail: String,
     },
+    /// Records a change of the federator cluster itself (a replica added or removed, a backup
+    /// snapshot taken) in the audit history. Raft applies the membership change on its own;
+    /// this entry only makes it visible to auditors, with who did it and why.
+    RecordClusterChange {
+        /// `cluster.add-learner`, `cluster.add-voter`, `cluster.remove`, `cluster.snapshot`.
+        change: String,
+        /// `fed-<node id>`, or the snapshot id.
+        subject: String,
+        reason: String,
+        /// JSON object: voters and learners after the change, addresses, log index.
+        detail_json: String,
+    },
     /// Stop an operation that cannot make progress (rolls back when traffic never moved).
     FailOperation {
         id: String,

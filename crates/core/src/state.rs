@@ -202,6 +202,25 @@ impl State {
                 });
                 Ok(Applied::Changed)
             }
+            Action::RecordClusterChange { change, subject, reason, detail_json } => {
+                if !change.starts_with("cluster.") {
+                    return Err(Refusal::Invalid(format!("{change:?} is not a cluster change")));
+                }
+                if reason.trim().is_empty() {
+                    return Err(Refusal::Invalid("a cluster change needs a reason".into()));
+                }
+                let detail: serde_json::Value = serde_json::from_str(detail_json).unwrap_or(serde_json::Value::Null);
+                self.audit.append(Entry {
+                    time_ms: at,
+                    actor,
+                    action: change,
+                    subject,
+                    reason,
+                    detail,
+                    raft_index: index,
+                });
+                Ok(Applied::Changed)
+            }
             Action::Autoscale { site, group, app, from, to, reason, evidence_json } => {
                 self.check_autoscale(actor, site, group, app, *from, *to, at)?;
                 let g = self.groups.get_mut(group).expect("check_autoscale checked the group");

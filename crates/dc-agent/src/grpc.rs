@@ -24,8 +24,25 @@ pub fn endpoint(url: &ServerUrl, bundle: &Bundle) -> Result<Endpoint, tonic::tra
         .tcp_nodelay(true))
 }
 
-pub async fn connect(endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
-    endpoint.connect().await
+/// How long the TLS and HTTP/2 handshake may take once TCP is connected. A paused or hung
+/// server still completes the TCP handshake (the kernel does), so without this a connect to
+/// it would wait forever instead of moving on to the next federator.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("no TLS/HTTP2 handshake within {0:?}: the server accepts connections but does not answer (hung or paused)")]
+    Handshake(Duration),
+}
+
+pub async fn connect(endpoint: &Endpoint) -> Result<Channel, ConnectError> {
+    let limit = CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT;
+    tokio::time::timeout(limit, endpoint.connect())
+        .await
+        .map_err(|_| ConnectError::Handshake(limit))?
+        .map_err(Into::into)
 }
 
 /// A server builder that requires client certificates signed by the bundle's CA.

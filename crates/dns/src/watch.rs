@@ -17,6 +17,8 @@ use crate::store::{Applier, Outcome};
 
 /// Time allowed to open the TCP + TLS connection to the federator.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the TLS and HTTP/2 handshake may take once TCP is connected.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 keepalive ping interval and the time a ping may stay unanswered; they detect a dead
 /// link (e.g. a partition) long before TCP would.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
@@ -106,7 +108,17 @@ impl StreamError {
 /// One connection: returns how many tables arrived before the stream ended.
 async fn follow_stream(endpoint: &Endpoint, server_id: &str, applier: &Applier) -> Result<u64, StreamError> {
     let mut received = 0;
-    let channel = endpoint.connect().await.map_err(|e| StreamError::new(0, &e))?;
+    // A paused or hung federator completes the TCP handshake (the kernel does) but never the
+    // TLS one: bound it, so the next federator is tried.
+    let limit = CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT;
+    let channel = match tokio::time::timeout(limit, endpoint.connect()).await {
+        Ok(connected) => connected.map_err(|e| StreamError::new(0, &e))?,
+        Err(_) => {
+            let e =
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no TLS/HTTP2 handshake within {limit:?}"));
+            return Err(StreamError::new(0, &e));
+        }
+    };
     let mut client = RoutingClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

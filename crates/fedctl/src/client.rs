@@ -49,6 +49,9 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Bound on connecting to one replica, TCP and TLS handshakes included.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Connects to the first replica that answers: `endpoint`, then each of `endpoints`.
 pub async fn connect(cfg: &ClientConfig) -> Result<OperatorClient<Channel>, CliError> {
     let mut last = None;
@@ -77,13 +80,22 @@ pub async fn connect_one(cfg: &ClientConfig, endpoint: &str) -> Result<OperatorC
         return Err(CliError::Usage(format!("endpoint {endpoint:?} must use https://; plaintext is not supported")));
     }
     let host = uri.host().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']').to_string();
-    let channel = Endpoint::from(uri)
+    let ep = Endpoint::from(uri)
         .tls_config(bundle.client_tls(&host))
         .map_err(|e| CliError::Usage(format!("TLS configuration: {e}")))?
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(15))
-        .connect()
+        .timeout(Duration::from_secs(15));
+    let connecting = ep.connect();
+    // A paused or hung replica completes the TCP handshake (the kernel does) but never the TLS
+    // one: bound the whole connect so the next replica is tried.
+    let channel = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
+        .map_err(|_| {
+            CliError::Unavailable(format!(
+                "the federator at {endpoint} accepted the connection but did not complete the TLS handshake within {} s (hung or paused)",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| {
             CliError::Unavailable(format!("cannot reach the federator at {endpoint}: {}", source_chain(&e)))
         })?;

@@ -225,6 +225,42 @@ enum ClusterCmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// The committed voters and learners (a linearizable read).
+    Members {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Add a replica (already running, with an empty data directory and a certificate naming
+    /// fed-ID). It catches up from a snapshot and the log, then becomes a voter unless
+    /// --learner. Admin only; audited.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// host:port of the new replica's gRPC port.
+        #[arg(long)]
+        address: String,
+        /// Keep it a learner (it receives the log but does not vote).
+        #[arg(long)]
+        learner: bool,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Remove a voter or learner. Stop its process afterwards; wipe its data directory before
+    /// it ever joins again. Admin only; audited.
+    Remove {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Write a backup of the committed state to FILE (restore with `federator --restore-from`).
+    /// Admin only; audited.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +338,17 @@ enum CertsCmd {
         #[arg(long, default_value = ".switchyard")]
         dir: PathBuf,
     },
+    /// Issue a federator replica's certificate (identity federator:fed-ID, the node id it may
+    /// speak for) from the local CA in DIR/certs, for the hosts it serves on.
+    Replica {
+        #[arg(long)]
+        id: u64,
+        /// Host names or addresses in the certificate (repeatable).
+        #[arg(long = "host", default_values = ["127.0.0.1", "localhost"])]
+        hosts: Vec<String>,
+        #[arg(long, default_value = ".switchyard")]
+        dir: PathBuf,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -342,8 +389,46 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Certs(CertsCmd::Issue { role, name, dir }) => issue_cert(&dir, &role, &name),
+        Cmd::Certs(CertsCmd::Replica { id, hosts, dir }) => issue_replica_cert(&dir, id, &hosts),
         Cmd::Status { output } => status(&cfg_path, output).await,
         Cmd::Cluster(ClusterCmd::Status { output }) => cluster_status(&cfg_path, output).await,
+        Cmd::Cluster(ClusterCmd::Members { output }) => {
+            let m = api(&cfg_path).await?.get_membership(pb::GetMembershipRequest {}).await?.into_inner();
+            print_membership(&m, output);
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Add { id, address, learner, reason }) => {
+            let change = if learner { pb::MembershipChange::AddLearner } else { pb::MembershipChange::AddVoter };
+            let req = pb::ChangeMembershipRequest { change: change as i32, node_id: id, address, reason };
+            let m = api(&cfg_path).await?.change_membership(req).await?.into_inner();
+            println!("node {id} added as a {}", if learner { "learner" } else { "voter" });
+            print_membership(&m, Format::Table);
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Remove { id, reason }) => {
+            let change = pb::MembershipChange::Remove as i32;
+            let req = pb::ChangeMembershipRequest { change, node_id: id, address: String::new(), reason };
+            let m = api(&cfg_path).await?.change_membership(req).await?.into_inner();
+            println!("node {id} removed; stop its process and wipe its data directory before it rejoins");
+            print_membership(&m, Format::Table);
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Backup { out, reason }) => {
+            let b = api(&cfg_path).await?.take_snapshot(pb::TakeSnapshotRequest { reason }).await?.into_inner();
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, &b.data)
+                .and_then(|()| std::fs::rename(&tmp, &out))
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", out.display())))?;
+            println!(
+                "backup {} written to {} ({} bytes, log index {}, term {})",
+                b.snapshot_id,
+                out.display(),
+                b.data.len(),
+                b.last_log_index,
+                b.last_log_term
+            );
+            Ok(())
+        }
         Cmd::Sites { output } => sites(&cfg_path, output).await,
         Cmd::Groups { output } => groups(&cfg_path, output).await,
         Cmd::Switchover(SwitchoverCmd::Start { group, to, reason, wait, wait_timeout_s, output }) => {
@@ -430,6 +515,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn api(cfg_path: &Path) -> Result<pb::operator_client::OperatorClient<tonic::transport::Channel>, CliError> {
     connect(&ClientConfig::load(cfg_path)?).await
+}
+
+fn issue_replica_cert(dir: &Path, id: u64, hosts: &[String]) -> Result<(), CliError> {
+    if id == 0 {
+        return Err(CliError::Usage("node id 0 is reserved; use 1 or more".into()));
+    }
+    let name = format!("fed-{id}");
+    let identity = Identity::new(Role::Federator, &name).map_err(|e| CliError::Usage(e.to_string()))?;
+    let certs = dir.join("certs");
+    let ca =
+        CertAuthority::load(&certs).map_err(|e| CliError::Usage(format!("no local CA in {}: {e}", certs.display())))?;
+    let files = ca
+        .issue_to_dir(&certs, &format!("federator-{id}"), &identity, hosts)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    println!("issued {identity} for {}: {} and {}", hosts.join(", "), files.cert.display(), files.key.display());
+    Ok(())
 }
 
 fn issue_cert(dir: &Path, role: &str, name: &str) -> Result<(), CliError> {
@@ -543,6 +644,23 @@ async fn cluster_status(cfg_path: &Path, output: Format) -> Result<(), CliError>
         }
     }
     if replicas.iter().any(|r| r.reachable) { Ok(()) } else { Err(CliError::Unavailable("no replica answered".into())) }
+}
+
+fn print_membership(m: &pb::Membership, output: Format) {
+    match output {
+        Format::Json => println!("{}", json(m)),
+        Format::Table => {
+            let mut t = table(&["node", "address", "role"]);
+            for (members, role) in [(&m.voters, "voter"), (&m.learners, "learner")] {
+                for v in members {
+                    let role = if v.node_id == m.leader_id { "voter (leader)" } else { role };
+                    t.add_row(vec![v.node_id.to_string(), v.address.clone(), role.to_string()]);
+                }
+            }
+            println!("{t}");
+            println!("term {}, membership committed at log index {}", m.term, m.log_index);
+        }
+    }
 }
 
 async fn sites(cfg: &Path, output: Format) -> Result<(), CliError> {

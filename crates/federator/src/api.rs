@@ -12,7 +12,7 @@ use switchyard_tls::{Identity, Role, peer_identity};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{audit_to_proto, operation_to_proto, resources_to_proto};
-use crate::node::{Federator, now_ms};
+use crate::node::{Federator, MemberChange, MembershipView, now_ms};
 
 pub struct OperatorService {
     fed: Arc<Federator>,
@@ -34,8 +34,56 @@ fn authorise<T>(req: &Request<T>, allowed: fn(Role) -> bool, what: &str) -> Resu
 
 const MAX_AUDIT_PAGE: usize = 10_000;
 
+fn membership_to_proto(m: &MembershipView) -> pb::Membership {
+    let member = |(node_id, address): &(u64, String)| pb::Member { node_id: *node_id, address: address.clone() };
+    pb::Membership {
+        voters: m.voters.iter().map(member).collect(),
+        learners: m.learners.iter().map(member).collect(),
+        leader_id: m.leader.unwrap_or(0),
+        term: m.term,
+        log_index: m.log_index,
+    }
+}
+
 #[tonic::async_trait]
 impl Operator for OperatorService {
+    async fn get_membership(&self, req: Request<pb::GetMembershipRequest>) -> Result<Response<pb::Membership>, Status> {
+        authorise(&req, Role::can_view, "read the cluster membership")?;
+        self.fed.read_barrier().await?;
+        Ok(Response::new(membership_to_proto(&self.fed.membership())))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::Membership>, Status> {
+        let id = authorise(&req, |r| r == Role::Admin, "change the federator cluster's membership")?;
+        let r = req.into_inner();
+        let change = match pb::MembershipChange::try_from(r.change) {
+            Ok(pb::MembershipChange::AddLearner) => MemberChange::AddLearner { node_id: r.node_id, address: r.address },
+            Ok(pb::MembershipChange::AddVoter) => MemberChange::AddVoter { node_id: r.node_id, address: r.address },
+            Ok(pb::MembershipChange::Remove) => MemberChange::Remove { node_id: r.node_id },
+            _ => return Err(Status::invalid_argument("change must be add-learner, add-voter or remove")),
+        };
+        let after = self.fed.change_membership(&id.to_string(), change, &r.reason).await?;
+        Ok(Response::new(membership_to_proto(&after)))
+    }
+
+    async fn take_snapshot(
+        &self,
+        req: Request<pb::TakeSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotReply>, Status> {
+        let id = authorise(&req, |r| r == Role::Admin, "take a backup snapshot")?;
+        let r = req.into_inner();
+        let b = self.fed.backup(&id.to_string(), &r.reason).await?;
+        Ok(Response::new(pb::SnapshotReply {
+            data: b.data,
+            last_log_index: b.last_log_index,
+            last_log_term: b.last_log_term,
+            snapshot_id: b.snapshot_id,
+        }))
+    }
+
     async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::FederationStatus>, Status> {
         let id = authorise(&req, Role::can_view, "read federation status")?;
         let m = self.fed.raft.metrics().borrow().clone();
@@ -58,6 +106,7 @@ impl Operator for OperatorService {
 
     async fn list_sites(&self, req: Request<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesReply>, Status> {
         authorise(&req, Role::can_view, "list sites")?;
+        self.fed.read_barrier().await?;
         let now = now_ms();
         let sites = self.fed.shared.read(|s| {
             s.sites
@@ -87,6 +136,7 @@ impl Operator for OperatorService {
 
     async fn list_groups(&self, req: Request<pb::ListGroupsRequest>) -> Result<Response<pb::ListGroupsReply>, Status> {
         authorise(&req, Role::can_view, "list groups")?;
+        self.fed.read_barrier().await?;
         let zone = self.fed.config.zone.clone();
         let groups = self.fed.shared.read(|s| {
             s.groups
@@ -188,6 +238,7 @@ impl Operator for OperatorService {
         req: Request<pb::GetGroupSpecRequest>,
     ) -> Result<Response<pb::GroupSpecReply>, Status> {
         authorise(&req, Role::can_view, "read group specs")?;
+        self.fed.read_barrier().await?;
         let name = req.into_inner().group;
         let (spec, epoch) = self
             .fed
@@ -305,6 +356,7 @@ impl Operator for OperatorService {
         req: Request<pb::ListFreezesRequest>,
     ) -> Result<Response<pb::ListFreezesReply>, Status> {
         authorise(&req, Role::can_view, "list freezes")?;
+        self.fed.read_barrier().await?;
         let now = now_ms();
         let freezes = self.fed.shared.read(|s| {
             s.freezes.iter().filter(|(_, f)| f.holds_at(now)).map(|(scope, f)| freeze_to_proto(scope, f)).collect()
@@ -314,6 +366,7 @@ impl Operator for OperatorService {
 
     async fn get_operation(&self, req: Request<pb::GetOperationRequest>) -> Result<Response<pb::Operation>, Status> {
         authorise(&req, Role::can_view, "read operations")?;
+        self.fed.read_barrier().await?;
         self.operation(&req.get_ref().id).map(Response::new)
     }
 
@@ -322,6 +375,7 @@ impl Operator for OperatorService {
         req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsReply>, Status> {
         authorise(&req, Role::can_view, "list operations")?;
+        self.fed.read_barrier().await?;
         let now = now_ms();
         let operations = self.fed.shared.read(|s| {
             s.operations
@@ -334,6 +388,7 @@ impl Operator for OperatorService {
 
     async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditReply>, Status> {
         authorise(&req, Role::can_read_audit, "read the audit history")?;
+        self.fed.read_barrier().await?;
         let r = req.get_ref();
         let limit = if r.limit == 0 { MAX_AUDIT_PAGE } else { (r.limit as usize).min(MAX_AUDIT_PAGE) };
         let records = self.fed.shared.read(|s| {

@@ -59,6 +59,9 @@ pub struct RaftTuning {
     pub election_timeout_max_ms: u64,
     /// A snapshot is built after this many log entries, and older entries are purged.
     pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the last snapshot, so a replica that lags by less than
+    /// this catches up from the log instead of a whole snapshot.
+    pub logs_to_keep: u64,
 }
 
 impl Default for RaftTuning {
@@ -68,6 +71,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 2_000,
+            logs_to_keep: 500,
         }
     }
 }

@@ -14,6 +14,11 @@ struct Args {
     /// Validate the configuration and exit without starting.
     #[arg(long)]
     check: bool,
+    /// Seed this replica's empty data directory from a backup taken with `fedctl cluster
+    /// backup`, as a new cluster with this replica as its only voter, then exit. Start it
+    /// normally afterwards and add the other replicas with `fedctl cluster add`.
+    #[arg(long, value_name = "BACKUP")]
+    restore_from: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -30,6 +35,35 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(backup) = &args.restore_from {
+        let bytes = match std::fs::read(backup) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", backup.display());
+                return ExitCode::from(2);
+            }
+        };
+        let address = config.advertise_addr();
+        return match switchyard_federator::raft::restore(&config.data_dir, &bytes, config.node_id, &address) {
+            Ok(r) => {
+                println!(
+                    "restored {} into {}: log index {} (term {}), {} groups, {} audit records; node {} at {address} is the only voter",
+                    backup.display(),
+                    config.data_dir.display(),
+                    r.last_log_index,
+                    r.last_log_term,
+                    r.groups,
+                    r.audit_records,
+                    config.node_id
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check {
         println!("{}: configuration is valid", args.config.display());
         return ExitCode::SUCCESS;

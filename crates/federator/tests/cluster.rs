@@ -3,105 +3,21 @@
 //! forward them to the leader), a replica speaks only for its own node id, and when the leader
 //! goes away the others elect a new one and keep accepting writes.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{agreed_leader, client, free_port, freezes};
 use switchyard_federator::{FederatorConfig, Running};
 use switchyard_proto::operator::v1 as pb;
-use switchyard_proto::operator::v1::operator_client::OperatorClient;
-use switchyard_tls::{Bundle, CertAuthority, Identity, Role};
-use tonic::transport::{Channel, Endpoint};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use switchyard_tls::{CertAuthority, Identity, Role};
+use tonic::transport::Endpoint;
 
 fn config(dir: &Path, id: u64, ports: &[u16; 3]) -> FederatorConfig {
-    let certs = dir.join("certs");
-    let peers: String = (1..=3u64)
-        .filter(|p| *p != id)
-        .map(|p| format!("[[peers]]\nnode_id = {p}\naddress = \"127.0.0.1:{}\"\n", ports[(p - 1) as usize]))
-        .collect();
-    let text = format!(
-        r#"
-node_id = {id}
-listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-zone = "fed.local."
-{peers}
-[tls]
-ca = "{certs}/ca.pem"
-cert = "{certs}/fed-{id}.pem"
-key = "{certs}/fed-{id}-key.pem"
-[raft]
-heartbeat_interval_ms = 100
-election_timeout_min_ms = 400
-election_timeout_max_ms = 800
-[[sites]]
-name = "site-1"
-ingress = ["127.0.1.1"]
-[[groups]]
-name = "crm-web"
-dns_name = "crm-web"
-ttl_s = 5
-home_site = "site-1"
-[[groups.apps]]
-name = "web"
-command = "sample-app"
-instances = 2
-resources = {{ cpu_millis = 100, mem_mib = 64 }}
-"#,
-        port = ports[(id - 1) as usize],
-        data = dir.join(format!("data-{id}")).display(),
-        certs = certs.display()
-    );
-    FederatorConfig::parse(&text, Path::new("test.toml")).expect("valid config")
-}
-
-async fn client(addr: SocketAddr, bundle: &Bundle) -> OperatorClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ep = Endpoint::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(bundle.client_tls("127.0.0.1"))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15));
-        if let Ok(ch) = ep.connect().await {
-            return OperatorClient::new(ch);
-        }
-        assert!(Instant::now() < deadline, "no federator on {addr}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until every given replica names the same leader among them and the configuration is
-/// registered; returns the leader's id.
-async fn agreed_leader(apis: &mut [(u64, OperatorClient<Channel>)]) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut leaders = Vec::new();
-        for (_, api) in apis.iter_mut() {
-            match api.get_status(pb::GetStatusRequest {}).await {
-                Ok(s) if s.get_ref().groups == 1 => leaders.push(s.into_inner().leader_id),
-                _ => leaders.push(0),
-            }
-        }
-        let ids: Vec<u64> = apis.iter().map(|(id, _)| *id).collect();
-        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) && ids.contains(&leaders[0]) {
-            return leaders[0];
-        }
-        assert!(Instant::now() < deadline, "no agreed leader in 30 s: {leaders:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn freezes(api: &mut OperatorClient<Channel>) -> Vec<String> {
-    api.list_freezes(pb::ListFreezesRequest {})
-        .await
-        .map(|r| r.into_inner().freezes.into_iter().map(|f| f.scope).collect())
-        .unwrap_or_default()
+    let peers: Vec<(u64, u16)> = (1..=3u64).map(|p| (p, ports[(p - 1) as usize])).collect();
+    common::config(dir, id, ports[(id - 1) as usize], &peers, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ const OUTBOUND_QUEUE: usize = 16;
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(#[from] crate::grpc::ConnectError),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
     /// The epoch of a desired state could not be made durable. The link is dropped so that the

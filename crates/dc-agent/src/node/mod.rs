@@ -72,7 +72,7 @@ pub fn pid_file_path(work_dir: &Path) -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(#[from] crate::grpc::ConnectError),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
 }

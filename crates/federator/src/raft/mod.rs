@@ -9,7 +9,7 @@ mod store;
 pub use network::{NetworkFactory, PeerService, mtls_channel};
 pub(crate) use network::{decode, encode};
 pub use runtime::{Runtime, seed_thread_rng};
-pub use store::{LogStore, Shared, StateMachineStore, open_storage, storage_on};
+pub use store::{Backup, LogStore, Restored, Shared, StateMachineStore, open_storage, restore, storage_on};
 
 use switchyard_core::{Proposal, Response};
 

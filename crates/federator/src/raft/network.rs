@@ -202,7 +202,27 @@ impl RaftPeer for PeerService {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
         only_federators(&req)?;
         let w: crate::node::Forwarded = decode(req.get_ref()).map_err(Status::invalid_argument)?;
-        let outcome: crate::node::ForwardOutcome = self.federator.propose_here(&w.actor, w.action).await.into();
+        let outcome: crate::node::Remote<_> = self.federator.commit_here(&w.actor, w.action).await.into();
+        Ok(tonic::Response::new(encode(&outcome)))
+    }
+
+    async fn probe(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        only_federators(&req)?;
+        let initialized = self.raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(tonic::Response::new(encode(&initialized)))
+    }
+
+    async fn read_index(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        only_federators(&req)?;
+        let outcome: crate::node::Remote<u64> = self.federator.read_index_here().await.into();
+        Ok(tonic::Response::new(encode(&outcome)))
+    }
+
+    async fn change_membership(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        only_federators(&req)?;
+        let m: crate::node::ForwardedMembership = decode(req.get_ref()).map_err(Status::invalid_argument)?;
+        let outcome: crate::node::Remote<_> =
+            self.federator.change_membership_here(&m.actor, m.change, &m.reason).await.into();
         Ok(tonic::Response::new(encode(&outcome)))
     }
 }

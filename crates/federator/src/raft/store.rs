@@ -232,6 +232,84 @@ impl Shared {
     }
 }
 
+/// A backup of the applied state in the snapshot format (see [`restore`]).
+#[derive(Clone, Debug)]
+pub struct Backup {
+    pub data: Vec<u8>,
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    pub snapshot_id: String,
+}
+
+impl Shared {
+    /// The applied state, serialized as a snapshot (consistent: taken under the state lock).
+    pub fn backup(&self) -> Backup {
+        let body = self.body.read().expect("state lock poisoned");
+        let data = serde_json::to_vec(&*body).expect("state serializes");
+        let (index, term) = body.last_applied.map_or((0, 0), |l| (l.index, l.leader_id.term));
+        Backup { snapshot_id: format!("backup-{term}-{index}"), data, last_log_index: index, last_log_term: term }
+    }
+}
+
+/// What [`restore`] wrote.
+#[derive(Debug)]
+pub struct Restored {
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    pub groups: usize,
+    pub audit_records: usize,
+}
+
+/// Seeds an empty data directory from a backup, as a new one-voter cluster of `node_id` at
+/// `address`: the backup becomes the replica's snapshot, its log starts after it, and its vote
+/// is at the backup's term so the first election moves past it. Refuses a directory that
+/// already holds Raft state, and a backup that does not parse or whose audit chain does not
+/// verify.
+pub fn restore(data_dir: &Path, backup: &[u8], node_id: NodeId, address: &str) -> Result<Restored, anyhow::Error> {
+    let body = decode_snapshot(backup).map_err(|e| anyhow::anyhow!("the backup is not a federator snapshot: {e:#}"))?;
+    switchyard_core::audit::verify_chain(body.state.audit.records())
+        .map_err(|e| anyhow::anyhow!("the backup's audit chain does not verify: {e}"))?;
+    let Some(last) = body.last_applied else { anyhow::bail!("the backup holds no applied entry") };
+    let (log, sm) = open_storage(data_dir)?;
+    {
+        let tx = log.db.begin_read()?;
+        let has_log = tx.open_table(LOG)?.first()?.is_some();
+        let has_vote = tx.open_table(META)?.get(KEY_VOTE)?.is_some();
+        let has_snapshot = tx.open_table(SNAPSHOT)?.get(KEY_SNAPSHOT_DATA)?.is_some();
+        anyhow::ensure!(
+            !has_log && !has_vote && !has_snapshot,
+            "{} already holds Raft state; restore into an empty data directory",
+            data_dir.display()
+        );
+    }
+    let membership = openraft::Membership::new(
+        vec![std::collections::BTreeSet::from([node_id])],
+        std::collections::BTreeMap::from([(node_id, BasicNode { addr: address.to_string() })]),
+    );
+    let restored = SnapshotBody {
+        format: SNAPSHOT_FORMAT,
+        last_applied: Some(last),
+        membership: StoredMembership::new(Some(last), membership),
+        state: body.state,
+    };
+    let data = serde_json::to_vec(&restored).expect("state serializes");
+    let meta = SnapshotMeta {
+        last_log_id: Some(last),
+        last_membership: restored.membership.clone(),
+        snapshot_id: format!("restored-{}-{}", last.leader_id.term, last.index),
+    };
+    sm.save_snapshot(&meta, &data)?;
+    log.write_meta(KEY_PURGED, &last, true)?;
+    log.write_meta(KEY_COMMITTED, &Some(last), true)?;
+    log.write_meta(KEY_VOTE, &Vote::new(last.leader_id.term, node_id), true)?;
+    Ok(Restored {
+        last_log_index: last.index,
+        last_log_term: last.leader_id.term,
+        groups: restored.state.groups.len(),
+        audit_records: restored.state.audit.len(),
+    })
+}
+
 /// The state machine: `State` in memory, snapshots in redb.
 #[derive(Clone)]
 pub struct StateMachineStore {
