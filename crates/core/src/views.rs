@@ -183,12 +183,24 @@ pub struct DesiredView {
     pub groups: Vec<DesiredGroup>,
 }
 
-/// What `site`'s cell must run: every group of the federation with this site's instance counts
-/// (zero where the group is not placed here, which tells the cell to stop it).
+/// What `site`'s cell must run: every group placed on the site with its instance counts, and
+/// with a count of zero (stop) every other group the cell may still run. A group is left out
+/// only once the cell's last report shows that it runs none of it and that the cell had
+/// already applied the group's latest placement (so a decision it has not seen yet is never
+/// hidden from it); with no report yet, every group is listed. This keeps each site's desired
+/// state the size of what the site runs rather than of the whole federation.
 pub fn desired_for_site(state: &State, site: &str, now_ms: u64) -> DesiredView {
+    let report = state.reports.get(site).map(|r| &r.report);
+    let may_run = |g: &crate::model::AppGroup| -> bool {
+        let Some(report) = report else { return true };
+        g.placement.sites.contains_key(site)
+            || report.applied_epoch < g.placement.epoch
+            || report.groups.get(&g.spec.name).is_some_and(|gr| gr.present() > 0)
+    };
     let groups = state
         .groups
         .values()
+        .filter(|g| may_run(g))
         .map(|g| {
             let share = g.placement.share(site);
             DesiredGroup {

@@ -853,3 +853,41 @@ fn a_state_with_freezes_of_every_scope_survives_a_snapshot_round_trip() {
     let old: State = serde_json::from_value(value).expect("old form deserializes");
     assert_eq!(old.freezes.keys().collect::<Vec<_>>(), vec![&FreezeScope::Global]);
 }
+
+/// A site's desired state lists the groups it runs or may still run, not the whole federation;
+/// a group is left out only once the site's cell has applied its latest placement and reports
+/// none of it.
+#[test]
+fn desired_state_lists_only_groups_a_site_runs_or_may_still_run() {
+    let mut f = Fed::new();
+    let names = |f: &Fed, site: &str| -> Vec<String> {
+        desired_for_site(&f.state, site, f.now).groups.into_iter().map(|g| g.name).collect()
+    };
+    // Reports (at the current epoch, running nothing) exist for every site: crm-web is placed
+    // on site-1 only, so site-2 and site-3 are not told about it.
+    assert_eq!(names(&f, "site-1"), ["crm-web"]);
+    assert!(names(&f, "site-2").is_empty());
+
+    // A site that never reported is told about every group (it may run anything).
+    f.state.reports.remove("site-3");
+    assert_eq!(names(&f, "site-3"), ["crm-web"]);
+
+    // A switchover adds site-2 to the placement: listed with its count.
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    f.start("crm-web", "site-2").unwrap();
+    assert_eq!(desired_for_site(&f.state, "site-2", f.now).groups[0].apps[0].instances, 2);
+    // Rolled back before site-2 ever reported the new instances: site-2 has not applied the
+    // rollback's epoch yet, so crm-web stays listed (with 0) until it has.
+    let id = f.state.groups["crm-web"].operation.clone().unwrap();
+    let at = f.state.operations[&id].phase;
+    f.ok("system", Action::FailOperation { id, at, error: "test".into() });
+    let d2 = desired_for_site(&f.state, "site-2", f.now);
+    assert_eq!(d2.groups.len(), 1);
+    assert_eq!(d2.groups[0].apps[0].instances, 0, "told to stop what it may have started");
+    // It reports instances still present at the new epoch: still listed, still 0.
+    f.report("site-2", 1000, &[("crm-web", 1, 0)]);
+    assert_eq!(desired_for_site(&f.state, "site-2", f.now).groups[0].apps[0].instances, 0);
+    // Once it reports none at the new epoch, it is no longer told about crm-web.
+    f.report("site-2", 1000, &[]);
+    assert!(names(&f, "site-2").is_empty());
+}

@@ -414,18 +414,33 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Cluster(ClusterCmd::Backup { out, reason }) => {
-            let b = api(&cfg_path).await?.take_snapshot(pb::TakeSnapshotRequest { reason }).await?.into_inner();
+            let mut stream =
+                api(&cfg_path).await?.take_snapshot(pb::TakeSnapshotRequest { reason }).await?.into_inner();
+            let mut data = Vec::new();
+            let mut first: Option<pb::SnapshotChunk> = None;
+            while let Some(mut chunk) = stream.message().await? {
+                data.append(&mut chunk.data);
+                first.get_or_insert(chunk);
+            }
+            let first = first.ok_or_else(|| CliError::Failed("the federator sent no backup data".into()))?;
+            if data.len() as u64 != first.total_bytes {
+                return Err(CliError::Failed(format!(
+                    "the backup arrived incomplete ({} of {} bytes); nothing was written",
+                    data.len(),
+                    first.total_bytes
+                )));
+            }
             let tmp = out.with_extension("partial");
-            std::fs::write(&tmp, &b.data)
+            std::fs::write(&tmp, &data)
                 .and_then(|()| std::fs::rename(&tmp, &out))
                 .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", out.display())))?;
             println!(
                 "backup {} written to {} ({} bytes, log index {}, term {})",
-                b.snapshot_id,
+                first.snapshot_id,
                 out.display(),
-                b.data.len(),
-                b.last_log_index,
-                b.last_log_term
+                data.len(),
+                first.last_log_index,
+                first.last_log_term
             );
             Ok(())
         }

@@ -21,7 +21,7 @@ use switchyard_tls::{Bundle, CertAuthority, Identity, Role};
 use tonic::transport::{Channel, Endpoint};
 
 const WRITES_SINGLE: usize = 300;
-const WRITES_PER_CLIENT: usize = 40;
+const WRITES_PER_CLIENT: usize = 100;
 const CLIENTS: usize = 64;
 
 fn free_port() -> u16 {
@@ -53,7 +53,7 @@ fn write_config(dir: &Path, id: u64, ports: &[u16; 3]) -> std::path::PathBuf {
 fn spawn(dir: &Path, id: u64, ports: &[u16; 3]) -> std::process::Child {
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("federator");
     assert!(bin.exists(), "build the federator binary first: cargo build --release -p switchyard-federator");
-    let log = std::fs::File::create(dir.join(format!("fed-{id}.log"))).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("fed-{id}.log"))).unwrap();
     std::process::Command::new(bin)
         .arg("--config")
         .arg(write_config(dir, id, ports))
@@ -101,9 +101,17 @@ async fn write(api: &mut OperatorClient<Channel>, n: usize) -> bool {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir_path = tmp.path().to_path_buf();
+        // BENCH_KEEP_LOGS=1 keeps the replicas' directories (logs, data) for inspection.
+        let _tmp = if std::env::var_os("BENCH_KEEP_LOGS").is_some() {
+            eprintln!("replica logs and data kept in {}", tmp.keep().display());
+            None
+        } else {
+            Some(tmp)
+        };
         let ca = CertAuthority::generate("bench CA").unwrap();
-        let certs = dir.path().join("certs");
+        let certs = dir_path.as_path().join("certs");
         ca.save(&certs).unwrap();
         for id in 1..=3 {
             let name = format!("fed-{id}");
@@ -114,7 +122,7 @@ fn main() {
         let ports = [free_port(), free_port(), free_port()];
         let addr = |id: u64| -> SocketAddr { format!("127.0.0.1:{}", ports[(id - 1) as usize]).parse().unwrap() };
         let mut procs: Vec<Option<std::process::Child>> =
-            (1..=3).map(|id| Some(spawn(dir.path(), id, &ports))).collect();
+            (1..=3).map(|id| Some(spawn(dir_path.as_path(), id, &ports))).collect();
         let mut apis = Vec::new();
         for id in 1..=3 {
             apis.push((id, client(addr(id), &admin).await));
@@ -122,6 +130,12 @@ fn main() {
         let lead = leader(&mut apis).await;
         let mut api = client(addr(lead), &admin).await;
 
+        if std::env::var_os("BENCH_KEEP_LOGS").is_some() {
+            let pid = procs[(lead - 1) as usize].as_ref().unwrap().id();
+            eprintln!("leader is node {lead}, pid {pid}");
+            std::fs::write(dir_path.join("leader.pid"), pid.to_string()).unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         let t = Instant::now();
         for n in 0..WRITES_SINGLE {
             assert!(write(&mut api, n).await, "write {n} failed");
@@ -129,10 +143,14 @@ fn main() {
         let single = WRITES_SINGLE as f64 / t.elapsed().as_secs_f64();
         println!("durable commits/s, 1 client: {single:.0} ({WRITES_SINGLE} writes)");
 
+        // Each client has its own connection, made before the clock starts.
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(client(addr(lead), &admin).await);
+        }
         let t = Instant::now();
         let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let mut api = client(addr(lead), &admin).await;
+        for (c, mut api) in clients.into_iter().enumerate() {
             tasks.push(tokio::spawn(async move {
                 for n in 0..WRITES_PER_CLIENT {
                     assert!(write(&mut api, c * 1_000 + n).await, "client {c} write {n} failed");
@@ -163,7 +181,7 @@ fn main() {
                 killed.elapsed().as_millis()
             );
             // Bring it back as a follower for the next round.
-            procs[(lead - 1) as usize] = Some(spawn(dir.path(), lead, &ports));
+            procs[(lead - 1) as usize] = Some(spawn(dir_path.as_path(), lead, &ports));
             apis.retain(|(id, _)| *id != lead);
             apis.push((lead, client(addr(lead), &admin).await));
             tokio::time::sleep(Duration::from_secs(2)).await;

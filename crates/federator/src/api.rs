@@ -33,6 +33,8 @@ fn authorise<T>(req: &Request<T>, allowed: fn(Role) -> bool, what: &str) -> Resu
 }
 
 const MAX_AUDIT_PAGE: usize = 10_000;
+/// Backups travel in chunks well below the gRPC message limit.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 fn membership_to_proto(m: &MembershipView) -> pb::Membership {
     let member = |(node_id, address): &(u64, String)| pb::Member { node_id: *node_id, address: address.clone() };
@@ -69,19 +71,31 @@ impl Operator for OperatorService {
         Ok(Response::new(membership_to_proto(&after)))
     }
 
+    type TakeSnapshotStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::SnapshotChunk, Status>>>;
+
     async fn take_snapshot(
         &self,
         req: Request<pb::TakeSnapshotRequest>,
-    ) -> Result<Response<pb::SnapshotReply>, Status> {
+    ) -> Result<Response<Self::TakeSnapshotStream>, Status> {
         let id = authorise(&req, |r| r == Role::Admin, "take a backup snapshot")?;
         let r = req.into_inner();
         let b = self.fed.backup(&id.to_string(), &r.reason).await?;
-        Ok(Response::new(pb::SnapshotReply {
-            data: b.data,
-            last_log_index: b.last_log_index,
-            last_log_term: b.last_log_term,
-            snapshot_id: b.snapshot_id,
-        }))
+        let total_bytes = b.data.len() as u64;
+        let mut chunks: Vec<Result<pb::SnapshotChunk, Status>> = b
+            .data
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .map(|c| Ok(pb::SnapshotChunk { data: c.to_vec(), ..Default::default() }))
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Ok(pb::SnapshotChunk::default()));
+        }
+        if let Some(Ok(first)) = chunks.first_mut() {
+            first.last_log_index = b.last_log_index;
+            first.last_log_term = b.last_log_term;
+            first.snapshot_id = b.snapshot_id;
+            first.total_bytes = total_bytes;
+        }
+        Ok(Response::new(tokio_stream::iter(chunks)))
     }
 
     async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::FederationStatus>, Status> {

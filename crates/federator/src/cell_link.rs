@@ -81,15 +81,23 @@ impl CellLink for CellLinkService {
 /// Sends the site's desired state now and after every change, until the stream closes.
 async fn send_desired(fed: Arc<Federator>, site: String, tx: mpsc::Sender<Result<FederatorMessage, Status>>) {
     let mut applied = fed.shared.subscribe();
-    let mut last = None;
+    // A digest of the last state sent, not the state itself: a desired state lists every group
+    // of the federation, and keeping one per attached cell cost megabytes each.
+    let mut last: Option<u64> = None;
     loop {
         let desired = fed.shared.read(|s| desired_to_proto(&desired_for_site(s, &site, now_ms())));
-        if last.as_ref() != Some(&desired) {
-            let msg = FederatorMessage { body: Some(federator_message::Body::Desired(desired.clone())) };
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            prost::Message::encode_to_vec(&desired).hash(&mut h);
+            h.finish()
+        };
+        if last != Some(digest) {
+            let msg = FederatorMessage { body: Some(federator_message::Body::Desired(desired)) };
             if tx.send(Ok(msg)).await.is_err() {
                 return;
             }
-            last = Some(desired);
+            last = Some(digest);
         }
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },

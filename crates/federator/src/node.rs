@@ -535,6 +535,8 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         // Small request/response messages (Raft appends, votes): no Nagle delay.
         .tcp_nodelay(true)
+        .initial_stream_window_size(crate::raft::PEER_STREAM_WINDOW)
+        .initial_connection_window_size(crate::raft::PEER_CONNECTION_WINDOW)
         .add_service(
             OperatorServer::new(OperatorService::new(federator.clone()))
                 .max_decoding_message_size(max)

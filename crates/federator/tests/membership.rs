@@ -177,7 +177,7 @@ async fn a_backup_restores_a_new_cluster_that_new_replicas_join() {
     let mut api = client(addr(port), &admin).await;
     agreed_leader(&mut [(1, api.clone())]).await;
     churn(&mut api, 25).await;
-    let backup = api.take_snapshot(pb::TakeSnapshotRequest { reason: "nightly".into() }).await.unwrap().into_inner();
+    let (data, backup) = common::backup(&mut api, "nightly").await;
     let before = status(&mut api).await;
     assert_eq!(backup.last_log_index, before.last_applied_index, "the backup holds every acknowledged write");
     one.shutdown().await;
@@ -188,10 +188,10 @@ async fn a_backup_restores_a_new_cluster_that_new_replicas_join() {
     issue_replica(&ca, dir.path(), 7);
     let port7 = free_port();
     let cfg7 = config(dir.path(), 7, port7, &[], COMPACTING);
-    let r = switchyard_federator::raft::restore(&cfg7.data_dir, &backup.data, 7, &cfg7.advertise_addr()).unwrap();
+    let r = switchyard_federator::raft::restore(&cfg7.data_dir, &data, 7, &cfg7.advertise_addr()).unwrap();
     assert_eq!(r.last_log_index, backup.last_log_index);
     // Restoring over a replica's existing state is refused.
-    let again = switchyard_federator::raft::restore(&cfg7.data_dir, &backup.data, 7, &cfg7.advertise_addr());
+    let again = switchyard_federator::raft::restore(&cfg7.data_dir, &data, 7, &cfg7.advertise_addr());
     assert!(again.unwrap_err().to_string().contains("already holds Raft state"));
     let garbage = switchyard_federator::raft::restore(&restored_dir, b"{\"not\": 1}", 7, "127.0.0.1:1");
     assert!(garbage.unwrap_err().to_string().contains("not a federator snapshot"));

@@ -135,13 +135,16 @@ pub async fn executor(net: Net, id: NodeId, cfg: EngineConfig, sites: Vec<SiteSp
     }
 }
 
-/// Digest of what a desired state asks a cell to run (the autoscaling hint left out).
+/// Digest of what a desired state asks a cell to run: every app with instances, its group's
+/// epoch and count. Left out: the autoscaling hint, and groups with nothing to run (listed with
+/// zero or not listed at all both mean "run none": a site's desired state omits groups its
+/// cell has reported it runs none of, which depends on the replica's latest report).
 fn desired_digest(view: &DesiredView) -> u64 {
     let mut h = DefaultHasher::new();
     for g in &view.groups {
-        g.name.hash(&mut h);
-        g.epoch.hash(&mut h);
-        for a in &g.apps {
+        for a in g.apps.iter().filter(|a| a.instances > 0) {
+            g.name.hash(&mut h);
+            g.epoch.hash(&mut h);
             a.spec.name.hash(&mut h);
             a.instances.hash(&mut h);
         }

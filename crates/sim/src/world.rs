@@ -553,6 +553,8 @@ thread_local! {
     /// Panics on this thread during the current run (a replica's task that panics is caught by
     /// the runtime and would otherwise go unnoticed, as it would in a federator process).
     static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Whether this thread is inside a run (outside one, panics are reported as usual).
+    static IN_RUN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn record_panics() {
@@ -560,7 +562,8 @@ fn record_panics() {
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let recorded = PANICS.try_with(|p| p.borrow_mut().push(format!("{info}").replace('\n', " "))).is_ok();
+            let recorded = IN_RUN.try_with(std::cell::Cell::get).unwrap_or(false)
+                && PANICS.try_with(|p| p.borrow_mut().push(format!("{info}").replace('\n', " "))).is_ok();
             if !recorded {
                 default(info);
             }
@@ -579,5 +582,9 @@ pub fn run_seed(seed: u64, opts: &Options) -> Result<Summary, Box<Violation>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
     switchyard_federator::raft::seed_thread_rng(seed);
     let world = World::new(seed, opts.clone());
-    rt.block_on(world.run())
+    IN_RUN.with(|r| r.set(true));
+    let result = rt.block_on(world.run());
+    drop(rt);
+    IN_RUN.with(|r| r.set(false));
+    result
 }

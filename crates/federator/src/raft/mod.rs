@@ -6,7 +6,7 @@ mod network;
 mod runtime;
 mod store;
 
-pub use network::{NetworkFactory, PeerService, mtls_channel};
+pub use network::{NetworkFactory, PEER_CONNECTION_WINDOW, PEER_STREAM_WINDOW, PeerService, mtls_channel};
 pub(crate) use network::{decode, encode};
 pub use runtime::{Runtime, seed_thread_rng};
 pub use store::{Backup, LogStore, Restored, Shared, StateMachineStore, open_storage, restore, storage_on};

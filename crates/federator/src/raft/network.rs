@@ -34,8 +34,16 @@ pub fn mtls_channel(addr: &str, tls: &Bundle) -> Result<Channel, tonic::transpor
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
+        // A batch of log entries is often larger than HTTP/2's default 64 KiB window, and
+        // waiting for window updates made every replication round take tens of milliseconds.
+        .initial_stream_window_size(PEER_STREAM_WINDOW)
+        .initial_connection_window_size(PEER_CONNECTION_WINDOW)
         .connect_lazy())
 }
+
+/// HTTP/2 flow-control windows of the peer links (both directions).
+pub const PEER_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const PEER_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 pub struct NetworkFactory {
     tls: Bundle,

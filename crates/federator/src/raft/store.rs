@@ -1,12 +1,14 @@
 //! redb storage for the Raft log, vote, committed index and snapshots. The state machine lives
 //! in memory and is rebuilt at start from the last snapshot plus the log after it.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use anyhow::Context;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
@@ -15,7 +17,7 @@ use openraft::{
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use switchyard_core::{Applied, State};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
@@ -37,16 +39,33 @@ fn io_err(e: anyhow::Error) -> openraft::AnyError {
 }
 
 /// Opens (or creates) the federator's database and returns the log store and state machine.
+/// Log appends are made durable by a writer thread that commits everything pending in one redb
+/// transaction (group commit), so a busy leader pays one fsync for many entries.
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, StateMachineStore), anyhow::Error> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join("federator.redb");
     let db = Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    storage_on(db)
+    storage_with(db, Writes::GroupCommit)
 }
 
-/// The log store and state machine on an already opened database (the simulation opens one on
-/// an in-memory backend that outlives a simulated crash).
+/// The log store and state machine on an already opened database, each append committed in
+/// the caller's task (the simulation opens one on an in-memory backend that outlives a
+/// simulated crash, and needs every write to happen in the order its single thread runs).
 pub fn storage_on(db: Database) -> Result<(LogStore, StateMachineStore), anyhow::Error> {
+    storage_with(db, Writes::Inline)
+}
+
+/// How log appends reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// Committed durably before `append` returns.
+    Inline,
+    /// Handed to a writer thread; the entries are readable at once, and Raft is told they are
+    /// durable when the thread's batch commit returns.
+    GroupCommit,
+}
+
+pub fn storage_with(db: Database, writes: Writes) -> Result<(LogStore, StateMachineStore), anyhow::Error> {
     let db = Arc::new(db);
     {
         let tx = db.begin_write()?;
@@ -56,13 +75,147 @@ pub fn storage_on(db: Database) -> Result<(LogStore, StateMachineStore), anyhow:
         tx.commit()?;
     }
     let sm = StateMachineStore::load(db.clone())?;
-    Ok((LogStore { db }, sm))
+    let pending = Arc::new(Mutex::new(BTreeMap::new()));
+    let writer = match writes {
+        Writes::Inline => None,
+        Writes::GroupCommit => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (db, pending) = (db.clone(), pending.clone());
+            let thread = std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || write_loop(&db, &rx, &pending))
+                .context("starting the log writer thread")?;
+            Some(Arc::new(Writer { tx: Some(tx), thread: Some(thread) }))
+        }
+    };
+    Ok((LogStore { db, writer, pending }, sm))
+}
+
+/// The writer thread's queue. When the last `LogStore` goes, the queue closes, the thread
+/// finishes what was queued and is joined, so the database is closed once the store is dropped
+/// (a replica restarted in the same process can open it again).
+struct Writer {
+    tx: Option<std::sync::mpsc::Sender<Op>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, op: Op) -> Result<(), std::sync::mpsc::SendError<Op>> {
+        self.tx.as_ref().expect("the queue closes only on drop").send(op)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An entry waiting for the writer thread: readable by Raft already, not yet durable.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+
+/// Work on the database that waits for every append queued before it.
+type DbWork = Box<dyn FnOnce(&Database) -> anyhow::Result<()> + Send>;
+/// Serialized entries of one `append` call and the callback that tells Raft they are durable.
+type QueuedAppend = (Vec<(LogId, Vec<u8>)>, LogFlushed<TypeConfig>);
+
+/// Work for the writer thread, done in the order it was queued.
+enum Op {
+    Append {
+        rows: Vec<(LogId, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Runs after every append queued before it is durable.
+    Sync {
+        work: DbWork,
+        done: oneshot::Sender<anyhow::Result<()>>,
+    },
+    /// The committed log id (advisory): written with the next batch, only the latest kept.
+    Committed(Vec<u8>),
+}
+
+/// The writer thread: takes everything queued, commits consecutive appends in one durable
+/// transaction, then tells Raft. Ends when the last `LogStore` is dropped.
+fn write_loop(db: &Database, rx: &std::sync::mpsc::Receiver<Op>, pending: &Pending) {
+    const MAX_BATCH: usize = 4096;
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut appends = Vec::new();
+        let mut committed = None;
+        for op in ops {
+            match op {
+                Op::Append { rows, callback } => appends.push((rows, callback)),
+                Op::Committed(bytes) => committed = Some(bytes),
+                Op::Sync { work, done } => {
+                    commit_appends(db, std::mem::take(&mut appends), committed.take(), pending);
+                    let _ = done.send(work(db));
+                }
+            }
+        }
+        commit_appends(db, appends, committed, pending);
+    }
+}
+
+/// One transaction for everything drained: the appends (durable) and the latest committed log
+/// id (non-durable on its own: it rides along with the next durable commit).
+fn commit_appends(db: &Database, appends: Vec<QueuedAppend>, committed: Option<Vec<u8>>, pending: &Pending) {
+    if appends.is_empty() {
+        if let Some(bytes) = committed
+            && let Err(e) = put_meta(db, KEY_COMMITTED, &bytes, false)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "saving the committed index failed");
+        }
+        return;
+    }
+    let write = || -> anyhow::Result<()> {
+        let tx = db.begin_write()?;
+        if let Some(bytes) = &committed {
+            tx.open_table(META)?.insert(KEY_COMMITTED, bytes.as_slice())?;
+        }
+        {
+            let mut table = tx.open_table(LOG)?;
+            for (rows, _) in &appends {
+                for (log_id, bytes) in rows {
+                    table.insert(log_id.index, bytes.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    };
+    let result = write().map_err(|e| format!("{e:#}"));
+    if result.is_ok() {
+        // Durable now: readers find them in redb. An index appended again since (after a
+        // truncation) keeps its newer pending entry.
+        let mut pending = pending.lock().expect("pending log lock");
+        for (rows, _) in &appends {
+            for (log_id, _) in rows {
+                if pending.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                    pending.remove(&log_id.index);
+                }
+            }
+        }
+    }
+    for (_, callback) in appends {
+        callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+    }
 }
 
 /// The Raft log in redb.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    writer: Option<Arc<Writer>>,
+    pending: Pending,
 }
 
 impl LogStore {
@@ -74,15 +227,34 @@ impl LogStore {
     }
 
     fn write_meta<T: Serialize>(&self, key: &str, value: &T, durable: bool) -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec(value).expect("raft metadata serializes");
-        let mut tx = self.db.begin_write()?;
-        if !durable {
-            tx.set_durability(redb::Durability::None)?;
-        }
-        tx.open_table(META)?.insert(key, bytes.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        put_meta(&self.db, key, &serde_json::to_vec(value).expect("raft metadata serializes"), durable)
     }
+
+    /// Runs `work` on the database after every append queued before it is durable, and waits
+    /// for it (directly when appends are inline).
+    async fn after_appends(
+        &self,
+        work: impl FnOnce(&Database) -> anyhow::Result<()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Some(writer) = &self.writer else { return work(&self.db) };
+        let (done, wait) = oneshot::channel();
+        writer.send(Op::Sync { work: Box::new(work), done }).map_err(|_| anyhow::anyhow!("the log writer stopped"))?;
+        wait.await.map_err(|_| anyhow::anyhow!("the log writer stopped"))?
+    }
+}
+
+fn put_meta(db: &Database, key: &str, bytes: &[u8], durable: bool) -> anyhow::Result<()> {
+    let mut tx = db.begin_write()?;
+    if !durable {
+        tx.set_durability(redb::Durability::None)?;
+    }
+    tx.open_table(META)?.insert(key, bytes)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> anyhow::Result<Entry<TypeConfig>> {
+    serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!(format!("log entry {index} is unreadable: {e}")))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -91,24 +263,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let read = || -> anyhow::Result<Vec<Entry<TypeConfig>>> {
-            let tx = self.db.begin_read()?;
-            let table = tx.open_table(LOG)?;
             let start = match range.start_bound() {
                 Bound::Included(s) => *s,
                 Bound::Excluded(s) => s + 1,
                 Bound::Unbounded => 0,
             };
-            let mut out = Vec::new();
+            // Entries not yet durable first (they may be newer than a durable copy), then redb.
+            let mut out: BTreeMap<u64, Entry<TypeConfig>> = self
+                .pending
+                .lock()
+                .expect("pending log lock")
+                .range(start..)
+                .take_while(|(k, _)| range.contains(*k))
+                .map(|(k, e)| (*k, e.clone()))
+                .collect();
+            let tx = self.db.begin_read()?;
+            let table = tx.open_table(LOG)?;
             for item in table.range(start..)? {
                 let (k, v) = item?;
                 if !range.contains(&k.value()) {
                     break;
                 }
-                let entry: Entry<TypeConfig> = serde_json::from_slice(v.value())
-                    .map_err(|e| anyhow::anyhow!(format!("log entry {} is unreadable: {e}", k.value())))?;
-                out.push(entry);
+                if let std::collections::btree_map::Entry::Vacant(e) = out.entry(k.value()) {
+                    e.insert(decode_entry(k.value(), v.value())?);
+                }
             }
-            Ok(out)
+            Ok(out.into_values().collect())
         };
         read().map_err(|e| StorageIOError::read_logs(io_err(e)).into())
     }
@@ -120,15 +300,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let read = || -> anyhow::Result<LogState<TypeConfig>> {
             let last_purged: Option<LogId> = self.read_meta(KEY_PURGED)?;
+            let pending_last = self.pending.lock().expect("pending log lock").values().next_back().map(|e| e.log_id);
             let tx = self.db.begin_read()?;
             let table = tx.open_table(LOG)?;
-            let last = match table.last()? {
-                Some((_, v)) => {
-                    let e: Entry<TypeConfig> = serde_json::from_slice(v.value())
-                        .map_err(|e| anyhow::anyhow!(format!("last log entry is unreadable: {e}")))?;
-                    Some(e.log_id)
-                }
-                None => last_purged,
+            let durable_last = match table.last()? {
+                Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
+                None => None,
+            };
+            let last = match (pending_last, durable_last) {
+                (Some(p), Some(d)) => Some(if p.index >= d.index { p } else { d }),
+                (p, d) => p.or(d).or(last_purged),
             };
             Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
         };
@@ -140,7 +321,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_VOTE, vote, true).map_err(|e| StorageIOError::write_vote(io_err(e)).into())
+        let bytes = serde_json::to_vec(vote).expect("votes serialize");
+        self.after_appends(move |db| put_meta(db, KEY_VOTE, &bytes, true))
+            .await
+            .map_err(|e| StorageIOError::write_vote(io_err(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -149,8 +333,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Advisory (a restarted replica learns the committed index from the leader again), so
-        // it need not cost an fsync on every commit: it becomes durable with the next log append.
-        self.write_meta(KEY_COMMITTED, &committed, false).map_err(|e| StorageIOError::write(io_err(e)).into())
+        // it costs no fsync and nobody waits for it: it becomes durable with the next append.
+        let bytes = serde_json::to_vec(&committed).expect("log ids serialize");
+        match &self.writer {
+            Some(writer) => writer
+                .send(Op::Committed(bytes))
+                .map_err(|_| StorageIOError::write(io_err(anyhow::anyhow!("the log writer stopped"))).into()),
+            None => {
+                put_meta(&self.db, KEY_COMMITTED, &bytes, false).map_err(|e| StorageIOError::write(io_err(e)).into())
+            }
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -164,44 +356,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let write = || -> anyhow::Result<()> {
-            let tx = self.db.begin_write()?;
-            {
-                let mut table = tx.open_table(LOG)?;
-                for entry in entries {
-                    let bytes = serde_json::to_vec(&entry).expect("log entries serialize");
-                    table.insert(entry.log_id.index, bytes.as_slice())?;
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let rows: Vec<(LogId, Vec<u8>)> =
+            entries.iter().map(|e| (e.log_id, serde_json::to_vec(e).expect("log entries serialize"))).collect();
+        let Some(writer) = &self.writer else {
+            let write = || -> anyhow::Result<()> {
+                let tx = self.db.begin_write()?;
+                {
+                    let mut table = tx.open_table(LOG)?;
+                    for (log_id, bytes) in &rows {
+                        table.insert(log_id.index, bytes.as_slice())?;
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(())
+                tx.commit()?;
+                Ok(())
+            };
+            // redb commits durably (fsync) before returning, so the entries are on disk here.
+            let result = write();
+            callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(format!("{e:#}"))));
+            return result.map_err(|e| StorageIOError::write_logs(io_err(e)).into());
         };
-        // redb commits durably (fsync) before returning, so the entries are on disk here.
-        let result = write();
-        callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(format!("{e:#}"))));
-        result.map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+        // Readable at once; durable (and Raft told so) when the writer's batch commits.
+        {
+            let mut pending = self.pending.lock().expect("pending log lock");
+            for e in entries {
+                pending.insert(e.log_id.index, e);
+            }
+        }
+        writer
+            .send(Op::Append { rows, callback })
+            .map_err(|_| StorageIOError::write_logs(io_err(anyhow::anyhow!("the log writer stopped"))).into())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let write = || -> anyhow::Result<()> {
-            let tx = self.db.begin_write()?;
-            tx.open_table(LOG)?.retain_in(log_id.index.., |_, _| false)?;
-            tx.commit()?;
-            Ok(())
-        };
-        write().map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+        let from = log_id.index;
+        // Earlier appends become durable first, so the deletion covers them too.
+        let result = self
+            .after_appends(move |db| {
+                let tx = db.begin_write()?;
+                tx.open_table(LOG)?.retain_in(from.., |_, _| false)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        self.pending.lock().expect("pending log lock").retain(|k, _| *k < from);
+        result.map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let write = || -> anyhow::Result<()> {
-            let bytes = serde_json::to_vec(&log_id).expect("log ids serialize");
-            let tx = self.db.begin_write()?;
-            tx.open_table(META)?.insert(KEY_PURGED, bytes.as_slice())?;
-            tx.open_table(LOG)?.retain_in(..=log_id.index, |_, _| false)?;
-            tx.commit()?;
-            Ok(())
-        };
-        write().map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+        let bytes = serde_json::to_vec(&log_id).expect("log ids serialize");
+        let upto = log_id.index;
+        let result = self
+            .after_appends(move |db| {
+                let tx = db.begin_write()?;
+                tx.open_table(META)?.insert(KEY_PURGED, bytes.as_slice())?;
+                tx.open_table(LOG)?.retain_in(..=upto, |_, _| false)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        self.pending.lock().expect("pending log lock").retain(|k, _| *k > upto);
+        result.map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 }
 
@@ -270,7 +485,10 @@ pub fn restore(data_dir: &Path, backup: &[u8], node_id: NodeId, address: &str) -
     switchyard_core::audit::verify_chain(body.state.audit.records())
         .map_err(|e| anyhow::anyhow!("the backup's audit chain does not verify: {e}"))?;
     let Some(last) = body.last_applied else { anyhow::bail!("the backup holds no applied entry") };
-    let (log, sm) = open_storage(data_dir)?;
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("federator.redb");
+    let db = Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    let (log, sm) = storage_with(db, Writes::Inline)?;
     {
         let tx = log.db.begin_read()?;
         let has_log = tx.open_table(LOG)?.first()?.is_some();

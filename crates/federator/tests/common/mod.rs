@@ -144,3 +144,17 @@ pub async fn churn(api: &mut OperatorClient<Channel>, n: usize) {
         }
     }
 }
+
+/// A backup through the operator API: (file bytes, its first chunk's metadata).
+pub async fn backup(api: &mut OperatorClient<Channel>, reason: &str) -> (Vec<u8>, pb::SnapshotChunk) {
+    let mut stream = api.take_snapshot(pb::TakeSnapshotRequest { reason: reason.into() }).await.unwrap().into_inner();
+    let mut data = Vec::new();
+    let mut first = None;
+    while let Some(mut chunk) = stream.message().await.unwrap() {
+        data.append(&mut chunk.data);
+        first.get_or_insert(chunk);
+    }
+    let first = first.expect("at least one chunk");
+    assert_eq!(data.len() as u64, first.total_bytes);
+    (data, first)
+}

@@ -1,6 +1,7 @@
 //! Invariant 4, fencing: a cell or DNS server never applies a command older than one it
-//! applied. Cells: epochs never go down, and one epoch always means the same desired state (else
-//! a stale replica could undo a change under an epoch the cell already holds). DNS servers:
+//! applied. Cells: epochs never go down, and one epoch always means the same work (every app
+//! with instances and its count; else a stale replica could undo a change under an epoch the
+//! cell already holds). DNS servers:
 //! neither version nor epoch of the served table ever goes down.
 
 use std::collections::BTreeMap;
