@@ -65,7 +65,9 @@ pub struct Federator {
     pub config: Arc<FederatorConfig>,
     /// For forwarding writes to the leader.
     tls: switchyard_tls::Bundle,
-    leader_client: tokio::sync::Mutex<Option<(u64, RaftPeerClient<tonic::transport::Channel>)>>,
+    /// The link to the leader (its node id and address), shared by every forwarded request;
+    /// each call clones it, so calls run concurrently.
+    leader_client: std::sync::Mutex<Option<(u64, String, RaftPeerClient<tonic::transport::Channel>)>>,
 }
 
 /// A write a follower hands to the leader.
@@ -184,6 +186,12 @@ pub fn check_member_change(change: &MemberChange, reason: &str, current: &Member
             if matches!(change, MemberChange::AddLearner { .. }) && voter.is_some() {
                 return invalid(format!("node {id} is a voter; remove it first to make it a learner"));
             }
+            if matches!(change, MemberChange::AddVoter { .. }) && voter.is_some() {
+                return invalid(format!("node {id} is already a voter"));
+            }
+            if matches!(change, MemberChange::AddLearner { .. }) && learner.is_some() {
+                return invalid(format!("node {id} is already a learner"));
+            }
             if let Some((other, _)) =
                 current.voters.iter().chain(&current.learners).find(|(o, a)| *o != id && a == address)
             {
@@ -258,12 +266,21 @@ impl Federator {
             m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
         };
         let Some(addr) = addr else { return Err(not_leader()) };
-        let mut cached = self.leader_client.lock().await;
-        if cached.as_ref().is_none_or(|(id, _)| *id != leader) {
-            let channel = crate::raft::mtls_channel(&addr, &self.tls).map_err(|e| ProposeError::Raft(e.to_string()))?;
-            *cached = Some((leader, RaftPeerClient::new(channel)));
-        }
-        let client = &mut cached.as_mut().expect("set above").1;
+        let mut client = {
+            let mut cached = self.leader_client.lock().expect("leader client lock");
+            if cached.as_ref().is_none_or(|(id, a, _)| *id != leader || *a != addr) {
+                let channel =
+                    crate::raft::mtls_channel(&addr, &self.tls).map_err(|e| ProposeError::Raft(e.to_string()))?;
+                *cached = Some((leader, addr.clone(), RaftPeerClient::new(channel)));
+            }
+            cached.as_ref().expect("set above").2.clone()
+        };
+        let forget = || {
+            let mut cached = self.leader_client.lock().expect("leader client lock");
+            if cached.as_ref().is_some_and(|(id, a, _)| *id == leader && *a == addr) {
+                *cached = None;
+            }
+        };
         let payload = crate::raft::encode(req);
         let call = async {
             match method {
@@ -277,11 +294,11 @@ impl Federator {
         let reply = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => r,
             Ok(Err(status)) => {
-                *cached = None;
+                forget();
                 return Err(ProposeError::Raft(format!("leader {leader} at {addr}: {}", status.message())));
             }
             Err(_) => {
-                *cached = None;
+                forget();
                 return Err(ProposeError::Raft(format!("leader {leader} at {addr} did not answer in time")));
             }
         };
@@ -368,13 +385,49 @@ impl Federator {
         }
         let before = self.membership();
         check_member_change(&change, reason, &before)?;
-        let raft_err = |e: String| ProposeError::Raft(e);
         let id = change.node_id();
         let is_voter = before.voters.iter().any(|(v, _)| *v == id);
-        let is_learner = before.learners.iter().any(|(v, _)| *v == id);
-        match &change {
+        // The request is recorded before anything changes: a leader that removes itself steps
+        // down once the change commits and could not record it afterwards. A change that fails
+        // is recorded as such.
+        let intent = serde_json::json!({
+            "change": change,
+            "voters_before": before.voters,
+            "learners_before": before.learners,
+            "membership_log_index_before": before.log_index,
+        });
+        let record = Action::RecordClusterChange {
+            change: change.audit_action().to_string(),
+            subject: format!("fed-{id}"),
+            reason: reason.to_string(),
+            detail_json: intent.to_string(),
+        };
+        self.propose_here(actor, record).await?;
+        match self.apply_member_change(&change, is_voter).await {
+            Ok(()) => Ok(self.membership()),
+            Err(e) => {
+                let failed = Action::RecordClusterChange {
+                    change: "cluster.change-failed".into(),
+                    subject: format!("fed-{id}"),
+                    reason: reason.to_string(),
+                    detail_json: serde_json::json!({ "change": change, "error": e.to_string() }).to_string(),
+                };
+                if let Err(again) = self.propose(actor, failed).await {
+                    tracing::warn!(error = %again, "recording the failed membership change failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_member_change(&self, change: &MemberChange, is_voter: bool) -> Result<(), ProposeError> {
+        let raft_err = |e: String| ProposeError::Raft(e);
+        let id = change.node_id();
+        match change {
             MemberChange::AddLearner { address, .. } | MemberChange::AddVoter { address, .. } => {
-                if !is_voter && !is_learner {
+                // A new node, or a learner about to be promoted: it must have caught up first
+                // (adding an existing learner again changes nothing and waits for it).
+                if !is_voter {
                     let node = BasicNode { addr: address.clone() };
                     match tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft.add_learner(id, node, true)).await {
                         Ok(Ok(_)) => {}
@@ -405,24 +458,7 @@ impl Federator {
                     .map_err(|e| raft_err(format!("removing node {id}: {e}")))?;
             }
         }
-        let after = self.membership();
-        let detail = serde_json::json!({
-            "change": change,
-            "voters_before": before.voters,
-            "learners_before": before.learners,
-            "voters": after.voters,
-            "learners": after.learners,
-            "membership_log_index": after.log_index,
-        });
-        let record = Action::RecordClusterChange {
-            change: change.audit_action().to_string(),
-            subject: format!("fed-{id}"),
-            reason: reason.to_string(),
-            detail_json: detail.to_string(),
-        };
-        // The leader may have removed itself; the record then goes through the new leader.
-        self.propose(actor, record).await?;
-        Ok(after)
+        Ok(())
     }
 
     /// The applied state as a backup file (the snapshot format `federator restore` reads). The
@@ -526,7 +562,7 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         shared,
         config: config.clone(),
         tls: tls.clone(),
-        leader_client: tokio::sync::Mutex::new(None),
+        leader_client: std::sync::Mutex::new(None),
     });
     let max = switchyard_proto::MAX_MESSAGE_BYTES;
     let router = tonic::transport::Server::builder()

@@ -71,6 +71,7 @@ async fn a_replica_joins_from_a_snapshot_and_a_voter_is_replaced_while_serving()
             change(pb::MembershipChange::AddVoter, 5, &format!("127.0.0.1:{}", ports[0].1), "dup"),
             "already belongs to node 1",
         ),
+        (change(pb::MembershipChange::AddVoter, 2, &format!("127.0.0.1:{}", ports[1].1), "again"), "already a voter"),
     ];
     for (req, why) in refusals {
         let err = apis[fi].1.change_membership(req).await.unwrap_err();
@@ -112,18 +113,20 @@ async fn a_replica_joins_from_a_snapshot_and_a_voter_is_replaced_while_serving()
     running.push((id4, fourth));
     apis.push((id4, client(addr(port4), &admin).await));
 
-    // Remove the current leader's peer node 1 (whoever leads): the rest keep committing, and
-    // node 4 serves reads and writes like any other replica.
+    // Remove the current leader itself, through node 4: it records the change, then steps down.
+    let leader_now = agreed_leader(&mut apis).await;
     let removed = apis[3]
         .1
-        .change_membership(change(pb::MembershipChange::Remove, 1, "", "host 1 retired"))
+        .change_membership(change(pb::MembershipChange::Remove, leader_now, "", "host retired"))
         .await
-        .expect("node 1 is removed")
+        .expect("the leader is removed")
         .into_inner();
-    assert_eq!(ids(&removed.voters), vec![2, 3, 4]);
-    let (_, one) = running.remove(0);
-    one.shutdown().await;
-    apis.remove(0);
+    let remaining: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != leader_now).collect();
+    assert_eq!(ids(&removed.voters), remaining);
+    let gone = running.iter().position(|(id, _)| *id == leader_now).unwrap();
+    let (_, old) = running.remove(gone);
+    old.shutdown().await;
+    apis.retain(|(id, _)| *id != leader_now);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = apis[2]
@@ -133,7 +136,7 @@ async fn a_replica_joins_from_a_snapshot_and_a_voter_is_replaced_while_serving()
         if r.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "no write accepted after removing node 1: {r:?}");
+        assert!(Instant::now() < deadline, "no write accepted after removing the leader: {r:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let heads: Vec<String> = {
@@ -144,7 +147,7 @@ async fn a_replica_joins_from_a_snapshot_and_a_voter_is_replaced_while_serving()
         }
         v
     };
-    assert!(heads.iter().all(|h| *h == heads[0]), "replicas 2, 3, 4 agree on the audit chain: {heads:?}");
+    assert!(heads.iter().all(|h| *h == heads[0]), "the remaining replicas agree on the audit chain: {heads:?}");
 
     // Both changes are in the audit history, by the admin, with the reasons given.
     let audit =
@@ -159,7 +162,7 @@ async fn a_replica_joins_from_a_snapshot_and_a_voter_is_replaced_while_serving()
         cluster,
         vec![
             ("cluster.add-voter".into(), "fed-4".into(), "admin:ada".into(), "capacity for DC-3".into()),
-            ("cluster.remove".into(), "fed-1".into(), "admin:ada".into(), "host 1 retired".into()),
+            ("cluster.remove".into(), format!("fed-{leader_now}"), "admin:ada".into(), "host retired".into()),
         ]
     );
     for (_, r) in running {

@@ -39,13 +39,14 @@ fn io_err(e: anyhow::Error) -> openraft::AnyError {
 }
 
 /// Opens (or creates) the federator's database and returns the log store and state machine.
-/// Log appends are made durable by a writer thread that commits everything pending in one redb
-/// transaction (group commit), so a busy leader pays one fsync for many entries.
+/// Log appends are made durable by a writer thread, so no runtime worker blocks on an fsync;
+/// it commits everything queued in one redb transaction (openraft 0.9 waits for each append to
+/// be durable before the next, so today that is one append at a time).
 pub fn open_storage(data_dir: &Path) -> Result<(LogStore, StateMachineStore), anyhow::Error> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join("federator.redb");
     let db = Database::create(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    storage_with(db, Writes::GroupCommit)
+    storage_with(db, Writes::WriterThread)
 }
 
 /// The log store and state machine on an already opened database, each append committed in
@@ -62,7 +63,7 @@ pub enum Writes {
     Inline,
     /// Handed to a writer thread; the entries are readable at once, and Raft is told they are
     /// durable when the thread's batch commit returns.
-    GroupCommit,
+    WriterThread,
 }
 
 pub fn storage_with(db: Database, writes: Writes) -> Result<(LogStore, StateMachineStore), anyhow::Error> {
@@ -78,7 +79,7 @@ pub fn storage_with(db: Database, writes: Writes) -> Result<(LogStore, StateMach
     let pending = Arc::new(Mutex::new(BTreeMap::new()));
     let writer = match writes {
         Writes::Inline => None,
-        Writes::GroupCommit => {
+        Writes::WriterThread => {
             let (tx, rx) = std::sync::mpsc::channel();
             let (db, pending) = (db.clone(), pending.clone());
             let thread = std::thread::Builder::new()
