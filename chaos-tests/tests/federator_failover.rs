@@ -119,8 +119,10 @@ fn with_every_federator_frozen_sites_keep_serving_and_nothing_flaps_when_they_re
         (s["leader_id"].as_u64().unwrap_or(0) > 0).then_some(())
     });
     wait_for(Duration::from_secs(30), "both sites' cells to report again", || {
-        let sites = fedctl_json(&dir, &["sites"]);
-        sites.as_array().unwrap().iter().all(|s| s["cell_connected"] == true).then_some(())
+        // Reads are linearizable: while a new election settles they fail rather than answer stale.
+        let out = fedctl(&dir, &["sites", "-o", "json"]);
+        let sites: Value = serde_json::from_slice(&out.stdout).ok()?;
+        sites.as_array()?.iter().all(|s| s["cell_connected"] == true).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(task_pids(&dir), pids, "no task restarted after the federators returned");

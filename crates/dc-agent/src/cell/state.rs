@@ -1060,8 +1060,37 @@ impl CellState {
                     })
                     .collect(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let groups = self.with_unlisted_tasks(groups);
         agent::CellReport { site: self.site.clone(), applied_epoch: self.applied_epoch, nodes, groups, sequence }
+    }
+
+    /// Adds to a report the tasks its groups' specs do not list (an app removed from its group,
+    /// a group this cell no longer manages), with a desired count of zero. The federator keeps a
+    /// group in this site's desired state while the site reports any task of it, so such tasks
+    /// are always either stopped by the cell or visible to operators, never forgotten.
+    fn with_unlisted_tasks(&self, mut groups: Vec<agent::GroupStatus>) -> Vec<agent::GroupStatus> {
+        let mut unlisted: BTreeMap<(String, String), Vec<&TaskRecord>> = BTreeMap::new();
+        for t in self.tasks.values() {
+            let listed = groups.iter().any(|g| g.group == t.group && g.apps.iter().any(|a| a.app == t.app));
+            if !listed {
+                unlisted.entry((t.group.clone(), t.app.clone())).or_default().push(t);
+            }
+        }
+        for ((group, app), mut tasks) in unlisted {
+            tasks.sort_by_key(|t| t.seq);
+            let status = agent::AppStatus {
+                app,
+                desired: 0,
+                instances: tasks.into_iter().map(|t| self.instance_status(t)).collect(),
+                blocker: String::new(),
+            };
+            match groups.iter_mut().find(|g| g.group == group) {
+                Some(g) => g.apps.push(status),
+                None => groups.push(agent::GroupStatus { group, applied_epoch: 0, apps: vec![status] }),
+            }
+        }
+        groups
     }
 
     fn instance_status(&self, t: &TaskRecord) -> agent::InstanceStatus {
@@ -1256,8 +1285,11 @@ mod tests {
         s.place(Instant::now(), Duration::from_secs(3));
         assert_eq!(s.tasks.len(), 1);
         assert_eq!(s.send_assignments(), 0, "the node keeps the same list");
+        // Still reported (wanted: none), so the federator keeps telling this cell about it.
         let report = s.report(1);
-        assert!(report.groups.is_empty());
+        assert_eq!(report.groups.len(), 1, "{:?}", report.groups);
+        assert_eq!(report.groups[0].apps[0].desired, 0);
+        assert_eq!(report.groups[0].apps[0].instances.len(), 1);
         assert_eq!(report.nodes[0].allocated.unwrap().cpu_millis, 100);
     }
 
