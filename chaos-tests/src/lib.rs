@@ -321,68 +321,30 @@ pub fn single_endpoint_config(config: &Path, endpoint: &str) -> PathBuf {
     path
 }
 
-/// Verifies an audit chain as `fedctl audit list -o json` prints it, the way
-/// `switchyard_core::audit::verify_chain` does: sequences 1, 2, 3, ..., each record linked to its
-/// predecessor's hash (the first to the all-zero genesis hash), and each hash the SHA-256 of the
-/// record's length-prefixed fields (computed with `sha256sum`). Names the first bad record.
+/// Verifies an audit chain as `fedctl audit list -o json` prints it, with the federation's own
+/// `switchyard_core::audit::verify_chain`. Names the first bad record.
 pub fn verify_audit_chain(records: &[Value]) -> Result<(), String> {
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut files = Vec::new();
-    let mut prev = "0".repeat(64);
-    for (i, r) in records.iter().enumerate() {
-        let text = |k: &str| r[k].as_str().map(str::to_string).ok_or_else(|| format!("record {i} has no {k}: {r}"));
-        let num = |k: &str| r[k].as_u64().map(|n| n.to_string()).ok_or_else(|| format!("record {i} has no {k}: {r}"));
-        let seq = r["sequence"].as_u64().ok_or_else(|| format!("record {i} has no sequence: {r}"))?;
-        if seq != i as u64 + 1 {
-            return Err(format!("record at position {i} has sequence {seq}, expected {}", i + 1));
-        }
-        if text("prev_hash")? != prev {
-            return Err(format!(
-                "record {seq} does not link to its predecessor (prev_hash {}, expected {prev})",
-                r["prev_hash"]
-            ));
-        }
-        let mut encoded = Vec::new();
-        for field in [
-            seq.to_string(),
-            num("time_ms")?,
-            text("actor")?,
-            text("action")?,
-            text("subject")?,
-            text("reason")?,
-            text("detail_json")?,
-            num("raft_index")?,
-            text("prev_hash")?,
-        ] {
-            encoded.extend((field.len() as u64).to_be_bytes());
-            encoded.extend(field.as_bytes());
-        }
-        let file = tmp.path().join(format!("{seq}"));
-        std::fs::write(&file, encoded).map_err(|e| e.to_string())?;
-        files.push(file);
-        prev = text("hash")?;
-    }
-    if files.is_empty() {
-        return Ok(());
-    }
-    let out = Command::new("sha256sum").args(&files).output().map_err(|e| format!("sha256sum: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("sha256sum failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let sums = String::from_utf8_lossy(&out.stdout);
-    let computed: Vec<&str> = sums.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    if computed.len() != records.len() {
-        return Err(format!("sha256sum printed {} hashes for {} records", computed.len(), records.len()));
-    }
-    for (r, hash) in records.iter().zip(computed) {
-        if r["hash"].as_str() != Some(hash) {
-            return Err(format!(
-                "record {} was altered: its content hashes to {hash}, but it claims {}",
-                r["sequence"], r["hash"]
-            ));
-        }
-    }
-    Ok(())
+    let records = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let text = |k: &str| r[k].as_str().map(str::to_string).ok_or_else(|| format!("record {i} has no {k}: {r}"));
+            let num = |k: &str| r[k].as_u64().ok_or_else(|| format!("record {i} has no {k}: {r}"));
+            Ok(switchyard_core::AuditRecord {
+                seq: num("sequence")?,
+                time_ms: num("time_ms")?,
+                actor: text("actor")?,
+                action: text("action")?,
+                subject: text("subject")?,
+                reason: text("reason")?,
+                detail_json: text("detail_json")?,
+                raft_index: num("raft_index")?,
+                prev_hash: text("prev_hash")?,
+                hash: text("hash")?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    switchyard_core::audit::verify_chain(&records).map_err(|e| e.to_string())
 }
 
 /// The value of an unlabelled Prometheus metric `name` served at `http://addr/metrics`.
@@ -403,4 +365,39 @@ pub fn soa_serial(server: &str, zone: &str) -> Option<u64> {
         .expect("dig runs");
     // `ns1.fed.local. hostmaster.fed.local. SERIAL REFRESH RETRY EXPIRE MINIMUM`
     String::from_utf8_lossy(&out.stdout).lines().next()?.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_as_fedctl_prints_it_verifies_and_an_edit_is_caught() {
+        let mut log = switchyard_core::AuditLog::default();
+        for (i, reason) in ["CHG-1", "CHG-2"].iter().enumerate() {
+            log.append(switchyard_core::audit::Entry {
+                time_ms: 1_000 + i as u64,
+                actor: "operator:sre",
+                action: "freeze.set",
+                subject: "global",
+                reason,
+                detail: serde_json::json!({}),
+                raft_index: 10 + i as u64,
+            });
+        }
+        let mut printed: Vec<Value> = log
+            .records()
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "sequence": r.seq, "time_ms": r.time_ms, "actor": r.actor, "action": r.action,
+                    "subject": r.subject, "reason": r.reason, "detail_json": r.detail_json,
+                    "raft_index": r.raft_index, "prev_hash": r.prev_hash, "hash": r.hash,
+                })
+            })
+            .collect();
+        verify_audit_chain(&printed).expect("an untouched chain verifies");
+        printed[0]["reason"] = "CHG-1 (edited)".into();
+        assert!(verify_audit_chain(&printed).is_err(), "an edited record is caught");
+    }
 }
