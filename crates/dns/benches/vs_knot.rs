@@ -1,0 +1,220 @@
+//! fed-dns against Knot DNS with `dnsperf`: the same names and addresses, each server pinned to
+//! one core and `dnsperf` to the other, on loopback.
+//!
+//! Run: `scripts/bench-dns` (installs knot and dnsperf, builds fed-dns in release, runs this).
+//! Directly: `cargo build --release -p switchyard-dns && cargo bench -p switchyard-dns --bench vs_knot`
+//!
+//! Reports for each server: queries completed, queries per second, the server's CPU time
+//! (user + system, all threads, from /proc) and queries per server CPU-second, then the ratio
+//! fed-dns / Knot. Environment: `BENCH_SECONDS` (default 10) per run, `BENCH_NAMES` (default
+//! 2000), `BENCH_RUNS` (default 3), `BENCH_CLIENTS` (dnsperf -c, default 8).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use switchyard_tls::{CertAuthority, Identity, Role};
+
+const ZONE: &str = "bench.local.";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    // Free for UDP and TCP on 127.0.0.1.
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn address(i: usize, k: usize) -> String {
+    format!("10.{}.{}.{}", k + 1, (i / 250) % 250, i % 250 + 1)
+}
+
+/// The zone as a Knot zone file and as a fed-dns last-known-good routing table.
+fn write_zone(dir: &Path, names: usize) -> (PathBuf, PathBuf) {
+    let mut zone =
+        format!("$ORIGIN {ZONE}\n$TTL 30\n@ SOA ns1 hostmaster 1 60 30 86400 30\n@ NS ns1\nns1 A 127.0.0.1\n");
+    let mut entries = Vec::new();
+    for i in 0..names {
+        zone.push_str(&format!("svc-{i} 30 A {}\nsvc-{i} 30 A {}\n", address(i, 0), address(i, 1)));
+        entries.push(serde_json::json!({
+            "name": format!("svc-{i}"), "group": format!("svc-{i}"), "ttl_s": 30,
+            "targets": [{"site": "site-1", "addresses": [address(i, 0), address(i, 1)], "weight": 1}],
+        }));
+    }
+    let zone_file = dir.join("bench.local.zone");
+    std::fs::write(&zone_file, zone).unwrap();
+    let state = dir.join("fed-dns-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let table = serde_json::json!({"format": 1, "table": {"version": 1, "epoch": 1, "zone": ZONE, "entries": entries}});
+    std::fs::write(state.join("routing.json"), serde_json::to_vec(&table).unwrap()).unwrap();
+    let queries: String = (0..names).map(|i| format!("svc-{i}.{ZONE} A\n")).collect();
+    let query_file = dir.join("queries.txt");
+    std::fs::write(&query_file, queries).unwrap();
+    (zone_file, query_file)
+}
+
+fn pinned(core: u32, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(core.to_string()).arg(program);
+    c
+}
+
+fn start_knot(dir: &Path, zone_file: &Path, port: u16) -> Child {
+    let conf = dir.join("knot.conf");
+    let run = dir.join("knot");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n    rundir: \"{run}\"\n    listen: 127.0.0.1@{port}\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n\
+             database:\n    storage: \"{run}\"\n\
+             log:\n  - target: stderr\n    any: warning\n\
+             zone:\n  - domain: {ZONE}\n    file: \"{zone}\"\n    storage: \"{run}\"\n    journal-content: none\n    zonefile-sync: -1\n",
+            run = run.display(),
+            zone = zone_file.display(),
+        ),
+    )
+    .unwrap();
+    pinned(1, Path::new("/usr/sbin/knotd"))
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("knot.log")).unwrap())
+        .spawn()
+        .expect("start knotd (apt-get install -y knot)")
+}
+
+fn start_fed_dns(dir: &Path, port: u16) -> Child {
+    let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("fed-dns");
+    assert!(bin.exists(), "build fed-dns first: cargo build --release -p switchyard-dns");
+    let certs = dir.join("certs");
+    let ca = CertAuthority::generate("bench CA").unwrap();
+    ca.save(&certs).unwrap();
+    ca.issue_to_dir(&certs, "dns", &Identity::new(Role::Dns, "bench-dns").unwrap(), &[]).unwrap();
+    pinned(1, &bin)
+        .args(["--zone", ZONE, "--listen", &format!("127.0.0.1:{port}")])
+        // Nobody listens on port 9: fed-dns serves its last-known-good table.
+        .args(["--federator", "https://127.0.0.1:9", "--server-id", "bench-dns"])
+        .arg("--tls-ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(certs.join("dns.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("dns-key.pem"))
+        .arg("--state-dir")
+        .arg(dir.join("fed-dns-state"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("fed-dns.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// User + system CPU seconds of a process, all threads.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); after_comm starts at field 3.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn wait_answering(port: u16) {
+    for _ in 0..100 {
+        let ok = Command::new("dig")
+            .args([
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "-p",
+                &port.to_string(),
+                "@127.0.0.1",
+                &format!("svc-0.{ZONE}"),
+                "A",
+            ])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server on port {port} never answered svc-0");
+}
+
+struct Run {
+    completed: f64,
+    qps: f64,
+    cpu: f64,
+    lost: f64,
+}
+
+fn dnsperf(port: u16, queries: &Path, pid: u32, seconds: u64, clients: u64) -> Run {
+    let before = cpu_seconds(pid);
+    let out = Command::new("taskset")
+        .args(["-c", "0", "dnsperf", "-s", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-d")
+        .arg(queries)
+        .args(["-l", &seconds.to_string(), "-c", &clients.to_string(), "-T", "1", "-q", "1000", "-t", "2"])
+        .output()
+        .expect("run dnsperf (apt-get install -y dnsperf)");
+    let cpu = cpu_seconds(pid) - before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |label: &str| -> f64 {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("dnsperf printed no {label:?}:\n{text}"))
+    };
+    Run { completed: field("Queries completed"), qps: field("Queries per second"), cpu, lost: field("Queries lost") }
+}
+
+fn main() {
+    let seconds = env("BENCH_SECONDS", 10);
+    let names = env("BENCH_NAMES", 2000) as usize;
+    let runs = env("BENCH_RUNS", 3);
+    let clients = env("BENCH_CLIENTS", 8);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (zone_file, queries) = write_zone(dir, names);
+    println!(
+        "{names} names, 2 A records each, A queries over UDP; {seconds} s per run, dnsperf -c {clients} on core 0, server on core 1"
+    );
+
+    let mut per_cpu = Vec::new();
+    for (label, is_knot) in [("knotd", true), ("fed-dns", false)] {
+        let port = free_port();
+        let mut child = if is_knot { start_knot(dir, &zone_file, port) } else { start_fed_dns(dir, port) };
+        wait_answering(port);
+        let mut best: f64 = 0.0;
+        for r in 1..=runs {
+            let run = dnsperf(port, &queries, child.id(), seconds, clients);
+            let q_per_cpu = run.completed / run.cpu.max(0.01);
+            best = best.max(q_per_cpu);
+            println!(
+                "{label:8} run {r}: {:>9.0} queries, {:>8.0} q/s, lost {:>5.0}, server CPU {:>5.2} s, {:>8.0} queries per CPU-second",
+                run.completed, run.qps, run.lost, run.cpu, q_per_cpu
+            );
+        }
+        per_cpu.push(best);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!(
+        "best queries per server CPU-second: knotd {:.0}, fed-dns {:.0}; fed-dns / knotd = {:.2}",
+        per_cpu[0],
+        per_cpu[1],
+        per_cpu[1] / per_cpu[0]
+    );
+}
