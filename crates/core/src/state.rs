@@ -70,11 +70,15 @@ impl State {
         if proposal.version > Proposal::VERSION {
             return Err(Refusal::UnsupportedVersion(proposal.version));
         }
-        // Service discovery records derive from groups, placements and reports: whatever the
-        // action, a new routing version exactly when they change.
+        // Service discovery records and placement health derive from groups, placements and
+        // reports: whatever the action, a new routing version exactly when they change.
         let endpoints_before = crate::views::service_endpoints(self);
+        let unhealthy_before = crate::views::unhealthy_placements(self);
         let response = self.apply_action(index, proposal);
-        if response.is_ok() && crate::views::service_endpoints(self) != endpoints_before {
+        if response.is_ok()
+            && (crate::views::service_endpoints(self) != endpoints_before
+                || crate::views::unhealthy_placements(self) != unhealthy_before)
+        {
             self.routing_version = index;
         }
         response

@@ -1,10 +1,10 @@
 //! Read-side views derived from the committed state: the routing table DNS servers serve, the
 //! desired state each cell converges on, and per-group status. Pure and deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::model::{AppSpec, SiteName};
+use crate::model::{AppSpec, SiteName, SiteState};
 use crate::state::State;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub struct RouteTarget {
     pub site: SiteName,
     pub addresses: Vec<IpAddr>,
     pub weight: u32,
+    /// Whether the site can serve the name now (see [`unhealthy_placements`]).
+    pub healthy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +23,8 @@ pub struct RouteEntry {
     pub ttl_s: u32,
     pub targets: Vec<RouteTarget>,
     pub services: Vec<RouteService>,
+    /// TXT strings published at the name.
+    pub txt: Vec<String>,
 }
 
 /// One SRV record: an instance's port on a host named in the same table.
@@ -91,8 +95,9 @@ fn service_entries(state: &State) -> Vec<RouteEntry> {
             name: format!("{app}.{base}"),
             group: group.clone(),
             ttl_s,
-            targets: vec![RouteTarget { site: site.clone(), addresses, weight: 1 }],
+            targets: vec![RouteTarget { site: site.clone(), addresses, weight: 1, healthy: true }],
             services: Vec::new(),
+            txt: Vec::new(),
         });
         let services = eps
             .iter()
@@ -109,6 +114,7 @@ fn service_entries(state: &State) -> Vec<RouteEntry> {
             ttl_s,
             targets: Vec::new(),
             services,
+            txt: Vec::new(),
         });
         for (node, address, _) in eps {
             let ttl = hosts.get(&(node.clone(), site.clone())).map_or(ttl_s, |(_, t)| (*t).min(ttl_s));
@@ -120,25 +126,49 @@ fn service_entries(state: &State) -> Vec<RouteEntry> {
             name: format!("{node}.{site}"),
             group: String::new(),
             ttl_s,
-            targets: vec![RouteTarget { site: site.clone(), addresses: vec![address], weight: 1 }],
+            targets: vec![RouteTarget { site: site.clone(), addresses: vec![address], weight: 1, healthy: true }],
             services: Vec::new(),
+            txt: Vec::new(),
         });
     }
     entries
 }
 
+/// (group, site) pairs of the placements that cannot serve their group now: the site is down or
+/// fenced, or its cell's latest report lists the group, the site should run some of it, and no
+/// instance of any of its apps there is running and healthy. A site without a report counts as
+/// healthy: an observer that has not spoken yet is no evidence of an outage.
+pub fn unhealthy_placements(state: &State) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for g in state.groups.values() {
+        for (site, share) in &g.placement.sites {
+            let site_down =
+                state.sites.get(site).is_some_and(|s| matches!(s.state, SiteState::Down | SiteState::Fenced));
+            let should_run = share.instances.values().any(|n| *n > 0);
+            let nothing_healthy =
+                state.reports.get(site).and_then(|r| r.report.groups.get(&g.spec.name)).is_some_and(|report| {
+                    !report.apps.values().any(|a| a.instances.iter().any(|i| i.running && i.healthy))
+                });
+            if site_down || (should_run && nothing_healthy) {
+                out.insert((g.spec.name.clone(), site.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// The routing table: for each group's DNS name, every site of its placement with that site's
-/// ingress addresses and traffic weight. Sites with weight 0 are listed so that receivers can
-/// see them being drained; they get no traffic.
+/// ingress addresses, traffic weight and health, and a TXT record per site stating the same
+/// (`site=<site> weight=<w> healthy=<yes|no>`) so operators can read what a DNS server serves.
+/// Sites with weight 0 are listed so that receivers can see them being drained; they get no
+/// traffic.
 pub fn routing_table(state: &State) -> RoutingView {
-    let entries = state
+    let unhealthy = unhealthy_placements(state);
+    let mut entries = state
         .groups
         .values()
-        .map(|g| RouteEntry {
-            name: g.spec.dns_name.clone(),
-            group: g.spec.name.clone(),
-            ttl_s: g.spec.ttl_s,
-            targets: g
+        .map(|g| {
+            let targets: Vec<RouteTarget> = g
                 .placement
                 .sites
                 .iter()
@@ -147,13 +177,26 @@ pub fn routing_table(state: &State) -> RoutingView {
                         site: site.clone(),
                         addresses: s.spec.ingress.clone(),
                         weight: share.weight,
+                        healthy: !unhealthy.contains(&(g.spec.name.clone(), site.clone())),
                     })
                 })
-                .collect(),
-            services: Vec::new(),
+                .collect();
+            let txt = targets
+                .iter()
+                .map(|t| {
+                    format!("site={} weight={} healthy={}", t.site, t.weight, if t.healthy { "yes" } else { "no" })
+                })
+                .collect();
+            RouteEntry {
+                name: g.spec.dns_name.clone(),
+                group: g.spec.name.clone(),
+                ttl_s: g.spec.ttl_s,
+                targets,
+                services: Vec::new(),
+                txt,
+            }
         })
         .collect::<Vec<_>>();
-    let mut entries = entries;
     entries.extend(service_entries(state));
     RoutingView { version: state.routing_version, epoch: state.routing_version, entries }
 }

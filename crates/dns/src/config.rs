@@ -9,6 +9,7 @@ use hickory_proto::rr::Name;
 use switchyard_tls::TlsFiles;
 use tonic::transport::Uri;
 
+use crate::answer::AllUnhealthy;
 use crate::names::parse_zone;
 
 /// `fed-dns` command line.
@@ -50,7 +51,18 @@ pub struct Args {
     /// Address for the Prometheus `/metrics` endpoint; off when absent.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// What a name answers when none of its weighted sites is healthy: `fail-open` answers as
+    /// if they all were (an observer that blinks never empties an answer), `servfail` refuses.
+    #[arg(long, value_enum, default_value = "fail-open")]
+    pub all_unhealthy: AllUnhealthy,
+    /// UDP worker threads, each with its own socket on the port (`SO_REUSEPORT`); default: one
+    /// per CPU this process may run on.
+    #[arg(long)]
+    pub udp_workers: Option<usize>,
 }
+
+/// Most UDP worker threads accepted.
+pub const UDP_WORKERS_MAX: usize = 64;
 
 /// What the zone apex publishes besides the routing table: the name server and its glue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,12 +73,19 @@ pub struct ZoneConfig {
     pub ns_name: Name,
     /// Addresses published for `ns_name` (in the zone) and as glue.
     pub ns_addresses: Vec<IpAddr>,
+    /// Answer policy for names none of whose weighted targets is healthy.
+    pub all_unhealthy: AllUnhealthy,
 }
 
 impl ZoneConfig {
-    /// Builds a zone configuration from already-valid parts.
+    /// Builds a zone configuration from already-valid parts, with the fail-open policy.
     pub fn new(origin: Name, ns_name: Name, ns_addresses: Vec<IpAddr>) -> Self {
-        Self { origin: origin.to_lowercase(), ns_name: ns_name.to_lowercase(), ns_addresses }
+        Self {
+            origin: origin.to_lowercase(),
+            ns_name: ns_name.to_lowercase(),
+            ns_addresses,
+            all_unhealthy: AllUnhealthy::FailOpen,
+        }
     }
 }
 
@@ -91,6 +110,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub server_id: String,
     pub metrics_listen: Option<SocketAddr>,
+    /// UDP worker threads (`--udp-workers`).
+    pub udp_workers: usize,
 }
 
 /// Every problem found in the flags, one per line.
@@ -174,9 +195,22 @@ impl Config {
             },
         };
 
+        let udp_workers = match args.udp_workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()).min(UDP_WORKERS_MAX),
+            Some(n) if (1..=UDP_WORKERS_MAX).contains(&n) => n,
+            Some(n) => {
+                problem(format!("--udp-workers {n} is outside 1-{UDP_WORKERS_MAX}"));
+                1
+            }
+        };
+
         match (origin, listen, federator, ns_name) {
             (Some(origin), Some(listen), Some(federator), Some(ns_name)) if problems.is_empty() => Ok(Self {
-                zone: ZoneConfig::new(origin, ns_name, ns_addresses),
+                zone: ZoneConfig {
+                    all_unhealthy: args.all_unhealthy,
+                    ..ZoneConfig::new(origin, ns_name, ns_addresses)
+                },
+                udp_workers,
                 listen,
                 federator,
                 federators: federators.unwrap_or_default(),
@@ -250,6 +284,8 @@ mod tests {
             ns_name: "ns1".into(),
             ns_address: vec![],
             metrics_listen: None,
+            all_unhealthy: AllUnhealthy::FailOpen,
+            udp_workers: None,
         }
     }
 

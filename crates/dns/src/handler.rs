@@ -1,13 +1,15 @@
-//! The hickory request handler: protocol checks (opcode, class, EDNS version, question count),
-//! then [`answer`] over a snapshot of the served table. It never touches sockets itself; the
+//! The protocol decisions every response goes through ([`reply`]: opcode, class, EDNS version,
+//! question count, then [`answer`] over a snapshot of the served table), and the hickory
+//! request handler that applies them to DNS over TCP. It never touches sockets itself; the
 //! hickory server owns them.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, Record};
+use hickory_proto::op::{Edns, Metadata, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Record};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -16,6 +18,7 @@ use crate::answer::{Answer, answer};
 use crate::config::ZoneConfig;
 use crate::metric_names as m;
 use crate::store::SharedTable;
+use crate::table::Table;
 
 /// Largest UDP payload advertised or used, whatever the client offers: 1232 bytes avoids IP
 /// fragmentation on common paths (the 2020 DNS flag day value). Larger answers set TC and the
@@ -24,61 +27,81 @@ pub const UDP_PAYLOAD_MAX: u16 = 1232;
 /// EDNS version this server speaks.
 const EDNS_VERSION: u8 = 0;
 
-/// Answers queries for one zone from the shared routing table.
+/// Answers queries for one zone from the shared routing table (DNS over TCP; UDP has its own
+/// workers in [`crate::udp`], deciding with the same [`reply`]).
 #[derive(Clone)]
 pub struct DnsHandler {
     table: Arc<SharedTable>,
     zone: Arc<ZoneConfig>,
+    selector: Arc<AtomicU64>,
 }
 
 impl DnsHandler {
     pub fn new(table: Arc<SharedTable>, zone: ZoneConfig) -> Self {
-        Self { table, zone: Arc::new(zone) }
+        Self { table, zone: Arc::new(zone), selector: Arc::new(AtomicU64::new(0)) }
     }
 
     async fn handle<R: ResponseHandler>(&self, request: &Request, response_handle: R) -> ResponseInfo {
-        let mut response_edns = None;
-        if let Some(req_edns) = &request.edns {
-            let mut edns = Edns::new();
-            edns.set_max_payload(req_edns.max_payload().clamp(512, UDP_PAYLOAD_MAX));
-            edns.set_version(EDNS_VERSION);
-            if req_edns.version() > EDNS_VERSION {
-                return send(request, Answer::error(ResponseCode::BADVERS), Some(edns), response_handle).await;
-            }
-            response_edns = Some(edns);
-        }
-        if request.metadata.op_code != OpCode::Query {
-            return send(request, Answer::error(ResponseCode::NotImp), response_edns, response_handle).await;
-        }
-        let Ok(info) = request.request_info() else {
-            // Not exactly one question.
-            return send(request, Answer::error(ResponseCode::FormErr), response_edns, response_handle).await;
-        };
-        let query = info.query;
-        if query.query_class() != DNSClass::IN {
-            return send(request, Answer::error(ResponseCode::Refused), response_edns, response_handle).await;
-        }
-        let qname = Name::from(query.name().clone());
+        let query = request.request_info().ok().map(|info| info.query.original().clone());
         let table = self.table.current();
-        let result = answer(table.as_deref(), &self.zone, &qname, query.query_type());
-        send(request, result, response_edns, response_handle).await
+        let selector = self.selector.fetch_add(1, Ordering::Relaxed);
+        let reply =
+            reply(&request.metadata, query.as_ref(), request.edns.as_ref(), table.as_deref(), &self.zone, selector);
+        send(request, reply, response_handle).await
     }
 }
 
-async fn send<R: ResponseHandler>(
-    request: &Request,
-    answer: Answer,
-    mut edns: Option<Edns>,
-    mut response_handle: R,
-) -> ResponseInfo {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
+/// A response decided: header, sections and EDNS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub metadata: Metadata,
+    pub answer: Answer,
+    /// Present exactly when the request carried EDNS.
+    pub edns: Option<Edns>,
+}
+
+/// Decides the response to a request from its header, its question (`None` unless there is
+/// exactly one) and its EDNS record: protocol checks (EDNS version, opcode, question count,
+/// class), then [`answer`] from `table` with `selector`. Pure.
+pub fn reply(
+    request: &Metadata,
+    query: Option<&Query>,
+    request_edns: Option<&Edns>,
+    table: Option<&Table>,
+    zone: &ZoneConfig,
+    selector: u64,
+) -> Reply {
+    let mut edns = request_edns.map(|req| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(req.max_payload().clamp(512, UDP_PAYLOAD_MAX));
+        edns.set_version(EDNS_VERSION);
+        // RFC 3225: the DO bit is copied (nothing here is signed).
+        edns.set_dnssec_ok(req.flags().dnssec_ok);
+        edns
+    });
+    let answer = if request_edns.is_some_and(|e| e.version() > EDNS_VERSION) {
+        Answer::error(ResponseCode::BADVERS)
+    } else if request.op_code != OpCode::Query {
+        Answer::error(ResponseCode::NotImp)
+    } else {
+        match query {
+            // Not exactly one question.
+            None => Answer::error(ResponseCode::FormErr),
+            Some(q) if q.query_class() != DNSClass::IN => Answer::error(ResponseCode::Refused),
+            Some(q) => answer(table, zone, q.name(), q.query_type(), selector),
+        }
+    };
+    let mut metadata = Metadata::response_from_request(request);
     metadata.authoritative = answer.authoritative;
     metadata.response_code = answer.rcode;
-    if answer.rcode.high() != 0
-        && let Some(edns) = edns.as_mut()
-    {
+    if let Some(edns) = edns.as_mut() {
         edns.set_rcode_high(answer.rcode.high());
     }
+    Reply { metadata, answer, edns }
+}
+
+async fn send<R: ResponseHandler>(request: &Request, reply: Reply, mut response_handle: R) -> ResponseInfo {
+    let Reply { metadata, answer, edns } = reply;
     let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
     let response = builder.build(
         metadata,

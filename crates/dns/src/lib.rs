@@ -1,8 +1,9 @@
 //! `fed-dns`: the authoritative DNS server for a Switchyard federation zone. It follows the
 //! federator's routing stream (`switchyard.routing.v1.Routing/Watch`, mutual TLS), applies each
 //! table atomically after validation and fencing, keeps the last accepted table on disk, and
-//! answers SOA/NS/A/AAAA over UDP and TCP from whatever table it holds, so it keeps answering
-//! while every federator is down (static stability).
+//! answers SOA/NS/A/AAAA/CNAME/TXT/SRV over UDP and TCP from whatever table it holds, so it
+//! keeps answering while every federator is down (static stability). UDP is served by
+//! `SO_REUSEPORT` worker threads with a precomputed fast path ([`udp`], [`wire`]); TCP by hickory.
 //!
 //! It never decides routing: weights, health and placement arrive in the table and answer
 //! selection ([`answer::answer`]) is a pure function of that table. It never serves a table
@@ -17,14 +18,16 @@ pub mod metric_names;
 mod names;
 pub mod store;
 pub mod table;
+pub mod udp;
 pub mod watch;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use config::{Args, Config, ConfigError, ZoneConfig};
@@ -73,6 +76,7 @@ pub struct RunningDns {
     metrics_addr: Option<SocketAddr>,
     table: Arc<SharedTable>,
     server: hickory_server::Server<DnsHandler>,
+    udp: udp::UdpWorkers,
     watch: JoinHandle<()>,
 }
 
@@ -96,12 +100,26 @@ impl RunningDns {
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
         self.watch.abort();
         let _ = (&mut self.watch).await;
+        let udp = self.udp;
+        tokio::task::spawn_blocking(move || udp.stop()).await.map_err(|e| DnsError::Server(e.to_string()))?;
         self.server.shutdown_gracefully().await.map_err(|e| DnsError::Server(e.to_string()))
     }
 
     /// Waits until the DNS sockets fail (they do not close on their own).
     pub async fn wait(&mut self) -> Result<(), DnsError> {
-        self.server.block_until_done().await.map_err(|e| DnsError::Server(e.to_string()))
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                result = self.server.block_until_done() => {
+                    return result.map_err(|e| DnsError::Server(e.to_string()));
+                }
+                _ = poll.tick() => {
+                    if self.udp.any_stopped() {
+                        return Err(DnsError::Server("a DNS UDP worker stopped".into()));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -124,9 +142,12 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
     let initial = load_last_known_good(&config);
     let table = Arc::new(SharedTable::new(initial));
 
-    let (udp, tcp) = bind(config.listen).await?;
-    let local_addr =
-        udp.local_addr().map_err(|source| DnsError::Bind { protocol: "UDP", addr: config.listen, source })?;
+    let (udp_sockets, tcp) = bind(config.listen, config.udp_workers).await?;
+    let local_addr = udp_sockets[0].local_addr().map_err(|source| DnsError::Bind {
+        protocol: "UDP",
+        addr: config.listen,
+        source,
+    })?;
 
     let metrics_addr = match (config.metrics_listen, metrics_handle) {
         (Some(addr), Some(handle)) => Some(
@@ -136,8 +157,9 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
     };
 
     let mut server = hickory_server::Server::new(DnsHandler::new(table.clone(), config.zone.clone()));
-    server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+    let udp = udp::UdpWorkers::start(udp_sockets, table.clone(), Arc::new(config.zone.clone()))
+        .map_err(|e| DnsError::Server(format!("cannot start the UDP workers: {e}")))?;
 
     let applier = Applier::new(table.clone(), config.zone.origin.clone(), config.state_dir.clone());
     let watch = tokio::spawn(watch::watch_forever(endpoints, config.server_id.clone(), applier));
@@ -145,10 +167,11 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
         zone = %config.zone.origin,
         listen = %local_addr,
         federator = %config.federator.uri,
+        udp_workers = config.udp_workers,
         served_version = table.current().map_or(0, |t| t.version()),
         "fed-dns serving"
     );
-    Ok(RunningDns { local_addr, metrics_addr, table, server, watch })
+    Ok(RunningDns { local_addr, metrics_addr, table, server, udp, watch })
 }
 
 /// Validates `args`, starts the server and runs it until SIGINT or SIGTERM.
@@ -193,15 +216,15 @@ fn load_last_known_good(config: &Config) -> Option<Table> {
     }
 }
 
-/// Binds UDP and TCP on the same address. With port 0 the port UDP got is reused for TCP,
-/// retrying when TCP finds it taken.
-async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+/// Binds `udp_workers` UDP sockets (`SO_REUSEPORT`) and TCP on the same address. With port 0
+/// the port UDP got is reused for TCP, retrying when TCP finds it taken.
+async fn bind(addr: SocketAddr, udp_workers: usize) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
     let bind_err = |protocol, addr| move |source| DnsError::Bind { protocol, addr, source };
     let attempts = if addr.port() == 0 { EPHEMERAL_BIND_ATTEMPTS } else { 1 };
     let mut last = None;
     for _ in 0..attempts {
-        let udp = UdpSocket::bind(addr).await.map_err(bind_err("UDP", addr))?;
-        let udp_addr = udp.local_addr().map_err(bind_err("UDP", addr))?;
+        let udp = udp::bind(addr, udp_workers).map_err(bind_err("UDP", addr))?;
+        let udp_addr = udp[0].local_addr().map_err(bind_err("UDP", addr))?;
         match TcpListener::bind(udp_addr).await {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(source) => last = Some(DnsError::Bind { protocol: "TCP", addr: udp_addr, source }),

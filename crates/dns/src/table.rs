@@ -42,6 +42,11 @@ pub struct EntryDoc {
     /// SRV records; absent in files written before service discovery existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub txt: Vec<String>,
+    /// Alias target (relative to the zone, or absolute with a trailing dot); empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cname: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,12 @@ pub struct TargetDoc {
     pub site: String,
     pub addresses: Vec<String>,
     pub weight: u32,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unhealthy: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl From<pb::RoutingTable> for TableDoc {
@@ -77,13 +88,20 @@ impl From<pb::RoutingTable> for TableDoc {
                     targets: e
                         .targets
                         .into_iter()
-                        .map(|t| TargetDoc { site: t.site, addresses: t.addresses, weight: t.weight })
+                        .map(|t| TargetDoc {
+                            site: t.site,
+                            addresses: t.addresses,
+                            weight: t.weight,
+                            unhealthy: t.unhealthy,
+                        })
                         .collect(),
                     services: e
                         .services
                         .into_iter()
                         .map(|s| ServiceDoc { priority: s.priority, weight: s.weight, port: s.port, target: s.target })
                         .collect(),
+                    txt: e.txt,
+                    cname: e.cname,
                 })
                 .collect(),
         }
@@ -105,6 +123,10 @@ pub enum TableError {
     Ttl { name: String, ttl_s: u32 },
     #[error("entry {name:?}: SRV record {detail}")]
     Service { name: String, detail: String },
+    #[error("entry {name:?}: TXT string {index} is {len} bytes; at most 255 fit in one string")]
+    Txt { name: String, index: usize, len: usize },
+    #[error("entry {name:?}: CNAME {detail}")]
+    Cname { name: String, detail: String },
 }
 
 /// One SRV record of a name.
@@ -127,6 +149,8 @@ pub struct Target {
     pub addresses: Vec<IpAddr>,
     /// Share of traffic; 0 means the site gets none.
     pub weight: u32,
+    /// Whether the site can serve the name now, as the federator sees it.
+    pub healthy: bool,
 }
 
 /// One routed name.
@@ -140,6 +164,11 @@ pub struct Entry {
     pub ttl_s: u32,
     pub targets: Vec<Target>,
     pub services: Vec<Service>,
+    pub txt: Vec<String>,
+    /// Alias target (lower-case absolute); an alias owns nothing else.
+    pub cname: Option<Name>,
+    /// The alias target as the federator sent it (kept for persistence).
+    pub cname_text: String,
 }
 
 /// A validated routing table at one version.
@@ -184,7 +213,7 @@ impl Table {
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                targets.push(Target { site: t.site.clone(), addresses, weight: t.weight });
+                targets.push(Target { site: t.site.clone(), addresses, weight: t.weight, healthy: !t.unhealthy });
             }
             let mut services = Vec::with_capacity(e.services.len());
             for s in &e.services {
@@ -199,6 +228,27 @@ impl Table {
                 let target = parse_relative(&s.target, &zone).map_err(|r| bad(format!("target {:?} {r}", s.target)))?;
                 services.push(Service { priority, weight, port, target, relative: s.target.to_ascii_lowercase() });
             }
+            if let Some((index, t)) = e.txt.iter().enumerate().find(|(_, t)| t.len() > 255) {
+                return Err(TableError::Txt { name: e.name.clone(), index, len: t.len() });
+            }
+            let cname = if e.cname.is_empty() {
+                None
+            } else {
+                let bad = |detail: String| TableError::Cname { name: e.name.clone(), detail };
+                if !e.targets.is_empty() || !e.services.is_empty() || !e.txt.is_empty() {
+                    return Err(bad("must be the only data of its name (no targets, SRV or TXT)".into()));
+                }
+                let target = if e.cname.ends_with('.') {
+                    Name::from_ascii(&e.cname).map(|n| n.to_lowercase()).map_err(|r| r.to_string())
+                } else {
+                    parse_relative(&e.cname, &zone)
+                }
+                .map_err(|r| bad(format!("target {:?} {r}", e.cname)))?;
+                if target == name {
+                    return Err(bad("points at itself".into()));
+                }
+                Some(target)
+            };
             let entry = Entry {
                 name: name.clone(),
                 relative: e.name.to_ascii_lowercase(),
@@ -206,6 +256,9 @@ impl Table {
                 ttl_s: e.ttl_s,
                 targets,
                 services,
+                txt: e.txt.clone(),
+                cname,
+                cname_text: e.cname.clone(),
             };
             if entries.insert(name, entry).is_some() {
                 return Err(TableError::DuplicateName { name: e.name.clone() });
@@ -244,6 +297,7 @@ impl Table {
                             site: t.site.clone(),
                             addresses: t.addresses.iter().map(ToString::to_string).collect(),
                             weight: t.weight,
+                            unhealthy: !t.healthy,
                         })
                         .collect(),
                     services: e
@@ -256,6 +310,8 @@ impl Table {
                             target: s.relative.clone(),
                         })
                         .collect(),
+                    txt: e.txt.clone(),
+                    cname: e.cname_text.clone(),
                 })
                 .collect(),
         }
@@ -432,11 +488,24 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn target(site: &str, addresses: &[&str], weight: u32) -> pb::SiteTarget {
-        pb::SiteTarget { site: site.into(), addresses: addresses.iter().map(|a| a.to_string()).collect(), weight }
+        pb::SiteTarget {
+            site: site.into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            weight,
+            unhealthy: false,
+        }
     }
 
     pub(crate) fn entry(name: &str, ttl_s: u32, targets: Vec<pb::SiteTarget>) -> pb::RoutingEntry {
-        pb::RoutingEntry { name: name.into(), group: format!("{name}-group"), ttl_s, targets, services: vec![] }
+        pb::RoutingEntry {
+            name: name.into(),
+            group: format!("{name}-group"),
+            ttl_s,
+            targets,
+            services: vec![],
+            txt: vec![],
+            cname: String::new(),
+        }
     }
 
     pub(crate) fn proto(version: u64, epoch: u64, entries: Vec<pb::RoutingEntry>) -> pb::RoutingTable {

@@ -53,8 +53,11 @@ async fn large_answers_truncate_over_udp_and_protocol_errors_are_answered() -> a
             site: "site-a".into(),
             addresses: (1..=120).map(|i| format!("10.0.{}.{}", i / 200, i % 200 + 1)).collect(),
             weight: 1,
+            unhealthy: false,
         }],
         services: vec![],
+        txt: vec![],
+        cname: String::new(),
     });
     let federator = FakeFederator::start(&pki.federator, big).await?;
     let dns = start_dns(&dns_args(&pki, federator.addr, &state_dir(dir.path()), false)).await?;

@@ -144,8 +144,11 @@ pub fn routing_to_proto(v: &RoutingView, zone: &str) -> routing::RoutingTable {
                         site: t.site.clone(),
                         addresses: t.addresses.iter().map(ToString::to_string).collect(),
                         weight: t.weight,
+                        unhealthy: !t.healthy,
                     })
                     .collect(),
+                txt: e.txt.clone(),
+                cname: String::new(),
                 services: e
                     .services
                     .iter()

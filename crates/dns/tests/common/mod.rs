@@ -92,10 +92,17 @@ pub fn table(version: u64, epoch: u64, crm_address: &str) -> RoutingTable {
             group: "crm".into(),
             ttl_s: 30,
             targets: vec![
-                SiteTarget { site: "site-a".into(), addresses: vec![crm_address.into()], weight: 100 },
-                SiteTarget { site: "site-b".into(), addresses: vec!["127.0.66.1".into()], weight: 0 },
+                SiteTarget {
+                    site: "site-a".into(),
+                    addresses: vec![crm_address.into()],
+                    weight: 100,
+                    unhealthy: false,
+                },
+                SiteTarget { site: "site-b".into(), addresses: vec!["127.0.66.1".into()], weight: 0, unhealthy: false },
             ],
             services: vec![],
+            txt: vec![],
+            cname: String::new(),
         }],
     }
 }
