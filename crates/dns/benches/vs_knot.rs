@@ -7,7 +7,8 @@
 //! Reports for each server: queries completed, queries per second, the server's CPU time
 //! (user + system, all threads, from /proc) and queries per server CPU-second, then the ratio
 //! fed-dns / Knot. Environment: `BENCH_SECONDS` (default 10) per run, `BENCH_NAMES` (default
-//! 2000), `BENCH_RUNS` (default 3), `BENCH_CLIENTS` (dnsperf -c, default 8).
+//! 2000), `BENCH_RUNS` (default 3), `BENCH_CLIENTS` (dnsperf -c, default 8), `BENCH_QPS` (offered
+//! rate, dnsperf -Q; default 0 = as fast as dnsperf sends).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -158,13 +159,14 @@ struct Run {
     lost: f64,
 }
 
-fn dnsperf(port: u16, queries: &Path, pid: u32, seconds: u64, clients: u64) -> Run {
+fn dnsperf(port: u16, queries: &Path, pid: u32, seconds: u64, clients: u64, max_qps: u64) -> Run {
     let before = cpu_seconds(pid);
     let out = Command::new("taskset")
         .args(["-c", "0", "dnsperf", "-s", "127.0.0.1", "-p", &port.to_string()])
         .arg("-d")
         .arg(queries)
         .args(["-l", &seconds.to_string(), "-c", &clients.to_string(), "-T", "1", "-q", "1000", "-t", "2"])
+        .args(if max_qps > 0 { vec!["-Q".to_string(), max_qps.to_string()] } else { vec![] })
         .output()
         .expect("run dnsperf (apt-get install -y dnsperf)");
     let cpu = cpu_seconds(pid) - before;
@@ -185,6 +187,8 @@ fn main() {
     let names = env("BENCH_NAMES", 2000) as usize;
     let runs = env("BENCH_RUNS", 3);
     let clients = env("BENCH_CLIENTS", 8);
+    // 0: as fast as dnsperf can send; otherwise the offered rate (dnsperf -Q), the same for both.
+    let max_qps = env("BENCH_QPS", 0);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (zone_file, queries) = write_zone(dir, names);
@@ -199,7 +203,7 @@ fn main() {
         wait_answering(port);
         let mut best: f64 = 0.0;
         for r in 1..=runs {
-            let run = dnsperf(port, &queries, child.id(), seconds, clients);
+            let run = dnsperf(port, &queries, child.id(), seconds, clients, max_qps);
             let q_per_cpu = run.completed / run.cpu.max(0.01);
             best = best.max(q_per_cpu);
             println!(

@@ -272,7 +272,8 @@ pub fn weighted_index(weights: &[u64], selector: u64) -> Option<usize> {
     if total == 0 {
         return None;
     }
-    let stride = STRIDES.iter().copied().find(|s| !total.is_multiple_of(*s)).expect("one stride is coprime with any u64");
+    let stride =
+        STRIDES.iter().copied().find(|s| !total.is_multiple_of(*s)).expect("one stride is coprime with any u64");
     let slot = (u128::from(selector % total) * u128::from(stride) % u128::from(total)) as u64;
     let mut end = 0;
     for (i, w) in weights.iter().enumerate() {
