@@ -59,6 +59,10 @@ pub struct Args {
     /// per CPU this process may run on.
     #[arg(long)]
     pub udp_workers: Option<usize>,
+    /// TOML file of enterprise DNS servers (RFC 2136 + TSIG) and HAProxy load balancers to push
+    /// every routing table to (see runbooks/dns-and-lb.md).
+    #[arg(long)]
+    pub push_config: Option<PathBuf>,
 }
 
 /// Most UDP worker threads accepted.
@@ -112,6 +116,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// UDP worker threads (`--udp-workers`).
     pub udp_workers: usize,
+    /// Push targets (`--push-config`); empty when none.
+    pub push: crate::push::PushConfig,
 }
 
 /// Every problem found in the flags, one per line.
@@ -204,6 +210,17 @@ impl Config {
             }
         };
 
+        let push = match (&args.push_config, &origin) {
+            (Some(path), Some(zone)) => crate::push::PushConfig::load(path, zone)
+                .map_err(|ps| {
+                    for p in ps {
+                        problem(p);
+                    }
+                })
+                .unwrap_or_default(),
+            _ => crate::push::PushConfig::default(),
+        };
+
         match (origin, listen, federator, ns_name) {
             (Some(origin), Some(listen), Some(federator), Some(ns_name)) if problems.is_empty() => Ok(Self {
                 zone: ZoneConfig {
@@ -211,6 +228,7 @@ impl Config {
                     ..ZoneConfig::new(origin, ns_name, ns_addresses)
                 },
                 udp_workers,
+                push,
                 listen,
                 federator,
                 federators: federators.unwrap_or_default(),
@@ -286,6 +304,7 @@ mod tests {
             metrics_listen: None,
             all_unhealthy: AllUnhealthy::FailOpen,
             udp_workers: None,
+            push_config: None,
         }
     }
 

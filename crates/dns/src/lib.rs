@@ -16,6 +16,7 @@ pub mod config;
 pub mod handler;
 pub mod metric_names;
 mod names;
+pub mod push;
 pub mod store;
 pub mod table;
 pub mod udp;
@@ -78,6 +79,8 @@ pub struct RunningDns {
     server: hickory_server::Server<DnsHandler>,
     udp: udp::UdpWorkers,
     watch: JoinHandle<()>,
+    pushers: Vec<JoinHandle<()>>,
+    push_status: Arc<push::StatusBoard>,
 }
 
 impl RunningDns {
@@ -96,10 +99,21 @@ impl RunningDns {
         self.table.current()
     }
 
-    /// Stops following the federator, then closes the DNS sockets.
+    /// What each push target has confirmed (`push-status.json` holds the same).
+    pub fn push_status(&self, target: &str) -> Option<push::TargetStatus> {
+        self.push_status.get(target)
+    }
+
+    /// Stops following the federator and pushing, then closes the DNS sockets.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
         self.watch.abort();
         let _ = (&mut self.watch).await;
+        for p in &self.pushers {
+            p.abort();
+        }
+        for p in self.pushers.drain(..) {
+            let _ = p.await;
+        }
         let udp = self.udp;
         tokio::task::spawn_blocking(move || udp.stop()).await.map_err(|e| DnsError::Server(e.to_string()))?;
         self.server.shutdown_gracefully().await.map_err(|e| DnsError::Server(e.to_string()))
@@ -163,15 +177,18 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
 
     let applier = Applier::new(table.clone(), config.zone.origin.clone(), config.state_dir.clone());
     let watch = tokio::spawn(watch::watch_forever(endpoints, config.server_id.clone(), applier));
+    let push_status = Arc::new(push::StatusBoard::new(&config.state_dir));
+    let pushers = push::start(config.push.clone(), table.clone(), push_status.clone());
     tracing::info!(
         zone = %config.zone.origin,
         listen = %local_addr,
         federator = %config.federator.uri,
         udp_workers = config.udp_workers,
+        push_targets = config.push.rfc2136.len() + config.push.haproxy.len(),
         served_version = table.current().map_or(0, |t| t.version()),
         "fed-dns serving"
     );
-    Ok(RunningDns { local_addr, metrics_addr, table, server, udp, watch })
+    Ok(RunningDns { local_addr, metrics_addr, table, server, udp, watch, pushers, push_status })
 }
 
 /// Validates `args`, starts the server and runs it until SIGINT or SIGTERM.

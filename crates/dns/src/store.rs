@@ -13,9 +13,11 @@ use crate::metric_names as m;
 use crate::table::{self, Admission, Rejection, Table};
 
 /// The table currently served; `None` until the first one arrives or is loaded from disk.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SharedTable {
     current: RwLock<Option<Arc<Table>>>,
+    /// Bumped on every swap, for tasks that act on new tables (pushers).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl SharedTable {
@@ -23,7 +25,12 @@ impl SharedTable {
         if let Some(t) = &initial {
             publish_gauges(t);
         }
-        Self { current: RwLock::new(initial.map(Arc::new)) }
+        Self { current: RwLock::new(initial.map(Arc::new)), changes: tokio::sync::watch::Sender::new(0) }
+    }
+
+    /// A receiver that sees a change every time a new table is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A snapshot of the served table; later swaps do not affect it.
@@ -33,6 +40,7 @@ impl SharedTable {
 
     fn replace(&self, table: Arc<Table>) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(table);
+        self.changes.send_modify(|n| *n += 1);
     }
 }
 
