@@ -442,50 +442,92 @@ mod tests {
         assert!(general_response(&[1, 2, 3], Some(&t), &z, 0).is_none(), "no header, no answer");
     }
 
-    /// Bounded mutation fuzzing of both paths: no panic, every response fits the client's
-    /// limit, no response to a response. (The `fuzz-dns` binary runs the same loop unbounded.)
+    /// Bounded mutation fuzzing of both paths (the `fuzz_request` example runs it unbounded).
     #[test]
     fn mutated_queries_never_panic_or_overflow() {
         let (t, z) = (table(), zone());
-        let prepared = Prepared::build(&t, &z);
         let seeds = [
             query("crm-web.fed.local.", RecordType::A, Some((1232, true))),
             query("sick.fed.local.", RecordType::AAAA, None),
             query("nope.fed.local.", RecordType::SRV, Some((65535, false))),
         ];
-        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        let mut out = Vec::new();
+        let mut fuzzer = fuzz::Fuzzer::new(&t, &z, 0x9E37_79B9_7F4A_7C15);
         for i in 0..30_000u64 {
-            let mut q = seeds[(i % 3) as usize].clone();
-            for _ in 0..1 + next() % 4 {
-                match next() % 4 {
+            fuzzer.run_one(&seeds[(i % 3) as usize], i);
+        }
+    }
+}
+
+/// Mutation fuzzing of the UDP request path, shared by the unit test and the
+/// `fuzz_request` example (which runs it for as long as asked).
+pub mod fuzz {
+    use super::*;
+
+    /// Mutates queries and checks both paths' properties on each: no panic, every response
+    /// fits the client's limit and keeps the query id, nothing answers a response.
+    pub struct Fuzzer<'a> {
+        table: &'a Table,
+        zone: &'a ZoneConfig,
+        prepared: Prepared,
+        rng: u64,
+        out: Vec<u8>,
+    }
+
+    impl<'a> Fuzzer<'a> {
+        pub fn new(table: &'a Table, zone: &'a ZoneConfig, seed: u64) -> Self {
+            Self { table, zone, prepared: Prepared::build(table, zone), rng: seed | 1, out: Vec::new() }
+        }
+
+        fn next(&mut self) -> u64 {
+            // xorshift64: deterministic for a seed, so a failure replays.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng
+        }
+
+        /// One to four random edits of `seed`: a byte changed, the tail cut, a byte appended,
+        /// a compression pointer planted in the name.
+        pub fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
+            let mut q = seed.to_vec();
+            for _ in 0..1 + self.next() % 4 {
+                match self.next() % 4 {
                     0 if !q.is_empty() => {
-                        let at = (next() as usize) % q.len();
-                        q[at] = next() as u8;
+                        let at = (self.next() as usize) % q.len();
+                        q[at] = self.next() as u8;
                     }
-                    1 => q.truncate((next() as usize) % (q.len() + 1)),
-                    2 => q.push(next() as u8),
-                    _ if q.len() > 13 => {
-                        // A compression pointer somewhere in the name.
-                        let at = 12 + (next() as usize) % (q.len() - 13);
+                    1 => {
+                        let keep = (self.next() as usize) % (q.len() + 1);
+                        q.truncate(keep);
+                    }
+                    2 => {
+                        let b = self.next() as u8;
+                        q.push(b);
+                    }
+                    _ if q.len() > HEADER_LEN + 1 => {
+                        let at = HEADER_LEN + (self.next() as usize) % (q.len() - HEADER_LEN - 1);
                         q[at] = 0xC0;
-                        q[at + 1] = next() as u8 % 40;
+                        q[at + 1] = self.next() as u8 % 40;
                     }
                     _ => {}
                 }
             }
-            if prepared.respond(&q, i, &mut out) {
-                assert!(out.len() <= usize::from(UDP_PAYLOAD_MAX));
+            q
+        }
+
+        /// Mutates `seed`, runs both paths with `selector` and panics if a property fails.
+        pub fn run_one(&mut self, seed: &[u8], selector: u64) {
+            let q = self.mutate(seed);
+            let mut out = std::mem::take(&mut self.out);
+            if self.prepared.respond(&q, selector, &mut out) {
+                assert!(out.len() <= usize::from(UDP_PAYLOAD_MAX), "fast answer of {} bytes to {q:?}", out.len());
+                assert_eq!(out[..2], q[..2], "fast answer keeps the id of {q:?}");
             }
-            if let Some((bytes, _)) = general_response(&q, Some(&t), &z, i) {
-                assert!(q.len() >= HEADER_LEN && q[2] & 0x80 == 0);
-                assert!(bytes.len() <= usize::from(UDP_PAYLOAD_MAX));
+            self.out = out;
+            if let Some((bytes, _)) = general_response(&q, Some(self.table), self.zone, selector) {
+                assert!(q.len() >= HEADER_LEN && q[2] & 0x80 == 0, "answered a non-query {q:?}");
+                assert!(bytes.len() <= usize::from(UDP_PAYLOAD_MAX), "answer of {} bytes to {q:?}", bytes.len());
+                assert_eq!(bytes[..2], q[..2], "answer keeps the id of {q:?}");
             }
         }
     }
