@@ -192,8 +192,9 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (zone_file, queries) = write_zone(dir, names);
+    let rate = if max_qps > 0 { format!("offered {max_qps} q/s") } else { "unlimited rate".to_string() };
     println!(
-        "{names} names, 2 A records each, A queries over UDP; {seconds} s per run, dnsperf -c {clients} on core 0, server on core 1"
+        "{names} names, 2 A records each, A queries over UDP; {seconds} s per run, {rate}, dnsperf -c {clients} on core 0, server on core 1"
     );
 
     let mut per_cpu = Vec::new();
