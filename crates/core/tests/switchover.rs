@@ -891,3 +891,36 @@ fn desired_state_lists_only_groups_a_site_runs_or_may_still_run() {
     f.report("site-2", 1000, &[]);
     assert!(names(&f, "site-2").is_empty());
 }
+
+#[test]
+fn a_placement_without_a_healthy_instance_is_marked_unhealthy_in_a_new_routing_version() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let healthy = |f: &Fed| {
+        let rt = routing_table(&f.state);
+        let e = rt.entries.iter().find(|e| e.name == "crm-web").unwrap().clone();
+        (e.targets.iter().map(|t| (t.site.clone(), t.healthy)).collect::<Vec<_>>(), e.txt)
+    };
+    assert_eq!(healthy(&f), (vec![("site-1".into(), true)], vec!["site=site-1 weight=100 healthy=yes".to_string()]));
+    let version = f.state.routing_version;
+    // Every instance running but failing its checks: the site cannot serve the group.
+    f.report("site-1", 1000, &[("crm-web", 0, 2)]);
+    assert_eq!(healthy(&f), (vec![("site-1".into(), false)], vec!["site=site-1 weight=100 healthy=no".to_string()]));
+    assert!(f.state.routing_version > version, "health changes are a new routing version (DNS serial)");
+    let unhealthy_version = f.state.routing_version;
+    // The same again: no new version.
+    f.report("site-1", 1000, &[("crm-web", 0, 2)]);
+    assert_eq!(f.state.routing_version, unhealthy_version);
+    // One instance recovers: healthy again, new version.
+    f.report("site-1", 1000, &[("crm-web", 1, 1)]);
+    assert_eq!(healthy(&f).0, vec![("site-1".into(), true)]);
+    assert!(f.state.routing_version > unhealthy_version);
+}
+
+#[test]
+fn a_site_whose_cell_has_not_reported_the_group_counts_as_healthy() {
+    // Fed::new() has reports without any group: no evidence of an outage, so no blink.
+    let f = Fed::new();
+    let rt = routing_table(&f.state);
+    assert!(rt.entries.iter().find(|e| e.name == "crm-web").unwrap().targets.iter().all(|t| t.healthy));
+}

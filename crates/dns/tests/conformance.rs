@@ -243,3 +243,40 @@ async fn fed_dns_conforms_to_dns_clients_expectations() -> anyhow::Result<()> {
     federator.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_site_is_unhealthy_answers_fail_open_unless_told_to_servfail() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path(), "switchyard test ca")?;
+    let mut sick = routed("crm-web", vec![site("site-a", &["127.0.1.1"], 50), site("site-b", &["127.0.2.1"], 50)]);
+    sick.targets.iter_mut().for_each(|t| t.unhealthy = true);
+    let mut half = routed("half", vec![site("site-a", &["127.0.1.1"], 50), site("site-b", &["127.0.2.1"], 50)]);
+    half.targets[0].unhealthy = true;
+    let table = RoutingTable { version: 3, epoch: 3, zone: "fed.local.".into(), entries: vec![sick, half] };
+    let federator = FakeFederator::start(&pki.federator, table).await?;
+    for (policy, state) in [("fail-open", "state-open"), ("servfail", "state-closed")] {
+        let mut argv = dns_args(&pki, federator.addr, &dir.path().join(state), false);
+        argv.extend(["--all-unhealthy".to_string(), policy.to_string()]);
+        let dns = start_dns(&argv).await?;
+        let s = dns.local_addr();
+        eventually("the table", || query_udp(s, "fed.local.", RecordType::SOA), |r| soa_serial(r) == Some(3)).await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let out = dig(s, &["crm-web.fed.local.", "A"]);
+            if policy == "fail-open" {
+                assert_eq!(status(&out), "NOERROR", "{out}");
+                seen.extend(section(&out, "ANSWER").into_iter().map(|r| r.2));
+            } else {
+                assert_eq!(status(&out), "SERVFAIL", "{out}");
+            }
+            // Under either policy the healthy site alone answers while one is healthy.
+            assert_eq!(dig(s, &["+short", "half.fed.local.", "A"]).trim(), "127.0.2.1");
+        }
+        if policy == "fail-open" {
+            assert_eq!(seen.len(), 2, "every weighted site keeps answering: {seen:?}");
+        }
+        dns.shutdown().await?;
+    }
+    federator.stop().await?;
+    Ok(())
+}
