@@ -13,32 +13,11 @@ use clap::Parser;
 use common::*;
 use hickory_proto::rr::RecordType;
 use switchyard_dns::{Args, Config};
-use switchyard_proto::routing::v1::{RoutingEntry, RoutingTable, ServiceRecord, SiteTarget};
+use switchyard_proto::routing::v1::{RoutingTable, ServiceRecord};
 
 async fn start_dns(argv: &[String]) -> anyhow::Result<switchyard_dns::RunningDns> {
     let config = Config::from_args(&Args::try_parse_from(argv)?)?;
     Ok(switchyard_dns::spawn(config).await?)
-}
-
-fn site(site: &str, addresses: &[&str], weight: u32) -> SiteTarget {
-    SiteTarget {
-        site: site.into(),
-        addresses: addresses.iter().map(|a| a.to_string()).collect(),
-        weight,
-        unhealthy: false,
-    }
-}
-
-fn routed(name: &str, targets: Vec<SiteTarget>) -> RoutingEntry {
-    RoutingEntry {
-        name: name.into(),
-        group: name.into(),
-        ttl_s: 30,
-        targets,
-        services: vec![],
-        txt: vec![],
-        cname: String::new(),
-    }
 }
 
 /// Every record type the zone serves.

@@ -12,21 +12,11 @@ use std::time::Duration;
 use clap::Parser;
 use common::*;
 use switchyard_dns::{Args, Config};
-use switchyard_proto::routing::v1::{RoutingEntry, RoutingTable, SiteTarget};
+use switchyard_proto::routing::v1::RoutingTable;
 
 const SECRET: &str = "c3dpdGNoeWFyZC10ZXN0LWtleS0wMTIzNDU2Nzg5YWJjZGVm";
 const WRONG: &str = "d3JvbmctdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZmdoaWprbA==";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// A child process killed when the test ends, however it ends.
 struct Daemon(Child);
@@ -139,20 +129,9 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn site(name: &str, address: &str, weight: u32) -> SiteTarget {
-    SiteTarget { site: name.into(), addresses: vec![address.into()], weight, unhealthy: false }
-}
-
 fn routing(version: u64, site_b: u32) -> RoutingTable {
-    let entry = |name: &str, targets: Vec<SiteTarget>| RoutingEntry {
-        name: name.into(),
-        group: name.into(),
-        ttl_s: 30,
-        targets,
-        services: vec![],
-        txt: vec![],
-        cname: String::new(),
-    };
+    let entry = routed;
+    let site = |name: &str, address: &str, weight: u32| site(name, &[address], weight);
     let mut web = entry("crm-web", vec![site("site-a", "127.0.1.1", 75), site("site-b", "127.0.2.1", site_b)]);
     web.txt = vec![format!("site=site-b weight={site_b}")];
     let mut www = entry("www", vec![]);
@@ -271,7 +250,7 @@ async fn tables_reach_bind_knot_and_haproxy_and_failures_stay_isolated() -> anyh
     // A site new to a group is a server the running HAProxy does not have: reported with the
     // way out (reload, which loads the file that already lists it), the rest still applied.
     let mut v3 = routing(3, 0);
-    v3.entries[2].targets.push(site("site-c", "127.0.3.1", 50));
+    v3.entries[2].targets.push(site("site-c", &["127.0.3.1"], 50));
     federator.publish(v3);
     wait_until("lb-1 reports site-c", || {
         dns.push_status("lb-1").is_some_and(|s| s.failed.get("billing/site-c").is_some_and(|e| e.contains("reload")))

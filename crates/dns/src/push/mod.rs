@@ -274,13 +274,48 @@ pub fn start(
     board: Arc<StatusBoard>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for t in config.rfc2136 {
-        tasks.push(tokio::spawn(run_rfc2136(t, shared.clone(), board.clone())));
+    for target in config.rfc2136 {
+        let pusher = Rfc2136Pusher { target, pushed: rfc2136::Desired::new(), id: 1 };
+        tasks.push(tokio::spawn(run(pusher, shared.clone(), board.clone())));
     }
-    for t in config.haproxy {
-        tasks.push(tokio::spawn(run_haproxy(t, shared.clone(), board.clone())));
+    for target in config.haproxy {
+        let pusher = HaproxyPusher { target, applied: haproxy::Weights::new() };
+        tasks.push(tokio::spawn(run(pusher, shared.clone(), board.clone())));
     }
     tasks
+}
+
+/// One push target's state and its way of bringing the target up to a table.
+trait Pusher: Send + 'static {
+    fn name(&self) -> &str;
+    fn kind(&self) -> &'static str;
+    /// One pass over everything that differs; true when the target now holds the whole table.
+    fn round(&mut self, table: &Table, status: &mut TargetStatus) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// Runs `pusher` on every new table, retrying with backoff until it holds the whole table.
+async fn run<P: Pusher>(mut pusher: P, shared: Arc<SharedTable>, board: Arc<StatusBoard>) {
+    let mut changed = shared.subscribe();
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut status = TargetStatus { kind: pusher.kind().into(), ..TargetStatus::default() };
+    loop {
+        changed.borrow_and_update();
+        let retry = match shared.current() {
+            None => None,
+            Some(table) => {
+                let complete = pusher.round(&table, &mut status).await;
+                board.set(pusher.name(), status.clone());
+                if complete {
+                    backoff.reset();
+                    None
+                } else {
+                    metrics::counter!(M_FAILURES, "target" => pusher.name().to_string()).increment(1);
+                    Some(backoff.next_delay())
+                }
+            }
+        };
+        next_round(&mut changed, retry).await;
+    }
 }
 
 /// Waits for a new table, or for `retry` when something is left to push.
@@ -298,33 +333,27 @@ async fn next_round(changed: &mut tokio::sync::watch::Receiver<u64>, retry: Opti
     }
 }
 
-async fn run_rfc2136(target: Rfc2136Target, shared: Arc<SharedTable>, board: Arc<StatusBoard>) {
-    let mut changed = shared.subscribe();
-    let mut pushed = rfc2136::Desired::new();
-    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-    let mut status = TargetStatus { kind: "rfc2136".into(), ..TargetStatus::default() };
-    let mut id: u16 = 1;
-    loop {
-        changed.borrow_and_update();
-        let retry = match shared.current() {
-            None => None,
-            Some(table) => {
-                let complete = push_rfc2136_round(&target, &table, &mut pushed, &mut status, &mut id).await;
-                board.set(&target.name, status.clone());
-                if complete {
-                    backoff.reset();
-                    None
-                } else {
-                    metrics::counter!(M_FAILURES, "target" => target.name.clone()).increment(1);
-                    Some(backoff.next_delay())
-                }
-            }
-        };
-        next_round(&mut changed, retry).await;
+struct Rfc2136Pusher {
+    target: Rfc2136Target,
+    /// What the server confirmed, per name.
+    pushed: rfc2136::Desired,
+    id: u16,
+}
+
+impl Pusher for Rfc2136Pusher {
+    fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "rfc2136"
+    }
+
+    async fn round(&mut self, table: &Table, status: &mut TargetStatus) -> bool {
+        push_rfc2136_round(&self.target, table, &mut self.pushed, status, &mut self.id).await
     }
 }
 
-/// One pass over everything that differs; true when the target now holds the whole table.
 async fn push_rfc2136_round(
     target: &Rfc2136Target,
     table: &Table,
@@ -404,28 +433,23 @@ fn confirm(pushed: &mut rfc2136::Desired, batch: &[rfc2136::Change], status: &mu
     status.last_success_ms = Some(now_ms());
 }
 
-async fn run_haproxy(target: HaproxyTarget, shared: Arc<SharedTable>, board: Arc<StatusBoard>) {
-    let mut changed = shared.subscribe();
-    let mut applied = haproxy::Weights::new();
-    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-    let mut status = TargetStatus { kind: "haproxy".into(), ..TargetStatus::default() };
-    loop {
-        changed.borrow_and_update();
-        let retry = match shared.current() {
-            None => None,
-            Some(table) => {
-                let complete = push_haproxy_round(&target, &table, &mut applied, &mut status).await;
-                board.set(&target.name, status.clone());
-                if complete {
-                    backoff.reset();
-                    None
-                } else {
-                    metrics::counter!(M_FAILURES, "target" => target.name.clone()).increment(1);
-                    Some(backoff.next_delay())
-                }
-            }
-        };
-        next_round(&mut changed, retry).await;
+struct HaproxyPusher {
+    target: HaproxyTarget,
+    /// Weights HAProxy confirmed, per backend and server.
+    applied: haproxy::Weights,
+}
+
+impl Pusher for HaproxyPusher {
+    fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "haproxy"
+    }
+
+    async fn round(&mut self, table: &Table, status: &mut TargetStatus) -> bool {
+        push_haproxy_round(&self.target, table, &mut self.applied, status).await
     }
 }
 

@@ -282,3 +282,37 @@ pub fn is_noerror_aa(reply: &Message) -> bool {
 pub fn state_dir(root: &Path) -> PathBuf {
     root.join("state")
 }
+
+/// A loopback port free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One site's share of a routed name.
+pub fn site(site: &str, addresses: &[&str], weight: u32) -> SiteTarget {
+    SiteTarget {
+        site: site.into(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        weight,
+        unhealthy: false,
+    }
+}
+
+/// A routed name with `targets` and nothing else (TTL 30 s).
+pub fn routed(name: &str, targets: Vec<SiteTarget>) -> RoutingEntry {
+    RoutingEntry {
+        name: name.into(),
+        group: name.into(),
+        ttl_s: 30,
+        targets,
+        services: vec![],
+        txt: vec![],
+        cname: String::new(),
+    }
+}
