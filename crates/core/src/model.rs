@@ -273,6 +273,9 @@ pub struct GroupSpec {
     pub name: GroupName,
     /// DNS label of the group inside the federation zone (e.g. `crm-web`).
     pub dns_name: String,
+    /// More DNS labels answering for the group: CNAMEs to `dns_name` (e.g. `crm`, `www-crm`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_aliases: Vec<String>,
     pub ttl_s: u32,
     #[serde(default)]
     pub tier: u32,
@@ -286,6 +289,11 @@ pub struct GroupSpec {
 }
 
 impl GroupSpec {
+    /// Every DNS label the group answers for: its name, then its aliases.
+    pub fn dns_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.dns_name.as_str()).chain(self.dns_aliases.iter().map(String::as_str))
+    }
+
     /// The allocation role the group's apps run under in every cell.
     pub fn role(&self) -> &str {
         if self.tenant.is_empty() { &self.name } else { &self.tenant }
@@ -415,6 +423,14 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
     if !valid_label(&spec.dns_name) {
         errs.push(format!("group {g:?}: dns_name {:?} must be one DNS label of [a-z0-9-]", spec.dns_name));
     }
+    let mut seen = std::collections::BTreeSet::from([spec.dns_name.as_str()]);
+    for alias in &spec.dns_aliases {
+        if !valid_label(alias) {
+            errs.push(format!("group {g:?}: dns alias {alias:?} must be one DNS label of [a-z0-9-]"));
+        } else if !seen.insert(alias) {
+            errs.push(format!("group {g:?}: dns alias {alias:?} repeats the group's dns_name or another alias"));
+        }
+    }
     if spec.ttl_s == 0 || spec.ttl_s > 86_400 {
         errs.push(format!("group {g:?}: ttl_s {} must be between 1 and 86400", spec.ttl_s));
     }
@@ -531,6 +547,7 @@ mod tests {
         let group = |apps| GroupSpec {
             name: "g".into(),
             dns_name: "g".into(),
+            dns_aliases: vec![],
             ttl_s: 5,
             tier: 0,
             home_site: "s".into(),
@@ -566,6 +583,7 @@ mod tests {
         let spec = GroupSpec {
             name: "Bad Name".into(),
             dns_name: "".into(),
+            dns_aliases: vec![],
             ttl_s: 0,
             tier: 0,
             home_site: "site-1".into(),

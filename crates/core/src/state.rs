@@ -117,14 +117,7 @@ impl State {
                 if !self.sites.contains_key(&spec.home_site) {
                     errs.push(format!("group {:?}: home_site {:?} is not a known site", spec.name, spec.home_site));
                 }
-                if let Some(other) =
-                    self.groups.values().find(|g| g.spec.dns_name == spec.dns_name && g.spec.name != spec.name)
-                {
-                    errs.push(format!(
-                        "group {:?}: dns_name {:?} is already used by group {:?}",
-                        spec.name, spec.dns_name, other.spec.name
-                    ));
-                }
+                errs.extend(self.dns_name_clashes(spec));
                 if !errs.is_empty() {
                     return Err(Refusal::Invalid(errs.join("; ")));
                 }
@@ -531,7 +524,8 @@ impl State {
         }
         let group = self.groups.get_mut(&spec.name).expect("plan_group_update checked the group exists");
         let before = group.spec.clone();
-        let dns_changed = before.dns_name != spec.dns_name || before.ttl_s != spec.ttl_s;
+        let dns_changed =
+            before.dns_name != spec.dns_name || before.dns_aliases != spec.dns_aliases || before.ttl_s != spec.ttl_s;
         group.previous_spec = Some(before.clone());
         group.spec = spec.clone();
         group.placement = Placement { sites: update.placement, epoch: index };
@@ -591,6 +585,20 @@ impl State {
     /// that takes the group's traffic; an app whose count did not change keeps each site's
     /// current count (a switchover or scaling decision stands); a new app starts on the sites
     /// taking traffic; a removed app stops everywhere.
+    /// The DNS labels of `spec` (name and aliases) that another group already answers for.
+    fn dns_name_clashes(&self, spec: &GroupSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        for other in self.groups.values().filter(|g| g.spec.name != spec.name) {
+            for name in spec.dns_names().filter(|n| other.spec.dns_names().any(|o| o == *n)) {
+                out.push(format!(
+                    "group {:?}: DNS name {name:?} is already used by group {:?}",
+                    spec.name, other.spec.name
+                ));
+            }
+        }
+        out
+    }
+
     pub fn plan_group_update(&self, spec: &GroupSpec, now_ms: u64) -> Result<GroupUpdate, Refusal> {
         let current = self.groups.get(&spec.name).ok_or_else(|| Refusal::UnknownGroup(spec.name.clone()))?;
         let sites: Vec<&str> = current.placement.sites.keys().map(String::as_str).collect();
@@ -599,13 +607,7 @@ impl State {
         if !self.sites.contains_key(&spec.home_site) {
             errs.push(format!("group {:?}: home_site {:?} is not a known site", spec.name, spec.home_site));
         }
-        if let Some(other) = self.groups.values().find(|g| g.spec.dns_name == spec.dns_name && g.spec.name != spec.name)
-        {
-            errs.push(format!(
-                "group {:?}: dns_name {:?} is already used by group {:?}",
-                spec.name, spec.dns_name, other.spec.name
-            ));
-        }
+        errs.extend(self.dns_name_clashes(spec));
         if !errs.is_empty() {
             return Err(Refusal::Invalid(errs.join("; ")));
         }
@@ -616,6 +618,9 @@ impl State {
         let mut changes = Vec::new();
         if old.dns_name != spec.dns_name {
             changes.push(format!("dns_name {} -> {}", old.dns_name, spec.dns_name));
+        }
+        if old.dns_aliases != spec.dns_aliases {
+            changes.push(format!("dns_aliases {:?} -> {:?}", old.dns_aliases, spec.dns_aliases));
         }
         if old.ttl_s != spec.ttl_s {
             changes.push(format!("ttl_s {} -> {}", old.ttl_s, spec.ttl_s));

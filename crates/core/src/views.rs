@@ -25,6 +25,8 @@ pub struct RouteEntry {
     pub services: Vec<RouteService>,
     /// TXT strings published at the name.
     pub txt: Vec<String>,
+    /// For an alias: the name it is a CNAME to (then it has no targets, services or TXT).
+    pub cname: Option<String>,
 }
 
 /// One SRV record: an instance's port on a host named in the same table.
@@ -98,6 +100,7 @@ fn service_entries(state: &State) -> Vec<RouteEntry> {
             targets: vec![RouteTarget { site: site.clone(), addresses, weight: 1, healthy: true }],
             services: Vec::new(),
             txt: Vec::new(),
+            cname: None,
         });
         let services = eps
             .iter()
@@ -115,6 +118,7 @@ fn service_entries(state: &State) -> Vec<RouteEntry> {
             targets: Vec::new(),
             services,
             txt: Vec::new(),
+            cname: None,
         });
         for (node, address, _) in eps {
             let ttl = hosts.get(&(node.clone(), site.clone())).map_or(ttl_s, |(_, t)| (*t).min(ttl_s));
@@ -129,6 +133,7 @@ fn service_entries(state: &State) -> Vec<RouteEntry> {
             targets: vec![RouteTarget { site: site.clone(), addresses: vec![address], weight: 1, healthy: true }],
             services: Vec::new(),
             txt: Vec::new(),
+            cname: None,
         });
     }
     entries
@@ -159,7 +164,8 @@ pub fn unhealthy_placements(state: &State) -> BTreeSet<(String, String)> {
 
 /// The routing table: for each group's DNS name, every site of its placement with that site's
 /// ingress addresses, traffic weight and health, and a TXT record per site stating the same
-/// (`site=<site> weight=<w> healthy=<yes|no>`) so operators can read what a DNS server serves.
+/// (`site=<site> weight=<w> healthy=<yes|no>`) so operators can read what a DNS server serves;
+/// each of the group's aliases as a CNAME to its name.
 /// Sites with weight 0 are listed so that receivers can see them being drained; they get no
 /// traffic.
 pub fn routing_table(state: &State) -> RoutingView {
@@ -194,9 +200,23 @@ pub fn routing_table(state: &State) -> RoutingView {
                 targets,
                 services: Vec::new(),
                 txt,
+                cname: None,
             }
         })
         .collect::<Vec<_>>();
+    for g in state.groups.values() {
+        for alias in &g.spec.dns_aliases {
+            entries.push(RouteEntry {
+                name: alias.clone(),
+                group: g.spec.name.clone(),
+                ttl_s: g.spec.ttl_s,
+                targets: Vec::new(),
+                services: Vec::new(),
+                txt: Vec::new(),
+                cname: Some(g.spec.dns_name.clone()),
+            });
+        }
+    }
     entries.extend(service_entries(state));
     RoutingView { version: state.routing_version, epoch: state.routing_version, entries }
 }

@@ -29,6 +29,7 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
     GroupSpec {
         name: name.into(),
         dns_name: name.into(),
+        dns_aliases: vec![],
         ttl_s: 5,
         tier: 1,
         home_site: "site-1".into(),
@@ -923,4 +924,37 @@ fn a_site_whose_cell_has_not_reported_the_group_counts_as_healthy() {
     let f = Fed::new();
     let rt = routing_table(&f.state);
     assert!(rt.entries.iter().find(|e| e.name == "crm-web").unwrap().targets.iter().all(|t| t.healthy));
+}
+
+#[test]
+fn dns_aliases_are_cnames_to_the_group_name_and_may_not_take_another_groups_name() {
+    let mut f = Fed::new();
+    let version = f.state.routing_version;
+    let mut spec = group("crm-web", 2, 100);
+    spec.dns_aliases = vec!["crm".into(), "www-crm".into()];
+    update(&mut f, spec).unwrap();
+    assert!(f.state.routing_version > version, "new names are a new routing version");
+    let rt = routing_table(&f.state);
+    let aliases: Vec<(&str, Option<&str>)> =
+        rt.entries.iter().filter(|e| e.cname.is_some()).map(|e| (e.name.as_str(), e.cname.as_deref())).collect();
+    assert_eq!(aliases, [("crm", Some("crm-web")), ("www-crm", Some("crm-web"))]);
+    assert!(rt.entries.iter().filter(|e| e.cname.is_some()).all(|e| e.targets.is_empty() && e.txt.is_empty()));
+
+    // Another group may not register or take a name crm-web answers for, either way round.
+    let mut other = group("billing", 1, 100);
+    other.dns_name = "crm".into();
+    let err = f.propose("system:config", Action::RegisterGroup(other)).unwrap_err();
+    assert!(err.to_string().contains("DNS name \"crm\" is already used by group \"crm-web\""), "{err}");
+    let mut other = group("billing", 1, 100);
+    other.dns_aliases = vec!["www-crm".into()];
+    let err = f.propose("system:config", Action::RegisterGroup(other)).unwrap_err();
+    assert!(err.to_string().contains("\"www-crm\""), "{err}");
+    // Invalid or repeated aliases are refused with the reason, and change nothing.
+    let before = f.state.clone();
+    let mut bad = group("crm-web", 2, 100);
+    bad.dns_aliases = vec!["Not A Label".into(), "crm-web".into()];
+    let err = update(&mut f, bad).unwrap_err().to_string();
+    assert!(err.contains("dns alias \"Not A Label\" must be one DNS label"), "{err}");
+    assert!(err.contains("repeats the group's dns_name"), "{err}");
+    assert_eq!(f.state.groups, before.groups);
 }

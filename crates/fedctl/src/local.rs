@@ -257,6 +257,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
         GroupSpec {
             name: "crm-web".into(),
             dns_name: "crm-web".into(),
+            dns_aliases: vec![],
             ttl_s: 5,
             tier: 1,
             home_site: home.into(),
@@ -266,6 +267,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
         GroupSpec {
             name: "mobile-app".into(),
             dns_name: "mobile-app".into(),
+            dns_aliases: vec![],
             ttl_s: 5,
             tier: 2,
             home_site: home.into(),

@@ -144,8 +144,10 @@ impl FederatorConfig {
             if !groups.insert(&g.name) {
                 p.push(format!("group {:?} is declared twice", g.name));
             }
-            if !dns.insert(&g.dns_name) {
-                p.push(format!("group {:?}: dns_name {:?} is used by another group", g.name, g.dns_name));
+            for name in g.dns_names() {
+                if !dns.insert(name) {
+                    p.push(format!("group {:?}: DNS name {name:?} is used by another group", g.name));
+                }
             }
             if !names.contains(&g.home_site) {
                 p.push(format!("group {:?}: home_site {:?} is not a declared site", g.name, g.home_site));

@@ -148,7 +148,7 @@ pub fn routing_to_proto(v: &RoutingView, zone: &str) -> routing::RoutingTable {
                     })
                     .collect(),
                 txt: e.txt.clone(),
-                cname: String::new(),
+                cname: e.cname.clone().unwrap_or_default(),
                 services: e
                     .services
                     .iter()

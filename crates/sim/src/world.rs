@@ -116,6 +116,7 @@ pub(crate) fn group_spec(i: usize, home: &str) -> GroupSpec {
     GroupSpec {
         name: format!("g{i}"),
         dns_name: format!("g{i}"),
+        dns_aliases: vec![],
         ttl_s: 1,
         tier: 1,
         home_site: home.to_string(),
