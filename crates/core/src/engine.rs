@@ -71,6 +71,48 @@ pub fn reserved_on(state: &State, site: &str) -> Resources {
         .fold(Resources::default(), Resources::plus)
 }
 
+/// One entry per instance that running operations into `site` still expect its cell to start
+/// (their target counts minus what the site's last report shows of their groups), with that
+/// instance's resources.
+fn pending_instances(state: &State, site: &str) -> Vec<Resources> {
+    let report = state.reports.get(site).map(|r| &r.report);
+    let mut out = Vec::new();
+    for o in state.operations.values().filter(|o| o.is_running() && o.to == site) {
+        let Some(g) = state.groups.get(&o.group) else { continue };
+        let shown = report.and_then(|r| r.groups.get(&o.group));
+        let missing: BTreeMap<AppName, u32> = o
+            .target_instances
+            .iter()
+            .map(|(app, n)| {
+                let present = shown.and_then(|s| s.apps.get(app)).map_or(0, |a| a.instances.len() as u32);
+                (app.clone(), n.saturating_sub(present))
+            })
+            .collect();
+        out.extend(g.instances_of(&missing));
+    }
+    out
+}
+
+/// Best-fit decreasing: places each instance (largest first) on the node it leaves with the
+/// least room (CPU, then memory; the first such node on a tie). A cell's scheduler may place
+/// differently (constraints, spreading); this answers whether a placement exists as far as
+/// sizes go. Err: an instance that fits on no node.
+pub fn fits_on_nodes(mut nodes: Vec<Resources>, mut instances: Vec<Resources>) -> Result<(), Resources> {
+    instances.sort_by_key(|r| std::cmp::Reverse((r.cpu_millis, r.mem_mib, r.disk_mib)));
+    for instance in instances {
+        let node = nodes
+            .iter_mut()
+            .filter(|free| instance.fits_in(**free))
+            .min_by_key(|free| {
+                let left = free.saturating_sub(instance);
+                (left.cpu_millis, left.mem_mib, left.disk_mib)
+            })
+            .ok_or(instance)?;
+        *node = node.saturating_sub(instance);
+    }
+    Ok(())
+}
+
 /// Preflight of a planned switchover of `group` to `to` at leader time `at_ms`. Used both by the
 /// API before proposing (to answer quickly) and by `apply` (authoritative, atomic with the
 /// capacity reservation), so the two can never disagree.
@@ -121,6 +163,21 @@ pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Resu
     let free = fresh.report.free().saturating_sub(reserved_on(state, to));
     if !needed.fits_in(free) {
         return Err(Refusal::InsufficientCapacity { site: to.to_string(), group: group.to_string(), needed, free });
+    }
+    // Enough in total is not enough: every instance must fit on one node, next to the
+    // instances other running operations have reserved there.
+    let nodes: Vec<Resources> = fresh
+        .report
+        .nodes
+        .iter()
+        .filter(|n| n.healthy && !n.unschedulable)
+        .map(|n| n.capacity.saturating_sub(n.allocated))
+        .collect();
+    let mut instances = pending_instances(state, to);
+    instances.extend(g.instances_of(&missing));
+    if let Err(instance) = fits_on_nodes(nodes.clone(), instances) {
+        let largest = nodes.iter().copied().max_by_key(|r| (r.cpu_millis, r.mem_mib, r.disk_mib)).unwrap_or_default();
+        return Err(Refusal::Fragmented { site: to.to_string(), group: group.to_string(), instance, free, largest });
     }
     Ok(SwitchoverPlan {
         from,

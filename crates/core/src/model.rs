@@ -346,6 +346,15 @@ pub struct AppGroup {
 
 impl AppGroup {
     /// Resources needed to run `instances` (per app) of this group.
+    /// One entry per instance in `instances` (app → count), with that app's resources.
+    pub fn instances_of(&self, instances: &BTreeMap<AppName, u32>) -> Vec<Resources> {
+        self.spec
+            .apps
+            .iter()
+            .flat_map(|a| std::iter::repeat_n(a.resources, instances.get(&a.name).copied().unwrap_or(0) as usize))
+            .collect()
+    }
+
     pub fn demand(&self, instances: &BTreeMap<AppName, u32>) -> Resources {
         self.spec
             .apps

@@ -170,6 +170,11 @@ pub enum Refusal {
     NoFreshReport { site: String, age: String },
     #[error("site {site:?} lacks capacity for group {group:?}: needs {needed}, has {free} free")]
     InsufficientCapacity { site: String, group: String, needed: Resources, free: Resources },
+    #[error(
+        "site {site:?} has {free} free in all but no node with room for one instance of group {group:?} \
+         ({instance}); the largest free space on one node is {largest}"
+    )]
+    Fragmented { site: String, group: String, instance: Resources, free: Resources, largest: Resources },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("{subject} is frozen ({scope}, by {actor}: {reason}); clear the freeze first")]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use switchyard_core::audit::verify_chain;
-use switchyard_core::engine::{EngineConfig, decide, operation_blocker};
+use switchyard_core::engine::{EngineConfig, decide, fits_on_nodes, operation_blocker};
 use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, Resources, SiteSpec};
 use switchyard_core::views::{desired_for_site, routing_table};
 use switchyard_core::{
@@ -957,4 +957,108 @@ fn dns_aliases_are_cnames_to_the_group_name_and_may_not_take_another_groups_name
     assert!(err.contains("dns alias \"Not A Label\" must be one DNS label"), "{err}");
     assert!(err.contains("repeats the group's dns_name"), "{err}");
     assert_eq!(f.state.groups, before.groups);
+}
+
+/// A report from `site` with one healthy node per entry of `free_cpu` (that much CPU free,
+/// plenty of memory) and no groups.
+fn nodes_report(f: &Fed, site: &str, free_cpu: &[u64]) -> CellReport {
+    CellReport {
+        site: site.into(),
+        applied_epoch: f.state.max_epoch(),
+        nodes: free_cpu
+            .iter()
+            .enumerate()
+            .map(|(i, cpu)| NodeReport {
+                node_id: format!("{site}-n{i}"),
+                address: format!("127.0.0.{}", i + 10),
+                capacity: Resources { cpu_millis: *cpu, mem_mib: 65_536, disk_mib: 0 },
+                allocated: Resources::default(),
+                healthy: true,
+                unschedulable: false,
+            })
+            .collect(),
+        groups: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn capacity_must_fit_on_nodes_not_just_in_total() {
+    let mut f = Fed::new();
+    // One 300-millicore instance; site-2 has 500 free but split 250 + 250.
+    let mut big = group("big", 1, 300);
+    big.dns_name = "big".into();
+    f.ok("system:config", Action::RegisterGroup(big));
+    f.report("site-1", 4000, &[("crm-web", 2, 0), ("big", 1, 0)]);
+    let r = nodes_report(&f, "site-2", &[250, 250]);
+    f.ok("cell:site-2", Action::CellReport(r));
+    let before = f.state.clone();
+    let err = f.start("big", "site-2").unwrap_err();
+    assert!(matches!(&err, Refusal::Fragmented { site, .. } if site == "site-2"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("no node with room for one instance") && text.contains("largest free space on one node is 250"),
+        "{text}"
+    );
+    assert!(same_except_index(&before, &f.state), "a refusal changes nothing");
+    // Two 100-millicore instances of crm-web fit, one per node.
+    assert!(f.start("crm-web", "site-2").is_ok());
+}
+
+#[test]
+fn concurrent_moves_never_over_commit_a_target_node_by_node() {
+    // 15 one-instance groups leave site-1 for two targets whose nodes hold 10 and 5 of them.
+    let mut f = Fed::new();
+    let names: Vec<String> = (0..15).map(|i| format!("g{i:02}")).collect();
+    for n in &names {
+        let mut g = group(n, 1, 100);
+        g.dns_name = n.clone();
+        f.ok("system:config", Action::RegisterGroup(g));
+    }
+    let on_site_1: Vec<(&str, u32, u32)> = names.iter().map(|n| (n.as_str(), 1, 0)).collect();
+    f.report("site-1", 10_000, &on_site_1);
+    // site-2: 10 slots as 4 + 3 + 3 nodes (with 50 left over on each, never enough for one).
+    f.ok("cell:site-2", Action::CellReport(nodes_report(&f, "site-2", &[450, 350, 350])));
+    // site-3: 5 slots as 2 + 3.
+    f.ok("cell:site-3", Action::CellReport(nodes_report(&f, "site-3", &[250, 350])));
+    // Two evacuations race: every group tries site-2, then site-3 when refused.
+    let mut to2 = 0;
+    let mut to3 = 0;
+    let mut refused = 0;
+    for n in &names {
+        match f.start(n, "site-2") {
+            Ok(_) => to2 += 1,
+            Err(Refusal::Fragmented { .. } | Refusal::InsufficientCapacity { .. }) => match f.start(n, "site-3") {
+                Ok(_) => to3 += 1,
+                Err(Refusal::Fragmented { .. } | Refusal::InsufficientCapacity { .. }) => refused += 1,
+                Err(other) => panic!("{other}"),
+            },
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((to2, to3, refused), (10, 5, 0), "exactly the slots there are, no more");
+    // A sixteenth group finds no room anywhere, and is told so before anything changes.
+    let mut extra = group("extra", 1, 100);
+    extra.dns_name = "extra".into();
+    f.ok("system:config", Action::RegisterGroup(extra));
+    let mut all: Vec<(&str, u32, u32)> = on_site_1.clone();
+    all.push(("extra", 1, 0));
+    f.report("site-1", 10_000, &all);
+    for site in ["site-2", "site-3"] {
+        let before = f.state.clone();
+        assert!(f.start("extra", site).is_err(), "{site} is full");
+        assert!(same_except_index(&before, &f.state));
+    }
+}
+
+#[test]
+fn instances_go_largest_first_to_the_tightest_node() {
+    let r = |cpu| Resources { cpu_millis: cpu, mem_mib: 1, disk_mib: 0 };
+    let node = |cpu| Resources { cpu_millis: cpu, mem_mib: 1_000, disk_mib: 0 };
+    assert_eq!(fits_on_nodes(vec![node(400), node(300)], vec![r(200), r(300), r(200)]), Ok(()));
+    // 350 goes to the 350 node (tightest), leaving 400 for both 200s; first fit would have put
+    // 350 on the 400 node and found no room for the second 200.
+    assert_eq!(fits_on_nodes(vec![node(400), node(350)], vec![r(200), r(200), r(350)]), Ok(()));
+    assert_eq!(fits_on_nodes(vec![node(250), node(250)], vec![r(300)]), Err(r(300)));
+    assert_eq!(fits_on_nodes(vec![node(100)], vec![r(60), r(60)]), Err(r(60)));
+    assert_eq!(fits_on_nodes(vec![], vec![]), Ok(()));
 }
