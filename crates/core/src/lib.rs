@@ -11,6 +11,7 @@ pub mod audit;
 pub mod engine;
 pub mod model;
 pub mod operation;
+pub mod plan;
 pub mod proposal;
 pub mod report;
 pub mod state;

@@ -1062,3 +1062,127 @@ fn instances_go_largest_first_to_the_tightest_node() {
     assert_eq!(fits_on_nodes(vec![node(100)], vec![r(60), r(60)]), Err(r(60)));
     assert_eq!(fits_on_nodes(vec![], vec![]), Ok(()));
 }
+
+mod planning {
+    use super::*;
+    use switchyard_core::plan::{MoveScope, PlanEstimates, plan_moves};
+
+    fn plan(f: &Fed, scope: MoveScope, to: &str) -> Result<switchyard_core::plan::MovePlan, Refusal> {
+        plan_moves(&f.state, &scope, to, f.now, &f.cfg, &PlanEstimates::default())
+    }
+
+    /// site-1 runs crm-web (tier 1) plus `n` one-instance groups of 100 millicores at tier 2.
+    fn busy(n: usize) -> Fed {
+        let mut f = Fed::new();
+        let names: Vec<String> = (0..n).map(|i| format!("g{i:02}")).collect();
+        for name in &names {
+            let mut g = group(name, 1, 100);
+            g.dns_name = name.clone();
+            g.tier = 2;
+            f.ok("system:config", Action::RegisterGroup(g));
+        }
+        let mut on: Vec<(&str, u32, u32)> = names.iter().map(|n| (n.as_str(), 1, 0)).collect();
+        on.push(("crm-web", 2, 0));
+        f.report("site-1", 10_000, &on);
+        f
+    }
+
+    #[test]
+    fn an_evacuation_lists_every_group_on_the_site_most_critical_tier_first() {
+        let mut f = busy(3);
+        f.report("site-2", 10_000, &[]);
+        let p = plan(&f, MoveScope::Site("site-1".into()), "site-2").unwrap();
+        let order: Vec<&str> = p.groups.iter().map(|g| g.group.as_str()).collect();
+        assert_eq!(order, ["crm-web", "g00", "g01", "g02"]);
+        assert!(p.go, "{:?}", p.reasons);
+        let crm = &p.groups[0];
+        let phases: Vec<&str> = crm.steps.iter().map(|s| s.phase.as_str()).collect();
+        assert_eq!(phases, ["ScalingUp", "Verifying", "TrafficShift", "Draining", "ScalingDown"]);
+        assert!(crm.steps[0].detail.contains("start 2 instances on site-2 (web=2)"), "{:?}", crm.steps[0]);
+        assert_eq!(crm.steps[3].expected_ms, 5_000 + f.cfg.drain_ms, "one TTL (5 s) plus the drain time");
+        assert_eq!(crm.predicted_ms, crm.steps.iter().map(|s| s.expected_ms).sum::<u64>());
+        assert_eq!(p.predicted_ms, p.groups.iter().map(|g| g.predicted_ms).max().unwrap());
+        assert_eq!(p.needed.cpu_millis, 200 + 3 * 100);
+    }
+
+    #[test]
+    fn a_plan_that_does_not_fit_is_no_go_with_reasons_and_changes_nothing() {
+        let mut f = busy(14);
+        // site-2 holds 10 instances of 100 on its nodes; crm-web (2) and g00..g07 fit.
+        f.ok("cell:site-2", Action::CellReport(nodes_report(&f, "site-2", &[450, 350, 350])));
+        let before = f.state.clone();
+        let p = plan(&f, MoveScope::Site("site-1".into()), "site-2").unwrap();
+        assert_eq!(f.state, before, "planning is a dry run");
+        assert!(!p.go);
+        let refused: Vec<&str> = p.groups.iter().filter(|g| g.refusal.is_some()).map(|g| g.group.as_str()).collect();
+        assert_eq!(refused, ["g08", "g09", "g10", "g11", "g12", "g13"]);
+        assert_eq!(p.reasons.len(), 6);
+        assert!(p.reasons[0].starts_with("g08: site \"site-2\""), "{}", p.reasons[0]);
+    }
+
+    #[test]
+    fn the_plan_is_what_starting_the_same_moves_does() {
+        let mut f = busy(6);
+        f.ok("cell:site-2", Action::CellReport(nodes_report(&f, "site-2", &[350, 250])));
+        let scope: Vec<String> = ["g03", "crm-web", "g00", "g05", "g01"].iter().map(|s| s.to_string()).collect();
+        let p = plan(&f, MoveScope::Groups(scope.clone()), "site-2").unwrap();
+        for (name, planned) in scope.iter().zip(&p.groups) {
+            assert_eq!(&planned.group, name, "the order given is kept");
+            match (f.start(name, "site-2"), &planned.refusal) {
+                (Ok(Applied::OperationStarted { id }), None) => {
+                    let op = f.op(&id);
+                    assert_eq!(op.reserved, planned.needed, "{name}");
+                    let n: u32 = op.target_instances.values().sum();
+                    assert!(planned.steps[0].detail.contains(&format!("start {n} instances")), "{name}");
+                }
+                (Err(real), Some(planned)) => assert_eq!(&real.to_string(), planned, "{name}"),
+                (real, planned) => panic!("{name}: plan said {planned:?}, execution gave {real:?}"),
+            }
+        }
+        assert!(!p.go, "five instances of 100 do not fit 350 + 250 by node: {:?}", p.reasons);
+    }
+
+    #[test]
+    fn the_plan_id_follows_the_plan_not_the_clock_or_free_capacity() {
+        let mut f = busy(2);
+        f.report("site-2", 10_000, &[]);
+        let scope = MoveScope::Groups(vec!["crm-web".into()]);
+        let first = plan(&f, scope.clone(), "site-2").unwrap();
+        // A new report with more free capacity, a little later: same plan, same id.
+        f.now += 1_000;
+        f.report("site-2", 12_000, &[]);
+        assert_eq!(plan(&f, scope.clone(), "site-2").unwrap().id, first.id);
+        // The group's instance count changes: a different plan.
+        f.report("site-1", 10_000, &[("crm-web", 2, 0), ("g00", 1, 0), ("g01", 1, 0)]);
+        f.ok(
+            OPERATOR,
+            Action::ScaleApp {
+                group: "crm-web".into(),
+                app: "web".into(),
+                site: "site-1".into(),
+                instances: 3,
+                reason: "peak".into(),
+            },
+        );
+        assert_ne!(plan(&f, scope, "site-2").unwrap().id, first.id);
+    }
+
+    #[test]
+    fn requests_that_name_nothing_are_refused() {
+        let f = busy(1);
+        assert!(matches!(plan(&f, MoveScope::Groups(vec![]), "site-2"), Err(Refusal::Invalid(_))));
+        assert!(matches!(plan(&f, MoveScope::Groups(vec!["nope".into()]), "site-2"), Err(Refusal::UnknownGroup(_))));
+        assert!(matches!(plan(&f, MoveScope::Site("site-1".into()), "site-9"), Err(Refusal::UnknownSite(_))));
+        assert!(matches!(plan(&f, MoveScope::Site("site-1".into()), "site-1"), Err(Refusal::Invalid(_))));
+        // A frozen group is a no-go line with the freeze's reason, not an error.
+        let mut f = busy(1);
+        f.report("site-2", 10_000, &[]);
+        f.ok(
+            "dr-admin:dana",
+            Action::SetFreeze { scope: FreezeScope::Group("g00".into()), reason: "audit week".into(), until_ms: None },
+        );
+        let p = plan(&f, MoveScope::Site("site-1".into()), "site-2").unwrap();
+        assert!(!p.go);
+        assert!(p.reasons.iter().any(|r| r.starts_with("g00:") && r.contains("audit week")), "{:?}", p.reasons);
+    }
+}

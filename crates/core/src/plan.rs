@@ -1,0 +1,228 @@
+//! Planned moves as a dry run: what a switchover of one group, several groups, or every group
+//! of a site would do, computed on the execution path itself. The planner applies each
+//! group's `StartSwitchover` to a copy of the committed state with [`State::apply`], so the
+//! preflight, the capacity reservations that earlier groups of the same plan take, and every
+//! refusal are exactly what starting them for real would meet. Pure: no clock (the caller
+//! passes the leader time), no I/O.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::engine::{EngineConfig, plan_switchover};
+use crate::model::Resources;
+use crate::proposal::{Action, Proposal, Refusal};
+use crate::state::State;
+
+/// Which groups to move.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveScope {
+    /// These groups, in this order.
+    Groups(Vec<String>),
+    /// Every group whose traffic is on this site (evacuation), most critical tier first.
+    Site(String),
+}
+
+/// Estimates the planner adds to the engine's own timings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanEstimates {
+    /// Time for the target's instances to start and turn healthy.
+    pub startup_ms: u64,
+    /// Time for the source's instances to stop once told.
+    pub scale_down_ms: u64,
+}
+
+impl Default for PlanEstimates {
+    fn default() -> Self {
+        Self { startup_ms: 30_000, scale_down_ms: 10_000 }
+    }
+}
+
+/// One step of a group's move, in execution order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    /// The engine phase that performs it (`ScalingUp`, `Verifying`, `TrafficShift`,
+    /// `Draining`, `ScalingDown`).
+    pub phase: String,
+    pub detail: String,
+    pub expected_ms: u64,
+}
+
+/// One group's part of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPlan {
+    pub group: String,
+    pub tier: u32,
+    /// The site its traffic leaves, when it has exactly one.
+    pub from: Option<String>,
+    /// Why this group cannot move now; `None` when it can.
+    pub refusal: Option<String>,
+    pub steps: Vec<PlannedStep>,
+    /// Capacity the move reserves on the target.
+    pub needed: Resources,
+    pub predicted_ms: u64,
+}
+
+/// A whole plan: every group's steps, the capacity picture, and go or no-go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovePlan {
+    /// Digest of everything below: the same request on an unchanged federation gives the same
+    /// id, and `start --plan ID` refuses when the plan it would execute is no longer this one.
+    pub id: String,
+    pub to: String,
+    pub groups: Vec<GroupPlan>,
+    /// Every group can move.
+    pub go: bool,
+    /// One line per group that cannot.
+    pub reasons: Vec<String>,
+    /// The target's free capacity (after running operations' reservations) before the plan.
+    pub target_free: Resources,
+    /// What the plan reserves there in all.
+    pub needed: Resources,
+    /// Moves run side by side, so the plan takes as long as its slowest group.
+    pub predicted_ms: u64,
+}
+
+/// Plans moving `scope` to `to` at leader time `at_ms`. Err only for a request that names
+/// nothing to plan (unknown target or source site, no groups); a group that cannot move is a
+/// no-go line in the plan, not an error.
+pub fn plan_moves(
+    state: &State,
+    scope: &MoveScope,
+    to: &str,
+    at_ms: u64,
+    cfg: &EngineConfig,
+    estimates: &PlanEstimates,
+) -> Result<MovePlan, Refusal> {
+    if !state.sites.contains_key(to) {
+        return Err(Refusal::UnknownSite(to.to_string()));
+    }
+    let groups: Vec<String> = match scope {
+        MoveScope::Groups(groups) => {
+            if groups.is_empty() {
+                return Err(Refusal::Invalid("name at least one group to plan".into()));
+            }
+            if let Some(g) = groups.iter().find(|g| !state.groups.contains_key(*g)) {
+                return Err(Refusal::UnknownGroup(g.clone()));
+            }
+            groups.clone()
+        }
+        MoveScope::Site(site) => {
+            if !state.sites.contains_key(site) {
+                return Err(Refusal::UnknownSite(site.clone()));
+            }
+            if site == to {
+                return Err(Refusal::Invalid(format!("an evacuation of {site:?} needs another target site")));
+            }
+            groups_on_site(state, site)
+        }
+    };
+    let mut sim = state.clone();
+    let target_free = free_on(state, to);
+    let mut out = Vec::with_capacity(groups.len());
+    for name in &groups {
+        let g = &state.groups[name];
+        let active = g.placement.active_sites();
+        let from = match active.as_slice() {
+            [one] => Some((*one).clone()),
+            _ => None,
+        };
+        let mut plan = GroupPlan {
+            group: name.clone(),
+            tier: g.spec.tier,
+            from: from.clone(),
+            refusal: None,
+            steps: vec![],
+            needed: Resources::default(),
+            predicted_ms: 0,
+        };
+        // Preflight on the copy (it sees the reservations of the groups planned before),
+        // then the real apply, which reserves for the next ones.
+        let preflight = plan_switchover(&sim, name, to, at_ms);
+        let start = Action::StartSwitchover { group: name.clone(), to: to.to_string(), reason: "plan".into() };
+        let index = sim.last_applied + 1;
+        match preflight.and_then(|p| sim.apply(index, &Proposal::new(at_ms, "planner", start)).map(|_| p)) {
+            Err(refusal) => plan.refusal = Some(refusal.to_string()),
+            Ok(p) => {
+                let apps: Vec<String> = p.target_instances.iter().map(|(a, n)| format!("{a}={n}")).collect();
+                let ttl_ms = u64::from(g.spec.ttl_s) * 1_000;
+                plan.needed = p.reserved;
+                plan.steps = vec![
+                    PlannedStep {
+                        phase: "ScalingUp".into(),
+                        detail: format!("start {} instances on {to} ({})", p.total_instances(), apps.join(", ")),
+                        expected_ms: estimates.startup_ms,
+                    },
+                    PlannedStep {
+                        phase: "Verifying".into(),
+                        detail: "every target instance healthy for the verify window".into(),
+                        expected_ms: cfg.verify_window_ms,
+                    },
+                    PlannedStep {
+                        phase: "TrafficShift".into(),
+                        detail: format!("DNS and load-balancer weights: {} 100 → 0, {to} 0 → 100", p.from),
+                        expected_ms: 0,
+                    },
+                    PlannedStep {
+                        phase: "Draining".into(),
+                        detail: format!("wait one TTL ({}s) plus the drain time for cached answers", g.spec.ttl_s),
+                        expected_ms: ttl_ms + cfg.drain_ms,
+                    },
+                    PlannedStep {
+                        phase: "ScalingDown".into(),
+                        detail: format!("stop the group's instances on {}", p.from),
+                        expected_ms: estimates.scale_down_ms,
+                    },
+                ];
+                plan.predicted_ms = plan.steps.iter().map(|s| s.expected_ms).sum();
+            }
+        }
+        out.push(plan);
+    }
+    let reasons: Vec<String> =
+        out.iter().filter_map(|g| g.refusal.as_ref().map(|r| format!("{}: {r}", g.group))).collect();
+    let needed = out.iter().map(|g| g.needed).fold(Resources::default(), Resources::plus);
+    let predicted_ms = out.iter().map(|g| g.predicted_ms).max().unwrap_or(0);
+    let mut plan = MovePlan {
+        id: String::new(),
+        to: to.to_string(),
+        go: reasons.is_empty(),
+        reasons,
+        groups: out,
+        target_free,
+        needed,
+        predicted_ms,
+    };
+    plan.id = digest(&plan);
+    Ok(plan)
+}
+
+/// The groups whose traffic is on `site` alone, most critical (lowest) tier first, then by
+/// name. Groups that also take traffic elsewhere are listed too: the plan says why they cannot
+/// move as one switchover.
+pub fn groups_on_site(state: &State, site: &str) -> Vec<String> {
+    let mut groups: Vec<(&u32, &String)> = state
+        .groups
+        .values()
+        .filter(|g| g.placement.active_sites().iter().any(|s| *s == site))
+        .map(|g| (&g.spec.tier, &g.spec.name))
+        .collect();
+    groups.sort();
+    groups.into_iter().map(|(_, n)| n.clone()).collect()
+}
+
+fn free_on(state: &State, site: &str) -> Resources {
+    state
+        .reports
+        .get(site)
+        .map(|r| r.report.free())
+        .unwrap_or_default()
+        .saturating_sub(crate::engine::reserved_on(state, site))
+}
+
+fn digest(plan: &MovePlan) -> String {
+    // Not the free capacity: it moves with every cell report, while the plan stays the same.
+    let body = serde_json::to_vec(&(&plan.to, &plan.groups, plan.go)).expect("plan serialises");
+    let hash = Sha256::digest(&body);
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
