@@ -92,7 +92,26 @@ fn switchover_end_to_end_with_real_processes() {
     let ops = fedctl_json(&dir, &["switchover", "status"]);
     assert_eq!(ops.as_array().map(Vec::len), Some(0), "no operation was created: {ops}");
 
-    // The switchover, followed to the end.
+    // Plan first: a no-go to site-3 (exit status 1, the reason printed), a go to site-2.
+    let no_go = fedctl(&dir, &["switchover", "plan", "--group", "crm-web", "--to", "site-3"]);
+    let printed = String::from_utf8_lossy(&no_go.stdout);
+    assert!(!no_go.status.success() && printed.contains("NO-GO") && printed.contains("lacks capacity"), "{printed}");
+    let plan = fedctl_json(&dir, &["switchover", "plan", "--group", "crm-web", "--to", "site-2"]);
+    assert_eq!(plan["go"], true, "{plan}");
+    let phases: Vec<&str> =
+        plan["groups"][0]["steps"].as_array().unwrap().iter().map(|s| s["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["ScalingUp", "Verifying", "TrafficShift", "Draining", "ScalingDown"]);
+    let table = fedctl_ok(&dir, &["switchover", "plan", "--site", "site-1", "--to", "site-2"]);
+    assert!(table.contains("crm-web") && table.contains("mobile-app"), "an evacuation plans every group:\n{table}");
+    assert_eq!(ops_count(&dir), 0, "planning starts nothing");
+    let plan_id = plan["id"].as_str().unwrap().to_string();
+    refused(
+        &dir,
+        &["switchover", "start", "crm-web", "--to", "site-2", "--plan", "0123456789abcdef"],
+        "changed since plan",
+    );
+
+    // The switchover, started on the reviewed plan and followed to the end.
     let out = fedctl_ok(
         &dir,
         &[
@@ -101,6 +120,8 @@ fn switchover_end_to_end_with_real_processes() {
             "crm-web",
             "--to",
             "site-2",
+            "--plan",
+            &plan_id,
             "--reason",
             "CHG-1 power work",
             "--wait",
@@ -197,4 +218,8 @@ fn switchover_end_to_end_with_real_processes() {
     assert!(alive.is_empty(), "still running after down: {alive:?}");
     let tasks = task_processes(&dir);
     assert!(tasks.is_empty(), "app instances left behind: {tasks:?}");
+}
+
+fn ops_count(dir: &std::path::Path) -> usize {
+    fedctl_json(dir, &["switchover", "status"]).as_array().map_or(0, Vec::len)
 }

@@ -290,11 +290,32 @@ enum FreezeCmd {
 
 #[derive(Subcommand)]
 enum SwitchoverCmd {
+    /// Dry run: what moving groups (or every group of a site) to a site would do, step by step,
+    /// with the capacity it needs, the time it should take, and go or no-go. Changes nothing.
+    Plan {
+        /// One group to move.
+        #[arg(long, conflicts_with_all = ["groups", "site"])]
+        group: Option<String>,
+        /// Several groups, comma-separated, in the order to plan them.
+        #[arg(long, value_delimiter = ',', conflicts_with = "site")]
+        groups: Vec<String>,
+        /// Evacuate this site: every group whose traffic is on it, most critical tier first.
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        to: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Start moving GROUP to SITE: scale up there, verify, repoint DNS, drain, scale the source down.
     Start {
         group: String,
         #[arg(long)]
         to: String,
+        /// Start only if planning the move now gives this plan id (from `switchover plan`);
+        /// refused, with the new id, if the federation changed the plan since.
+        #[arg(long, default_value = "")]
+        plan: String,
         /// Why (ticket, change id); recorded in the audit history.
         #[arg(long, default_value = "")]
         reason: String,
@@ -446,9 +467,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Sites { output } => sites(&cfg_path, output).await,
         Cmd::Groups { output } => groups(&cfg_path, output).await,
-        Cmd::Switchover(SwitchoverCmd::Start { group, to, reason, wait, wait_timeout_s, output }) => {
-            switchover_start(&cfg_path, group, to, reason, wait.then(|| Duration::from_secs(wait_timeout_s)), output)
-                .await
+        Cmd::Switchover(SwitchoverCmd::Start { group, to, plan, reason, wait, wait_timeout_s, output }) => {
+            let request = pb::StartSwitchoverRequest { group, to_site: to, reason, plan_id: plan };
+            switchover_start(&cfg_path, request, wait.then(|| Duration::from_secs(wait_timeout_s)), output).await
+        }
+        Cmd::Switchover(SwitchoverCmd::Plan { group, groups, site, to, output }) => {
+            let groups = match group {
+                Some(g) => vec![g],
+                None => groups,
+            };
+            if groups.is_empty() == site.is_none() {
+                return Err(CliError::Usage(
+                    "give --group, --groups or --site (an evacuation), and only one of them".into(),
+                ));
+            }
+            switchover_plan(&cfg_path, groups, site.unwrap_or_default(), to, output).await
         }
         Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
         Cmd::Group(GroupCmd::Show { group }) => group_show(&cfg_path, group).await,
@@ -810,16 +843,69 @@ fn print_operation(o: &pb::Operation) {
     println!("{t}");
 }
 
+async fn switchover_plan(
+    cfg: &Path,
+    groups: Vec<String>,
+    from_site: String,
+    to_site: String,
+    output: Format,
+) -> Result<(), CliError> {
+    let reply = api(cfg).await?.plan_moves(pb::PlanMovesRequest { groups, from_site, to_site }).await?.into_inner();
+    if output == Format::Json {
+        println!("{}", reply.plan_json);
+        return Ok(());
+    }
+    let plan: switchyard_core::plan::MovePlan = serde_json::from_str(&reply.plan_json)
+        .map_err(|e| CliError::Failed(format!("the federator sent a plan this fedctl cannot read: {e}")))?;
+    let secs = |ms: u64| format!("{:.0}s", ms as f64 / 1000.0);
+    println!(
+        "plan {} → {}: {} group(s), needs {} of {} free; about {} (moves run side by side)",
+        plan.id,
+        plan.to,
+        plan.groups.len(),
+        plan.needed,
+        plan.target_free,
+        secs(plan.predicted_ms)
+    );
+    for g in &plan.groups {
+        let from = g.from.as_deref().unwrap_or("?");
+        match &g.refusal {
+            Some(r) => println!("\n  {} (tier {}, {from} → {}): NO-GO: {r}", g.group, g.tier, plan.to),
+            None => {
+                println!(
+                    "\n  {} (tier {}, {from} → {}): {} , about {}",
+                    g.group,
+                    g.tier,
+                    plan.to,
+                    g.needed,
+                    secs(g.predicted_ms)
+                );
+                for (i, step) in g.steps.iter().enumerate() {
+                    println!("    {}. {:<12} {:>5}  {}", i + 1, step.phase, secs(step.expected_ms), step.detail);
+                }
+            }
+        }
+    }
+    if plan.go {
+        println!("\nGO. Start with --plan {} to refuse if the plan changes first.", plan.id);
+        Ok(())
+    } else {
+        println!("\nNO-GO:");
+        for r in &plan.reasons {
+            println!("  - {r}");
+        }
+        Err(CliError::Failed("the plan is no-go; nothing was started".into()))
+    }
+}
+
 async fn switchover_start(
     cfg: &Path,
-    group: String,
-    to: String,
-    reason: String,
+    request: pb::StartSwitchoverRequest,
     wait: Option<Duration>,
     output: Format,
 ) -> Result<(), CliError> {
     let mut client = api(cfg).await?;
-    let op = client.start_switchover(pb::StartSwitchoverRequest { group, to_site: to, reason }).await?.into_inner();
+    let op = client.start_switchover(request).await?.into_inner();
     let Some(wait) = wait else {
         match output {
             Format::Json => println!("{}", json(&op)),

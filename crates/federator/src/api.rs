@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use switchyard_core::engine::operation_blocker;
+use switchyard_core::plan::{MovePlan, MoveScope, PlanEstimates, plan_moves};
 use switchyard_core::views::group_counts_on;
 use switchyard_core::{Action, Applied, Freeze, FreezeScope, GroupSpec, REPORT_FRESH_MS};
 use switchyard_proto::operator::v1 as pb;
@@ -21,6 +22,17 @@ pub struct OperatorService {
 impl OperatorService {
     pub fn new(fed: Arc<Federator>) -> Self {
         Self { fed }
+    }
+}
+
+impl OperatorService {
+    /// Plans `scope` → `to` on the committed state at this replica's time.
+    fn plan(&self, scope: &MoveScope, to: &str) -> Result<MovePlan, Status> {
+        let now = now_ms();
+        self.fed
+            .shared
+            .read(|s| plan_moves(s, scope, to, now, &self.fed.config.engine, &PlanEstimates::default()))
+            .map_err(|e| Status::from(crate::node::ProposeError::Refused(e)))
     }
 }
 
@@ -194,6 +206,20 @@ impl Operator for OperatorService {
         if r.group.is_empty() || r.to_site.is_empty() {
             return Err(Status::invalid_argument("both group and to_site are required"));
         }
+        if !r.plan_id.is_empty() {
+            self.fed.read_barrier().await?;
+            let scope = MoveScope::Groups(vec![r.group.clone()]);
+            let plan = self.plan(&scope, &r.to_site)?;
+            if plan.id != r.plan_id {
+                return Err(Status::failed_precondition(format!(
+                    "the federation changed since plan {}: planning this move now gives plan {}{}; review it \
+                     (fedctl switchover plan) and start with the new id",
+                    r.plan_id,
+                    plan.id,
+                    if plan.go { String::new() } else { format!(" (no-go: {})", plan.reasons.join("; ")) }
+                )));
+            }
+        }
         let action =
             Action::StartSwitchover { group: r.group.clone(), to: r.to_site.clone(), reason: r.reason.clone() };
         let applied = self.fed.propose(&id.to_string(), action).await?;
@@ -203,6 +229,24 @@ impl Operator for OperatorService {
         tracing::info!(operation = %op_id, group = %r.group, to = %r.to_site, actor = %id, "switchover started");
         metrics::counter!("federator_switchovers_started_total").increment(1);
         self.operation(&op_id).map(Response::new)
+    }
+
+    async fn plan_moves(&self, req: Request<pb::PlanMovesRequest>) -> Result<Response<pb::PlanMovesReply>, Status> {
+        authorise(&req, Role::can_view, "plan moves")?;
+        let r = req.into_inner();
+        let scope = match (r.groups.is_empty(), r.from_site.is_empty()) {
+            (false, true) => MoveScope::Groups(r.groups),
+            (true, false) => MoveScope::Site(r.from_site),
+            _ => return Err(Status::invalid_argument("give either groups or from_site (an evacuation), not both")),
+        };
+        if r.to_site.is_empty() {
+            return Err(Status::invalid_argument("to_site is required"));
+        }
+        self.fed.read_barrier().await?;
+        let plan = self.plan(&scope, &r.to_site)?;
+        let plan_json =
+            serde_json::to_string(&plan).map_err(|e| Status::internal(format!("cannot render the plan: {e}")))?;
+        Ok(Response::new(pb::PlanMovesReply { id: plan.id, go: plan.go, plan_json }))
     }
 
     async fn update_group(

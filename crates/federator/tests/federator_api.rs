@@ -194,6 +194,7 @@ async fn api_requires_valid_client_certificates_and_roles() {
             group: "crm-web".into(),
             to_site: "site-2".into(),
             reason: String::new(),
+            plan_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -232,12 +233,56 @@ async fn refusals_change_nothing_and_state_survives_restart() {
                 group: group.into(),
                 to_site: to.into(),
                 reason: "t".into(),
+                plan_id: String::new(),
             })
             .await
             .unwrap_err();
         assert_eq!(err.code(), code, "{group}->{to}: {err:?}");
         assert!(err.message().contains(text), "{group}->{to}: {}", err.message());
     }
+
+    // Planning says the same, as a no-go line, and changes nothing either.
+    let plan = api
+        .plan_moves(pb::PlanMovesRequest {
+            groups: vec!["crm-web".into()],
+            from_site: String::new(),
+            to_site: "site-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!plan.go);
+    let detail: serde_json::Value = serde_json::from_str(&plan.plan_json).unwrap();
+    assert_eq!(detail["id"], plan.id.as_str());
+    assert!(detail["reasons"][0].as_str().unwrap().contains("no fresh capacity report"), "{detail}");
+    let evacuation = api
+        .plan_moves(pb::PlanMovesRequest { groups: vec![], from_site: "site-1".into(), to_site: "site-2".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let detail: serde_json::Value = serde_json::from_str(&evacuation.plan_json).unwrap();
+    assert_eq!(detail["groups"][0]["group"], "crm-web", "the site's groups are planned");
+    let err = api
+        .plan_moves(pb::PlanMovesRequest {
+            groups: vec!["crm-web".into()],
+            from_site: "site-1".into(),
+            to_site: "site-2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // A start bound to a plan id that is not the current plan is refused with the new id.
+    let err = api
+        .start_switchover(pb::StartSwitchoverRequest {
+            group: "crm-web".into(),
+            to_site: "site-2".into(),
+            reason: "t".into(),
+            plan_id: "0000000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&format!("gives plan {}", plan.id)), "{}", err.message());
     let after = api.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
     assert_eq!(after.audit_records, before.audit_records, "a refusal was recorded as a change");
     assert_eq!(after.audit_head_hash, before.audit_head_hash);
