@@ -72,16 +72,49 @@ impl State {
         }
         // Service discovery records and placement health derive from groups, placements and
         // reports: whatever the action, a new routing version exactly when they change.
-        let endpoints_before = crate::views::service_endpoints(self);
-        let unhealthy_before = crate::views::unhealthy_placements(self);
+        let scope = self.routing_scope(&proposal.action);
+        let before = crate::views::routing_inputs(self, scope.as_deref());
+        // Debug builds (every test and the simulation) check that the scope misses nothing.
+        #[cfg(debug_assertions)]
+        let everything_before = crate::views::routing_inputs(self, None);
         let response = self.apply_action(index, proposal);
-        if response.is_ok()
-            && (crate::views::service_endpoints(self) != endpoints_before
-                || crate::views::unhealthy_placements(self) != unhealthy_before)
+        let changed = crate::views::routing_inputs(self, scope.as_deref()) != before;
+        #[cfg(debug_assertions)]
         {
+            let everything_changed = crate::views::routing_inputs(self, None) != everything_before;
+            debug_assert_eq!(
+                changed, everything_changed,
+                "routing_scope of {:?} misses a group whose endpoints or health changed",
+                proposal.action
+            );
+        }
+        if response.is_ok() && changed {
             self.routing_version = index;
         }
         response
+    }
+
+    /// The groups whose service endpoints or placement health `action` can change (`None`:
+    /// any group). Keeps the routing-version check of `apply` proportional to what an action
+    /// touches instead of to the size of the federation.
+    fn routing_scope(&self, action: &Action) -> Option<Vec<String>> {
+        let op_group = |id: &str| self.operations.get(id).map(|o| o.group.clone()).into_iter().collect();
+        Some(match action {
+            Action::RegisterSite(_) => return None,
+            Action::RegisterGroup(spec) | Action::UpdateGroup { spec, .. } => vec![spec.name.clone()],
+            Action::RollbackGroup { group, .. }
+            | Action::ScaleApp { group, .. }
+            | Action::Autoscale { group, .. }
+            | Action::StartSwitchover { group, .. } => vec![group.clone()],
+            Action::AdvanceOperation { id, .. } | Action::FailOperation { id, .. } => op_group(id),
+            Action::CellReport(report) => self
+                .groups
+                .values()
+                .filter(|g| g.placement.sites.contains_key(&report.site))
+                .map(|g| g.spec.name.clone())
+                .collect(),
+            Action::SetFreeze { .. } | Action::ClearFreeze { .. } | Action::RecordClusterChange { .. } => vec![],
+        })
     }
 
     fn apply_action(&mut self, index: u64, proposal: &Proposal) -> Response {

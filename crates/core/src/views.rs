@@ -48,28 +48,51 @@ pub type ServiceEndpoints = BTreeMap<(String, String, String), Vec<(String, IpAd
 pub fn service_endpoints(state: &State) -> ServiceEndpoints {
     let mut out = BTreeMap::new();
     for g in state.groups.values() {
-        for site in g.placement.sites.keys() {
-            let Some(report) = state.reports.get(site).and_then(|r| r.report.groups.get(&g.spec.name)) else {
-                continue;
-            };
-            for app in &g.spec.apps {
-                let Some(a) = report.apps.get(&app.name) else { continue };
-                let mut eps: Vec<(String, IpAddr, u32)> = a
-                    .instances
-                    .iter()
-                    .filter(|i| i.running && i.healthy && i.port > 0)
-                    .filter_map(|i| Some((i.node_id.clone(), i.address.parse().ok()?, i.port)))
-                    .collect();
-                if eps.is_empty() {
-                    continue;
-                }
-                eps.sort();
-                eps.dedup();
-                out.insert((g.spec.name.clone(), site.clone(), app.name.clone()), eps);
-            }
-        }
+        group_endpoints(state, g, &mut out);
     }
     out
+}
+
+/// [`service_endpoints`] of one group, into `out`.
+fn group_endpoints(state: &State, g: &crate::model::AppGroup, out: &mut ServiceEndpoints) {
+    for site in g.placement.sites.keys() {
+        let Some(report) = state.reports.get(site).and_then(|r| r.report.groups.get(&g.spec.name)) else {
+            continue;
+        };
+        for app in &g.spec.apps {
+            let Some(a) = report.apps.get(&app.name) else { continue };
+            let mut eps: Vec<(String, IpAddr, u32)> = a
+                .instances
+                .iter()
+                .filter(|i| i.running && i.healthy && i.port > 0)
+                .filter_map(|i| Some((i.node_id.clone(), i.address.parse().ok()?, i.port)))
+                .collect();
+            if eps.is_empty() {
+                continue;
+            }
+            eps.sort();
+            eps.dedup();
+            out.insert((g.spec.name.clone(), site.clone(), app.name.clone()), eps);
+        }
+    }
+}
+
+/// What DNS answers derive from besides placements and specs (service endpoints and placement
+/// health), for `groups` only (`None`: every group). `State::apply` compares it before and
+/// after an action, over the groups the action can touch, to decide whether the routing
+/// version moves.
+pub fn routing_inputs(state: &State, groups: Option<&[String]>) -> (ServiceEndpoints, BTreeSet<(String, String)>) {
+    let mut endpoints = BTreeMap::new();
+    let mut unhealthy = BTreeSet::new();
+    let mut visit = |g: &crate::model::AppGroup| {
+        group_endpoints(state, g, &mut endpoints);
+        group_health(state, g, &mut unhealthy);
+    };
+    match groups {
+        None => state.groups.values().for_each(&mut visit),
+        Some(names) => names.iter().filter_map(|n| state.groups.get(n)).for_each(&mut visit),
+    }
+    (endpoints, unhealthy)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,20 +169,24 @@ fn service_entries(state: &State) -> Vec<RouteEntry> {
 pub fn unhealthy_placements(state: &State) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for g in state.groups.values() {
-        for (site, share) in &g.placement.sites {
-            let site_down =
-                state.sites.get(site).is_some_and(|s| matches!(s.state, SiteState::Down | SiteState::Fenced));
-            let should_run = share.instances.values().any(|n| *n > 0);
-            let nothing_healthy =
-                state.reports.get(site).and_then(|r| r.report.groups.get(&g.spec.name)).is_some_and(|report| {
-                    !report.apps.values().any(|a| a.instances.iter().any(|i| i.running && i.healthy))
-                });
-            if site_down || (should_run && nothing_healthy) {
-                out.insert((g.spec.name.clone(), site.clone()));
-            }
-        }
+        group_health(state, g, &mut out);
     }
     out
+}
+
+/// [`unhealthy_placements`] of one group, into `out`.
+fn group_health(state: &State, g: &crate::model::AppGroup, out: &mut BTreeSet<(String, String)>) {
+    for (site, share) in &g.placement.sites {
+        let site_down = state.sites.get(site).is_some_and(|s| matches!(s.state, SiteState::Down | SiteState::Fenced));
+        let should_run = share.instances.values().any(|n| *n > 0);
+        let nothing_healthy =
+            state.reports.get(site).and_then(|r| r.report.groups.get(&g.spec.name)).is_some_and(|report| {
+                !report.apps.values().any(|a| a.instances.iter().any(|i| i.running && i.healthy))
+            });
+        if site_down || (should_run && nothing_healthy) {
+            out.insert((g.spec.name.clone(), site.clone()));
+        }
+    }
 }
 
 /// The routing table: for each group's DNS name, every site of its placement with that site's
