@@ -336,13 +336,21 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
 /// it looks only at the committed state, so calling it twice proposes the same steps, and
 /// `apply` ignores a step whose phase has already moved on.
 pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
-    state.operations.values().filter(|o| o.holds_group()).filter_map(|op| next_step(state, op, now_ms, cfg)).collect()
+    state
+        .operations
+        .values()
+        .filter(|o| o.holds_group() && o.paused.is_none())
+        .filter_map(|op| next_step(state, op, now_ms, cfg))
+        .collect()
 }
 
 /// What a running operation waits for, for status displays; empty when nothing.
 pub fn operation_blocker(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> String {
     if !op.holds_group() {
         return op.error.clone().unwrap_or_default();
+    }
+    if let Some(p) = &op.paused {
+        return format!("paused by {} {} ms ago: {}", p.actor, now_ms.saturating_sub(p.at_ms), p.reason);
     }
     let in_phase_ms = now_ms.saturating_sub(op.phase_started_at_ms);
     match op.phase {

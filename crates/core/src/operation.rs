@@ -60,6 +60,8 @@ pub enum Outcome {
     Failed,
     /// Stopped where a human must look (traffic already moved); the group stays locked.
     NeedsAttention,
+    /// Stopped by an operator; the group serves where the abort left it.
+    Aborted,
 }
 
 impl Outcome {
@@ -69,6 +71,7 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
             Outcome::NeedsAttention => "needs-attention",
+            Outcome::Aborted => "aborted",
         }
     }
 
@@ -111,6 +114,17 @@ pub struct Operation {
     /// Capacity held on the target until its instances are running.
     pub reserved: Resources,
     pub traffic_shifted_at_ms: Option<u64>,
+    /// Set while an operator has paused the operation: when, by whom and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+}
+
+/// An operator's pause of a running operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub at_ms: u64,
+    pub actor: String,
+    pub reason: String,
 }
 
 impl Operation {

@@ -116,6 +116,36 @@ pub enum Action {
         at: Phase,
         error: String,
     },
+    /// An operator pauses, resumes or aborts a running operation.
+    ControlOperation {
+        id: String,
+        control: Control,
+        reason: String,
+    },
+}
+
+/// What an operator may do to a running operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Take no further step until resumed; time paused does not count towards the verify
+    /// window, the TTL wait or any timeout. What was already told to the cells stands.
+    Pause,
+    Resume,
+    /// Stop safely where it is, leaving the group serving: before traffic moved, the target is
+    /// put back as it was (as a failed switchover); after, the group stays on the target and the
+    /// source keeps whatever it still runs.
+    Abort,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Abort => "abort",
+        }
+    }
 }
 
 /// What a freeze covers.

@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::audit::{AuditLog, Entry};
 use crate::engine::plan_switchover;
 use crate::model::{AppGroup, GroupSpec, Placement, Site, SiteShare, SiteState, validate_group, validate_site};
-use crate::operation::{Operation, OperationKind, Outcome, Phase, Step};
-use crate::proposal::{Action, Applied, FreezeScope, Proposal, Refusal, Response};
+use crate::operation::{Operation, OperationKind, Outcome, Pause, Phase, Step};
+use crate::proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, Response};
 use crate::report::ReportRecord;
 
 /// Everything the federation has committed. Only `apply` changes it.
@@ -106,7 +106,9 @@ impl State {
             | Action::ScaleApp { group, .. }
             | Action::Autoscale { group, .. }
             | Action::StartSwitchover { group, .. } => vec![group.clone()],
-            Action::AdvanceOperation { id, .. } | Action::FailOperation { id, .. } => op_group(id),
+            Action::AdvanceOperation { id, .. }
+            | Action::FailOperation { id, .. }
+            | Action::ControlOperation { id, .. } => op_group(id),
             Action::CellReport(report) => self
                 .groups
                 .values()
@@ -305,6 +307,7 @@ impl State {
             }
             Action::StartSwitchover { group, to, reason } => self.start_switchover(index, at, actor, group, to, reason),
             Action::AdvanceOperation { id, from, to, detail } => self.advance(index, at, actor, id, *from, *to, detail),
+            Action::ControlOperation { id, control, reason } => self.control(index, at, actor, id, *control, reason),
             Action::FailOperation { id, at: phase, error } => self.fail(index, at, actor, id, *phase, error),
         }
     }
@@ -349,6 +352,7 @@ impl State {
             target_before,
             reserved: plan.reserved,
             traffic_shifted_at_ms: None,
+            paused: None,
         };
         self.audit.append(Entry {
             time_ms: at,
@@ -481,6 +485,94 @@ impl State {
             subject: &group_name,
             reason: &reason,
             detail: record,
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    /// An operator's pause, resume or abort of a running operation.
+    fn control(&mut self, index: u64, at: u64, actor: &str, id: &str, control: Control, reason: &str) -> Response {
+        let op = self.operations.get(id).ok_or_else(|| Refusal::UnknownOperation(id.to_string()))?;
+        if reason.trim().is_empty() {
+            return Err(Refusal::Invalid(format!("a reason is required to {} an operation", control.as_str())));
+        }
+        // A stop that needs attention may still be aborted (it frees the group); nothing else.
+        let controllable = op.is_running() || (control == Control::Abort && op.holds_group());
+        if !controllable {
+            return Err(Refusal::Invalid(format!(
+                "operation {id} is {}; only a running operation can be {}",
+                op.outcome.as_str(),
+                match control {
+                    Control::Pause => "paused",
+                    Control::Resume => "resumed",
+                    Control::Abort => "aborted",
+                }
+            )));
+        }
+        match (control, &op.paused) {
+            (Control::Pause, Some(p)) => {
+                return Err(Refusal::Invalid(format!(
+                    "operation {id} is already paused (by {}: {})",
+                    p.actor, p.reason
+                )));
+            }
+            (Control::Resume, None) => return Err(Refusal::Invalid(format!("operation {id} is not paused"))),
+            _ => {}
+        }
+        let (group_name, phase) = (op.group.clone(), op.phase);
+        let g = self.groups.get_mut(&group_name).expect("an operation's group is never removed");
+        let before = g.placement.clone();
+        let op = self.operations.get_mut(id).expect("checked above");
+        let action = match control {
+            Control::Pause => {
+                op.paused = Some(Pause { at_ms: at, actor: actor.to_string(), reason: reason.to_string() });
+                "switchover.paused"
+            }
+            Control::Resume => {
+                // Time paused counts towards nothing: deadlines and windows move by it.
+                let paused_for = at.saturating_sub(op.paused.take().map_or(at, |p| p.at_ms));
+                op.phase_started_at_ms += paused_for;
+                op.scale_up_started_at_ms += paused_for;
+                "switchover.resumed"
+            }
+            Control::Abort => {
+                if phase.before_traffic_shift() {
+                    // Traffic never moved: the target goes back to what it was.
+                    if op.target_before == SiteShare::default() {
+                        g.placement.sites.remove(&op.to);
+                    } else {
+                        g.placement.sites.insert(op.to.clone(), op.target_before.clone());
+                    }
+                    g.placement.epoch = index;
+                }
+                g.operation = None;
+                op.outcome = Outcome::Aborted;
+                op.finished_at_ms = Some(at);
+                op.reserved = Default::default();
+                op.paused = None;
+                op.error = Some(format!("aborted by {actor}: {reason}"));
+                if let Some(step) = op.steps.last_mut() {
+                    step.finished_at_ms = Some(at);
+                    step.detail = format!("{}; aborted by {actor}: {reason}", step.detail);
+                }
+                "switchover.aborted"
+            }
+        };
+        op.updated_at_ms = at;
+        let op_reason = op.reason.clone();
+        let mut detail =
+            json!({ "operation": id, "phase": phase.as_str(), "control": control.as_str(), "why": reason });
+        if before != g.placement {
+            detail["placement_before"] = json!(before);
+            detail["placement_after"] = json!(g.placement);
+        }
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action,
+            subject: &group_name,
+            reason: &op_reason,
+            detail,
             raft_index: index,
         });
         Ok(Applied::Changed)

@@ -1186,3 +1186,93 @@ mod planning {
         assert!(p.reasons.iter().any(|r| r.starts_with("g00:") && r.contains("audit week")), "{:?}", p.reasons);
     }
 }
+
+mod control {
+    use super::*;
+    use switchyard_core::Control;
+
+    fn control(f: &mut Fed, id: &str, control: Control, reason: &str) -> Result<Applied, Refusal> {
+        f.propose(OPERATOR, Action::ControlOperation { id: id.into(), control, reason: reason.into() })
+    }
+
+    /// crm-web switching to site-2 with the target healthy: in Verifying.
+    fn verifying() -> (Fed, String) {
+        let mut f = Fed::new();
+        f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+        let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+        f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+        f.tick(100);
+        assert_eq!(f.op(&id).phase, Phase::Verifying);
+        (f, id)
+    }
+
+    #[test]
+    fn a_paused_operation_takes_no_step_and_paused_time_counts_for_nothing() {
+        let (mut f, id) = verifying();
+        f.tick(1_000);
+        control(&mut f, &id, Control::Pause, "CAB asked to hold").unwrap();
+        assert!(operation_blocker(&f.state, f.op(&id), f.now, &f.cfg).starts_with("paused by operator:alice"));
+        // Far past the verify window and the scale-up timeout: nothing moves while paused.
+        assert!(f.tick(f.cfg.scale_up_timeout_ms * 2).is_empty());
+        assert_eq!((f.op(&id).phase, f.op(&id).outcome), (Phase::Verifying, Outcome::Running));
+        assert_eq!(f.state.groups["crm-web"].placement.active_sites(), vec!["site-1"]);
+        let err = control(&mut f, &id, Control::Pause, "again").unwrap_err().to_string();
+        assert!(err.contains("already paused (by operator:alice: CAB asked to hold)"), "{err}");
+        f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+        f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+        control(&mut f, &id, Control::Resume, "CAB says go").unwrap();
+        // 1 s of the verify window was served before the pause; 2 s remain, not zero.
+        assert!(f.tick(1_000).is_empty(), "the paused time did not count towards the verify window");
+        f.tick(f.cfg.verify_window_ms);
+        assert_eq!(f.op(&id).phase, Phase::Draining);
+        assert!(control(&mut f, &id, Control::Resume, "x").unwrap_err().to_string().contains("not paused"));
+        let actions: Vec<String> = f.state.audit.records().iter().map(|r| r.action.clone()).collect();
+        assert!(actions.contains(&"switchover.paused".into()) && actions.contains(&"switchover.resumed".into()));
+    }
+
+    #[test]
+    fn abort_before_traffic_moved_puts_the_target_back_and_frees_the_group() {
+        let (mut f, id) = verifying();
+        control(&mut f, &id, Control::Abort, "wrong change window").unwrap();
+        let op = f.op(&id);
+        assert_eq!(op.outcome, Outcome::Aborted);
+        assert!(op.error.as_deref().unwrap().contains("aborted by operator:alice: wrong change window"));
+        let g = &f.state.groups["crm-web"];
+        assert!(g.operation.is_none());
+        assert_eq!(g.placement.active_sites(), vec!["site-1"], "still serving from the source");
+        assert!(!g.placement.sites.contains_key("site-2"), "the target is back to nothing");
+        assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 2);
+        assert!(f.tick(10_000).is_empty());
+        f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+        f.report("site-2", 1000, &[]);
+        assert!(f.start("crm-web", "site-2").is_ok(), "the group may move again");
+    }
+
+    #[test]
+    fn abort_after_traffic_moved_leaves_the_group_serving_on_the_target() {
+        let (mut f, id) = verifying();
+        f.tick(f.cfg.verify_window_ms);
+        assert_eq!(f.op(&id).phase, Phase::Draining);
+        control(&mut f, &id, Control::Abort, "stop here").unwrap();
+        let g = &f.state.groups["crm-web"];
+        assert_eq!(g.placement.active_sites(), vec!["site-2"]);
+        assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 2, "source kept");
+        assert_eq!(desired_for_site(&f.state, "site-2", f.now).groups[0].apps[0].instances, 2);
+        assert!(f.tick(60_000).is_empty(), "nothing scales down after the abort");
+        // A finished operation can be neither paused nor aborted again.
+        let err = control(&mut f, &id, Control::Abort, "again").unwrap_err().to_string();
+        assert!(err.contains("is aborted; only a running operation can be aborted"), "{err}");
+        // Moving back is an ordinary switchover (what `fedctl switchover rollback` starts).
+        f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+        assert!(f.start("crm-web", "site-1").is_ok());
+    }
+
+    #[test]
+    fn control_requests_need_a_reason_and_a_known_operation() {
+        let (mut f, id) = verifying();
+        let before = f.state.clone();
+        assert!(matches!(control(&mut f, "op-999", Control::Pause, "x"), Err(Refusal::UnknownOperation(_))));
+        assert!(control(&mut f, &id, Control::Abort, "  ").unwrap_err().to_string().contains("a reason is required"));
+        assert!(same_except_index(&before, &f.state));
+    }
+}
