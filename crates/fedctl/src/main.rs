@@ -328,6 +328,38 @@ enum SwitchoverCmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Stop taking steps until resumed; windows and timeouts do not run while paused.
+    Pause {
+        id: String,
+        /// Why; recorded in the audit history. Required.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Continue a paused operation where it stopped.
+    Resume {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Stop safely where it is, every group left serving: before traffic moved the target is put
+    /// back; after, the group stays on the target (the source keeps what it runs).
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put the group back where the operation found it: abort it if traffic never moved,
+    /// otherwise start a switchover back to its source (aborting the operation first if needed).
+    Rollback {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        /// Follow the rollback switchover until it finishes.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 600)]
+        wait_timeout_s: u64,
+    },
     /// One operation in detail, or all operations.
     Status {
         id: Option<String>,
@@ -484,6 +516,26 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             switchover_plan(&cfg_path, groups, site.unwrap_or_default(), to, output).await
         }
         Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
+        Cmd::Switchover(SwitchoverCmd::Pause { id, reason }) => control(&cfg_path, id, "pause", reason).await,
+        Cmd::Switchover(SwitchoverCmd::Resume { id, reason }) => control(&cfg_path, id, "resume", reason).await,
+        Cmd::Switchover(SwitchoverCmd::Abort { id, reason }) => control(&cfg_path, id, "abort", reason).await,
+        Cmd::Switchover(SwitchoverCmd::Rollback { id, reason, wait, wait_timeout_s }) => {
+            let op = api(&cfg_path)
+                .await?
+                .rollback_operation(pb::RollbackOperationRequest { id: id.clone(), reason })
+                .await?
+                .into_inner();
+            if op.id == id {
+                println!("{id} aborted before traffic moved: {} is back where it was", op.group);
+                return Ok(());
+            }
+            println!("{id}: rolling back with {} ({} {} -> {})", op.id, op.group, op.from_site, op.to_site);
+            if !wait {
+                println!("follow it with: fedctl switchover status {}", op.id);
+                return Ok(());
+            }
+            follow_operation(&cfg_path, op, Duration::from_secs(wait_timeout_s), Format::Table).await
+        }
         Cmd::Group(GroupCmd::Show { group }) => group_show(&cfg_path, group).await,
         Cmd::Group(GroupCmd::Rollback { group, reason }) => {
             let r =
@@ -843,6 +895,17 @@ fn print_operation(o: &pb::Operation) {
     println!("{t}");
 }
 
+async fn control(cfg: &Path, id: String, control: &str, reason: String) -> Result<(), CliError> {
+    let op = api(cfg)
+        .await?
+        .control_operation(pb::ControlOperationRequest { id, control: control.to_string(), reason })
+        .await?
+        .into_inner();
+    let state = if op.outcome == "running" { op.blocker.clone() } else { op.outcome.clone() };
+    println!("{}: {control}d; {} in {} ({state})", op.id, op.group, op.phase);
+    Ok(())
+}
+
 async fn switchover_plan(
     cfg: &Path,
     groups: Vec<String>,
@@ -918,6 +981,13 @@ async fn switchover_start(
     if output == Format::Table {
         println!("started {}: {} {} -> {}", op.id, op.group, op.from_site, op.to_site);
     }
+    follow_operation(cfg, op, wait, output).await
+}
+
+/// Follows `op` until it finishes (or `wait` passes), printing each phase and what it waits
+/// for; Ok only if it succeeded.
+async fn follow_operation(cfg: &Path, op: pb::Operation, wait: Duration, output: Format) -> Result<(), CliError> {
+    let mut client = api(cfg).await?;
     let started = Instant::now();
     let mut last_phase = String::new();
     let mut last_blocker = String::new();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use switchyard_core::engine::operation_blocker;
 use switchyard_core::plan::{MovePlan, MoveScope, PlanEstimates, plan_moves};
 use switchyard_core::views::group_counts_on;
-use switchyard_core::{Action, Applied, Freeze, FreezeScope, GroupSpec, REPORT_FRESH_MS};
+use switchyard_core::{Action, Applied, Control, Freeze, FreezeScope, GroupSpec, REPORT_FRESH_MS};
 use switchyard_proto::operator::v1 as pb;
 use switchyard_proto::operator::v1::operator_server::Operator;
 use switchyard_tls::{Identity, Role, peer_identity};
@@ -229,6 +229,73 @@ impl Operator for OperatorService {
         tracing::info!(operation = %op_id, group = %r.group, to = %r.to_site, actor = %id, "switchover started");
         metrics::counter!("federator_switchovers_started_total").increment(1);
         self.operation(&op_id).map(Response::new)
+    }
+
+    async fn control_operation(
+        &self,
+        req: Request<pb::ControlOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = authorise(&req, Role::can_switchover, "pause, resume or abort operations")?;
+        let r = req.into_inner();
+        let control = match r.control.as_str() {
+            "pause" => Control::Pause,
+            "resume" => Control::Resume,
+            "abort" => Control::Abort,
+            other => {
+                return Err(Status::invalid_argument(format!("control {other:?} is not one of pause, resume, abort")));
+            }
+        };
+        let action = Action::ControlOperation { id: r.id.clone(), control, reason: r.reason };
+        self.fed.propose(&who.to_string(), action).await?;
+        tracing::info!(operation = %r.id, control = control.as_str(), actor = %who, "operation controlled");
+        self.operation(&r.id).map(Response::new)
+    }
+
+    async fn rollback_operation(
+        &self,
+        req: Request<pb::RollbackOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = authorise(&req, Role::can_switchover, "roll back operations")?;
+        let r = req.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a reason is required to roll back an operation"));
+        }
+        self.fed.read_barrier().await?;
+        let op = self
+            .fed
+            .shared
+            .read(|s| s.operations.get(&r.id).cloned())
+            .ok_or_else(|| Status::not_found(format!("operation {:?} does not exist", r.id)))?;
+        let traffic_moved = op.traffic_shifted_at_ms.is_some();
+        if op.holds_group() {
+            let abort = Action::ControlOperation {
+                id: op.id.clone(),
+                control: Control::Abort,
+                reason: format!("rollback: {}", r.reason),
+            };
+            self.fed.propose(&who.to_string(), abort).await?;
+            if !traffic_moved {
+                // The abort itself put the target back: the group is where the operation found it.
+                return self.operation(&op.id).map(Response::new);
+            }
+        } else if !traffic_moved {
+            return Err(Status::failed_precondition(format!(
+                "operation {} ended {} before traffic moved; {} is already where it found it",
+                op.id,
+                op.outcome.as_str(),
+                op.group
+            )));
+        }
+        let back = Action::StartSwitchover {
+            group: op.group.clone(),
+            to: op.from.clone(),
+            reason: format!("rollback of {}: {}", op.id, r.reason),
+        };
+        let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), back).await? else {
+            return Err(Status::internal("the rollback switchover committed without an operation id"));
+        };
+        tracing::info!(operation = %id, rolls_back = %op.id, actor = %who, "rollback switchover started");
+        self.operation(&id).map(Response::new)
     }
 
     async fn plan_moves(&self, req: Request<pb::PlanMovesRequest>) -> Result<Response<pb::PlanMovesReply>, Status> {
