@@ -559,9 +559,14 @@ impl State {
             }
         };
         op.updated_at_ms = at;
-        let op_reason = op.reason.clone();
-        let mut detail =
-            json!({ "operation": id, "phase": phase.as_str(), "control": control.as_str(), "why": reason });
+        // The record's reason is the operator's reason for this control; the operation's own
+        // reason goes in the detail.
+        let mut detail = json!({
+            "operation": id,
+            "phase": phase.as_str(),
+            "control": control.as_str(),
+            "operation_reason": op.reason,
+        });
         if before != g.placement {
             detail["placement_before"] = json!(before);
             detail["placement_after"] = json!(g.placement);
@@ -571,7 +576,7 @@ impl State {
             actor,
             action,
             subject: &group_name,
-            reason: &op_reason,
+            reason,
             detail,
             raft_index: index,
         });

@@ -14,7 +14,7 @@ use rand08::SeedableRng;
 use rand08::rngs::StdRng;
 use switchyard_core::engine::EngineConfig;
 use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, Resources, SiteSpec};
-use switchyard_core::{Action, Applied, FreezeScope};
+use switchyard_core::{Action, Applied, Control, FreezeScope};
 use switchyard_federator::raft::{NodeId, Raft, storage_on};
 
 use crate::disk::MemDisk;
@@ -413,6 +413,27 @@ impl World {
                     },
                 )
             }
+            30..38 => {
+                // An operator pauses, resumes or aborts an operation some replica knows of.
+                let known: Vec<String> = {
+                    let net = self.net.lock();
+                    net.replicas
+                        .values()
+                        .next()
+                        .map(|h| h.shared.read(|s| s.operations.keys().cloned().collect()))
+                        .unwrap_or_default()
+                };
+                if known.is_empty() {
+                    return;
+                }
+                let id = known[self.rng.gen_range(0..known.len())].clone();
+                let control = match self.rng.gen_range(0..10) {
+                    0..4 => Control::Pause,
+                    4..8 => Control::Resume,
+                    _ => Control::Abort,
+                };
+                ("user:sre", Action::ControlOperation { id, control, reason: reason.clone() })
+            }
             _ => return,
         };
         let ids = self.ids();
@@ -499,6 +520,40 @@ impl World {
             d.up = true;
             self.net.lock().down.insert(d.endpoint, false);
         }
+        self.resume_paused();
+    }
+
+    /// After the faults, an operator resumes every paused operation (retrying until none is
+    /// left paused), so that convergence can require every operation to have finished.
+    fn resume_paused(&self) {
+        let net = self.net.clone();
+        let ids = self.ids();
+        tokio::spawn(async move {
+            for attempt in 0..40u64 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let paused: Vec<String> = {
+                    let n = net.lock();
+                    n.replicas
+                        .values()
+                        .next()
+                        .map(|h| {
+                            h.shared.read(|s| {
+                                s.operations.values().filter(|o| o.paused.is_some()).map(|o| o.id.clone()).collect()
+                            })
+                        })
+                        .unwrap_or_default()
+                };
+                if paused.is_empty() {
+                    return;
+                }
+                for id in paused {
+                    let entry = ids[(attempt as usize) % ids.len()];
+                    let action =
+                        Action::ControlOperation { id, control: Control::Resume, reason: "faults over".into() };
+                    let _ = propose_via(&net, OPERATOR, entry, "user:sre", action).await;
+                }
+            }
+        });
     }
 
     pub async fn run(mut self) -> Result<Summary, Box<Violation>> {
