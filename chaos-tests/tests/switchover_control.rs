@@ -49,9 +49,18 @@ fn pause_resume_rollback_and_abort_with_real_processes() {
         assert_eq!(dig_a(&dns, crm), ["127.0.1.1"], "DNS moved while paused");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The live view says it is paused, by whom and why, and gives up watching when told to.
+    let watching = fedctl(&dir, &["switchover", "status", &id, "--watch", "--watch-timeout-s", "2"]);
+    let lines = String::from_utf8_lossy(&watching.stdout);
+    assert!(!watching.status.success(), "the operation is still running");
+    assert!(lines.lines().any(|l| l.contains("PAUSED by") && l.contains("CAB hold") && l.contains("total")), "{lines}");
     let refused = fedctl(&dir, &["switchover", "pause", &id, "--reason", "again"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already paused"), "{refused:?}");
     fedctl_ok(&dir, &["switchover", "resume", &id, "--reason", "CAB go"]);
+    // Watched to the end: progress lines against the budgets, then the finished operation.
+    let watched = fedctl_ok(&dir, &["switchover", "status", &id, "--watch"]);
+    assert!(watched.lines().any(|l| l.starts_with(&id) && l.contains("] ") && l.contains(" of ~")), "{watched}");
+    assert!(watched.contains("outcome  succeeded"), "{watched}");
     wait_outcome(&dir, &id, "succeeded");
     assert_eq!(dig_a(&dns, crm), ["127.0.2.1"]);
 

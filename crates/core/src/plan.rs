@@ -197,6 +197,28 @@ pub fn plan_moves(
     Ok(plan)
 }
 
+/// How long an operation's current phase should take and how long the whole operation should
+/// take, by the same estimates a plan prints: (phase budget, total), in ms. Time paused counts
+/// in neither (the engine moves the phase start by it on resume).
+pub fn budgets(
+    state: &State,
+    op: &crate::operation::Operation,
+    cfg: &EngineConfig,
+    estimates: &PlanEstimates,
+) -> (u64, u64) {
+    use crate::operation::Phase;
+    let ttl_ms = state.groups.get(&op.group).map_or(0, |g| u64::from(g.spec.ttl_s) * 1_000);
+    let of = |phase: Phase| match phase {
+        Phase::ScalingUp => estimates.startup_ms,
+        Phase::Verifying => cfg.verify_window_ms,
+        Phase::Draining => ttl_ms + cfg.drain_ms,
+        Phase::ScalingDown => estimates.scale_down_ms,
+        Phase::Done => 0,
+    };
+    let total = [Phase::ScalingUp, Phase::Verifying, Phase::Draining, Phase::ScalingDown].into_iter().map(of).sum();
+    (of(op.phase), total)
+}
+
 /// The groups whose traffic is on `site` alone, most critical (lowest) tier first, then by
 /// name. Groups that also take traffic elsewhere are listed too: the plan says why they cannot
 /// move as one switchover.

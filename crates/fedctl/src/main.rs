@@ -19,7 +19,7 @@ use switchyard_proto::operator::v1 as pb;
 use switchyard_tls::{CertAuthority, Identity, Role};
 
 use crate::client::{ClientConfig, config_path, connect};
-use crate::output::{Format, duration_ms, json, table, time};
+use crate::output::{Format, duration_ms, json, progress_line, table, time};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -363,6 +363,14 @@ enum SwitchoverCmd {
     /// One operation in detail, or all operations.
     Status {
         id: Option<String>,
+        /// Follow the operation: one progress line a second (phase time against its budget,
+        /// total against the prediction, what it waits for) until it ends; exit 0 only if it
+        /// succeeded. With `-o json`, one JSON object per line.
+        #[arg(long, requires = "id")]
+        watch: bool,
+        /// With --watch: stop watching after this many seconds (the operation continues).
+        #[arg(long, default_value_t = 3600)]
+        watch_timeout_s: u64,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -515,7 +523,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
             switchover_plan(&cfg_path, groups, site.unwrap_or_default(), to, output).await
         }
-        Cmd::Switchover(SwitchoverCmd::Status { id, output }) => switchover_status(&cfg_path, id, output).await,
+        Cmd::Switchover(SwitchoverCmd::Status { id: Some(id), watch: true, watch_timeout_s, output }) => {
+            switchover_watch(&cfg_path, id, Duration::from_secs(watch_timeout_s), output).await
+        }
+        Cmd::Switchover(SwitchoverCmd::Status { id, output, .. }) => switchover_status(&cfg_path, id, output).await,
         Cmd::Switchover(SwitchoverCmd::Pause { id, reason }) => control(&cfg_path, id, "pause", reason).await,
         Cmd::Switchover(SwitchoverCmd::Resume { id, reason }) => control(&cfg_path, id, "resume", reason).await,
         Cmd::Switchover(SwitchoverCmd::Abort { id, reason }) => control(&cfg_path, id, "abort", reason).await,
@@ -1038,6 +1049,41 @@ async fn follow_operation(cfg: &Path, op: pb::Operation, wait: Duration, output:
         Ok(())
     } else {
         Err(CliError::Failed(format!("{} ended {}: {}", op.id, op.outcome, op.error)))
+    }
+}
+
+async fn switchover_watch(cfg: &Path, id: String, limit: Duration, output: Format) -> Result<(), CliError> {
+    let mut client = api(cfg).await?;
+    let started = Instant::now();
+    loop {
+        let op = match client.get_operation(pb::GetOperationRequest { id: id.clone() }).await {
+            Ok(r) => r.into_inner(),
+            // A federator restarting or failing over: keep watching.
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                client = api(cfg).await.unwrap_or(client);
+                continue;
+            }
+            Err(s) => return Err(s.into()),
+        };
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        match output {
+            Format::Json => println!("{}", serde_json::to_string(&op).expect("API messages serialize")),
+            Format::Table if op.outcome == "running" => println!("{}", progress_line(&op, now)),
+            Format::Table => print_operation(&op),
+        }
+        if op.outcome != "running" {
+            return if op.outcome == "succeeded" {
+                Ok(())
+            } else {
+                Err(CliError::Failed(format!("{} ended {}: {}", op.id, op.outcome, op.error)))
+            };
+        }
+        if started.elapsed() > limit {
+            return Err(CliError::Failed(format!("{id} still running after {}s; it continues", limit.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

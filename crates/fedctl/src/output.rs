@@ -43,9 +43,67 @@ pub fn duration_ms(ms: u64) -> String {
     if ms < 1000 { format!("{ms}ms") } else { format!("{:.1}s", ms as f64 / 1000.0) }
 }
 
+/// One line of `switchover status ID --watch`: phase, a bar of the phase's time against its
+/// budget, the whole operation's time against its prediction, and what it waits for.
+pub fn progress_line(o: &switchyard_proto::operator::v1::Operation, now_ms: u64) -> String {
+    const WIDTH: u64 = 20;
+    let in_phase = now_ms.saturating_sub(o.phase_started_at_ms);
+    let total = now_ms.saturating_sub(o.created_at_ms);
+    let filled = if o.phase_budget_ms == 0 { WIDTH } else { (in_phase * WIDTH / o.phase_budget_ms).min(WIDTH) };
+    let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
+    let over = if o.phase_budget_ms > 0 && in_phase > o.phase_budget_ms { " OVER BUDGET" } else { "" };
+    let state = if !o.paused_by.is_empty() {
+        format!("PAUSED by {}", o.paused_by)
+    } else if o.blocker.is_empty() {
+        String::new()
+    } else {
+        format!("waiting: {}", o.blocker)
+    };
+    format!(
+        "{} {} {}→{}  {:<11} [{bar}] {} of {}{over}  total {} of ~{}  {state}",
+        o.id,
+        o.group,
+        o.from_site,
+        o.to_site,
+        o.phase,
+        duration_ms(in_phase),
+        duration_ms(o.phase_budget_ms),
+        duration_ms(total),
+        duration_ms(o.predicted_total_ms),
+    )
+    .trim_end()
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_lines_show_budget_use_pauses_and_overruns() {
+        let mut o = switchyard_proto::operator::v1::Operation {
+            id: "op-7".into(),
+            group: "crm-web".into(),
+            from_site: "site-1".into(),
+            to_site: "site-2".into(),
+            phase: "Verifying".into(),
+            created_at_ms: 10_000,
+            phase_started_at_ms: 40_000,
+            phase_budget_ms: 3_000,
+            predicted_total_ms: 49_000,
+            blocker: "verify window: 1500 of 3000 ms healthy".into(),
+            ..Default::default()
+        };
+        let line = progress_line(&o, 41_500);
+        assert_eq!(
+            line,
+            "op-7 crm-web site-1→site-2  Verifying   [##########..........] 1.5s of 3.0s  total 31.5s of ~49.0s  \
+             waiting: verify window: 1500 of 3000 ms healthy"
+        );
+        assert!(progress_line(&o, 50_000).contains("[####################] 10.0s of 3.0s OVER BUDGET"));
+        o.paused_by = "operator:alice: CAB hold".into();
+        assert!(progress_line(&o, 41_500).ends_with("PAUSED by operator:alice: CAB hold"));
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use switchyard_core::engine::operation_blocker;
-use switchyard_core::plan::{MovePlan, MoveScope, PlanEstimates, plan_moves};
+use switchyard_core::plan::{MovePlan, MoveScope, PlanEstimates, budgets, plan_moves};
 use switchyard_core::views::group_counts_on;
 use switchyard_core::{Action, Applied, Control, Freeze, FreezeScope, GroupSpec, REPORT_FRESH_MS};
 use switchyard_proto::operator::v1 as pb;
@@ -20,6 +20,11 @@ pub struct OperatorService {
 }
 
 impl OperatorService {
+    /// The phase and total budgets shown with an operation (the plan's estimates).
+    fn budgets(&self, s: &switchyard_core::State, o: &switchyard_core::Operation) -> (u64, u64) {
+        budgets(s, o, &self.fed.config.engine, &PlanEstimates::default())
+    }
+
     pub fn new(fed: Arc<Federator>) -> Self {
         Self { fed }
     }
@@ -505,7 +510,9 @@ impl Operator for OperatorService {
         let operations = self.fed.shared.read(|s| {
             s.operations
                 .values()
-                .map(|o| operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine)))
+                .map(|o| {
+                    operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine), self.budgets(s, o))
+                })
                 .collect()
         });
         Ok(Response::new(pb::ListOperationsReply { operations }))
@@ -529,7 +536,9 @@ impl OperatorService {
         self.fed.shared.read(|s| {
             s.operations
                 .get(id)
-                .map(|o| operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine)))
+                .map(|o| {
+                    operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine), self.budgets(s, o))
+                })
                 .ok_or_else(|| Status::not_found(format!("operation {id:?} does not exist")))
         })
     }

@@ -164,8 +164,13 @@ pub fn routing_to_proto(v: &RoutingView, zone: &str) -> routing::RoutingTable {
     }
 }
 
-pub fn operation_to_proto(o: &Operation, blocker: String) -> op::Operation {
+/// `budgets`: the current phase's expected length and the whole operation's, in ms.
+pub fn operation_to_proto(o: &Operation, blocker: String, budgets: (u64, u64)) -> op::Operation {
     op::Operation {
+        phase_started_at_ms: o.phase_started_at_ms,
+        phase_budget_ms: budgets.0,
+        predicted_total_ms: budgets.1,
+        paused_by: o.paused.as_ref().map(|p| format!("{}: {}", p.actor, p.reason)).unwrap_or_default(),
         id: o.id.clone(),
         kind: o.kind.as_str().to_string(),
         group: o.group.clone(),
