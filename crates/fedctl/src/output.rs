@@ -49,7 +49,7 @@ pub fn progress_line(o: &switchyard_proto::operator::v1::Operation, now_ms: u64)
     const WIDTH: u64 = 20;
     let in_phase = now_ms.saturating_sub(o.phase_started_at_ms);
     let total = now_ms.saturating_sub(o.created_at_ms);
-    let filled = if o.phase_budget_ms == 0 { WIDTH } else { (in_phase * WIDTH / o.phase_budget_ms).min(WIDTH) };
+    let filled = (in_phase * WIDTH).checked_div(o.phase_budget_ms).map_or(WIDTH, |f| f.min(WIDTH));
     let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
     let over = if o.phase_budget_ms > 0 && in_phase > o.phase_budget_ms { " OVER BUDGET" } else { "" };
     let state = if !o.paused_by.is_empty() {
