@@ -173,6 +173,8 @@ fn switchover_end_to_end_with_real_processes() {
     assert!(switch[0]["actor"].as_str().unwrap().starts_with("operator:"), "{}", switch[0]);
     assert!(switch[1..].iter().all(|r| r["actor"] == "system"));
     assert!(switch.iter().all(|r| r["reason"] == "CHG-1 power work"));
+    let start: Value = serde_json::from_str(switch[0]["detail_json"].as_str().unwrap()).unwrap();
+    assert_eq!(start["plan"], plan_id.as_str(), "the start records the plan it executed");
     let phases: Vec<String> = switch
         .iter()
         .map(|r| {

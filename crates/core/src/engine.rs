@@ -192,7 +192,7 @@ pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Resu
 /// promise that `apply` will accept it (the state may change first), only that it would now.
 pub fn validate(state: &State, proposal: &Proposal) -> Result<(), Refusal> {
     match &proposal.action {
-        Action::StartSwitchover { group, to, reason } => {
+        Action::StartSwitchover { group, to, reason, .. } => {
             if reason.len() > 1024 {
                 return Err(Refusal::Invalid("reason is longer than 1024 bytes".into()));
             }

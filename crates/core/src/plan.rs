@@ -139,7 +139,12 @@ pub fn plan_moves(
         // Preflight on the copy (it sees the reservations of the groups planned before),
         // then the real apply, which reserves for the next ones.
         let preflight = plan_switchover(&sim, name, to, at_ms);
-        let start = Action::StartSwitchover { group: name.clone(), to: to.to_string(), reason: "plan".into() };
+        let start = Action::StartSwitchover {
+            group: name.clone(),
+            to: to.to_string(),
+            reason: "plan".into(),
+            plan: String::new(),
+        };
         let index = sim.last_applied + 1;
         match preflight.and_then(|p| sim.apply(index, &Proposal::new(at_ms, "planner", start)).map(|_| p)) {
             Err(refusal) => plan.refusal = Some(refusal.to_string()),

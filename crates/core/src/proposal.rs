@@ -89,6 +89,10 @@ pub enum Action {
         group: String,
         to: String,
         reason: String,
+        /// The id of the reviewed plan this start executes (`fedctl switchover start --plan`);
+        /// recorded in the audit history. Empty when started without one.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        plan: String,
     },
     /// Move an operation from phase `from` to `to`; ignored unless it is still in `from`, so a
     /// duplicate or late proposal never repeats a step.

@@ -305,14 +305,26 @@ impl State {
                 });
                 Ok(Applied::Changed)
             }
-            Action::StartSwitchover { group, to, reason } => self.start_switchover(index, at, actor, group, to, reason),
+            Action::StartSwitchover { group, to, reason, plan } => {
+                self.start_switchover(index, at, actor, group, to, reason, plan)
+            }
             Action::AdvanceOperation { id, from, to, detail } => self.advance(index, at, actor, id, *from, *to, detail),
             Action::ControlOperation { id, control, reason } => self.control(index, at, actor, id, *control, reason),
             Action::FailOperation { id, at: phase, error } => self.fail(index, at, actor, id, *phase, error),
         }
     }
 
-    fn start_switchover(&mut self, index: u64, at: u64, actor: &str, group: &str, to: &str, reason: &str) -> Response {
+    #[allow(clippy::too_many_arguments)]
+    fn start_switchover(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        group: &str,
+        to: &str,
+        reason: &str,
+        plan_id: &str,
+    ) -> Response {
         let plan = plan_switchover(self, group, to, at)?;
         let id = format!("op-{index}");
         let g = self.groups.get_mut(group).expect("plan_switchover checked the group exists");
@@ -364,6 +376,7 @@ impl State {
                 "operation": id,
                 "from": plan.from,
                 "to": to,
+                "plan": plan_id,
                 "phase": Phase::ScalingUp.as_str(),
                 "step": detail,
                 "preflight": {

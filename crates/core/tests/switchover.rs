@@ -131,7 +131,12 @@ impl Fed {
     fn start(&mut self, group: &str, to: &str) -> Result<Applied, Refusal> {
         self.propose(
             OPERATOR,
-            Action::StartSwitchover { group: group.into(), to: to.into(), reason: "CHG-42 power work".into() },
+            Action::StartSwitchover {
+                group: group.into(),
+                to: to.into(),
+                reason: "CHG-42 power work".into(),
+                plan: String::new(),
+            },
         )
     }
 

@@ -225,8 +225,12 @@ impl Operator for OperatorService {
                 )));
             }
         }
-        let action =
-            Action::StartSwitchover { group: r.group.clone(), to: r.to_site.clone(), reason: r.reason.clone() };
+        let action = Action::StartSwitchover {
+            group: r.group.clone(),
+            to: r.to_site.clone(),
+            reason: r.reason.clone(),
+            plan: r.plan_id.clone(),
+        };
         let applied = self.fed.propose(&id.to_string(), action).await?;
         let Applied::OperationStarted { id: op_id } = applied else {
             return Err(Status::internal("switchover committed without an operation id"));
@@ -295,6 +299,7 @@ impl Operator for OperatorService {
             group: op.group.clone(),
             to: op.from.clone(),
             reason: format!("rollback of {}: {}", op.id, r.reason),
+            plan: String::new(),
         };
         let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), back).await? else {
             return Err(Status::internal("the rollback switchover committed without an operation id"));

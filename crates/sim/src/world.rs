@@ -382,9 +382,15 @@ impl World {
         self.writes += 1;
         let reason = format!("sim-{}", self.writes);
         let (actor, action) = match roll {
-            0..15 => {
-                ("user:sre", Action::StartSwitchover { group: group.clone(), to: site.clone(), reason: reason.clone() })
-            }
+            0..15 => (
+                "user:sre",
+                Action::StartSwitchover {
+                    group: group.clone(),
+                    to: site.clone(),
+                    reason: reason.clone(),
+                    plan: String::new(),
+                },
+            ),
             15..19 => {
                 let until = self.net.clock_ms(0) + self.rng.gen_range(500..3_000);
                 (
