@@ -402,6 +402,16 @@ impl State {
                 actual: if op.is_running() { op.phase.as_str().to_string() } else { op.outcome.as_str().to_string() },
             });
         }
+        // A step the engine decided before an operator's pause was committed must not land
+        // after it: a paused operation takes no step (and so cannot end up stopped while
+        // still marked paused, where nothing could resume or finish it).
+        if op.paused.is_some() {
+            return Err(Refusal::StalePhase {
+                id: id.to_string(),
+                expected: phase.as_str().to_string(),
+                actual: "paused".to_string(),
+            });
+        }
         Ok(op)
     }
 

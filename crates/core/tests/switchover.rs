@@ -1281,3 +1281,31 @@ mod control {
         assert!(same_except_index(&before, &f.state));
     }
 }
+
+#[test]
+fn an_engine_step_decided_before_a_pause_does_not_land_after_it() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    // The leader decides a timeout failure, but an operator's pause is committed first.
+    let late = Action::FailOperation { id: id.clone(), at: Phase::ScalingUp, error: "target not healthy".into() };
+    f.ok(
+        OPERATOR,
+        Action::ControlOperation { id: id.clone(), control: switchyard_core::Control::Pause, reason: "hold".into() },
+    );
+    let err = f.propose("system", late).unwrap_err();
+    assert!(matches!(&err, Refusal::StalePhase { actual, .. } if actual == "paused"), "{err}");
+    let late =
+        Action::AdvanceOperation { id: id.clone(), from: Phase::ScalingUp, to: Phase::Verifying, detail: "x".into() };
+    assert!(matches!(f.propose("system", late), Err(Refusal::StalePhase { .. })));
+    let op = f.op(&id);
+    assert_eq!((op.outcome, op.phase, op.paused.is_some()), (Outcome::Running, Phase::ScalingUp, true));
+    // Resumed, the engine decides afresh.
+    f.ok(
+        OPERATOR,
+        Action::ControlOperation { id: id.clone(), control: switchyard_core::Control::Resume, reason: "go".into() },
+    );
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+    f.tick(100);
+    assert_eq!(f.op(&id).phase, Phase::Verifying);
+}

@@ -529,8 +529,9 @@ impl World {
         self.resume_paused();
     }
 
-    /// After the faults, an operator resumes every paused operation (retrying until none is
-    /// left paused), so that convergence can require every operation to have finished.
+    /// After the faults, an operator resumes every paused operation, looking for 20 s (a pause
+    /// still in flight at the heal can commit later), so that convergence can require every
+    /// operation to have finished.
     fn resume_paused(&self) {
         let net = self.net.clone();
         let ids = self.ids();
@@ -549,9 +550,7 @@ impl World {
                         })
                         .unwrap_or_default()
                 };
-                if paused.is_empty() {
-                    return;
-                }
+                // A pause still in flight at the heal may commit later: keep looking.
                 for id in paused {
                     let entry = ids[(attempt as usize) % ids.len()];
                     let action =
@@ -584,6 +583,17 @@ impl World {
                 Ok(()) => return Ok(self.summary(&observed)),
                 Err(why) => last = why,
             }
+        }
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            let o = self.observe(total);
+            let st = &o.replicas[0].state;
+            for op in st.operations.values().filter(|op| op.holds_group() || op.paused.is_some()) {
+                eprintln!("DEBUG op {} {:?} {:?} paused={:?}", op.id, op.phase, op.outcome, op.paused);
+            }
+            for r in st.audit.records().iter().rev().take(12) {
+                eprintln!("DEBUG audit {} {} {} {}", r.raft_index, r.action, r.actor, r.reason);
+            }
+            eprintln!("DEBUG last_applied {:?}", o.replicas.iter().map(|r| r.state.last_applied).collect::<Vec<_>>());
         }
         Err(Box::new(self.violation(total, "convergence", format!("not converged after healing: {last}"))))
     }
