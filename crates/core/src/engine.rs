@@ -332,6 +332,40 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
     }
 }
 
+/// What rolling back `op` takes, in order: abort it while it still holds its group (which, if
+/// traffic never moved, already puts the target back), then, if traffic had moved, a
+/// make-before-break switchover back to its source. Refused when there is nothing to undo.
+pub fn rollback_actions(op: &Operation, reason: &str) -> Result<Vec<Action>, Refusal> {
+    if reason.trim().is_empty() {
+        return Err(Refusal::Invalid("a reason is required to roll back an operation".into()));
+    }
+    let traffic_moved = op.traffic_shifted_at_ms.is_some();
+    let mut out = Vec::new();
+    if op.holds_group() {
+        out.push(Action::ControlOperation {
+            id: op.id.clone(),
+            control: crate::proposal::Control::Abort,
+            reason: format!("rollback: {reason}"),
+        });
+    } else if !traffic_moved {
+        return Err(Refusal::Invalid(format!(
+            "operation {} ended {} before traffic moved; {} is already where it found it",
+            op.id,
+            op.outcome.as_str(),
+            op.group
+        )));
+    }
+    if traffic_moved {
+        out.push(Action::StartSwitchover {
+            group: op.group.clone(),
+            to: op.from.clone(),
+            reason: format!("rollback of {}: {reason}", op.id),
+            plan: String::new(),
+        });
+    }
+    Ok(out)
+}
+
 /// The steps due now for every running operation, in operation-id order. Level-triggered:
 /// it looks only at the committed state, so calling it twice proposes the same steps, and
 /// `apply` ignores a step whose phase has already moved on.

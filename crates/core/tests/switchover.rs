@@ -1273,6 +1273,41 @@ mod control {
     }
 
     #[test]
+    fn rollback_aborts_what_still_runs_and_moves_back_what_had_moved() {
+        use switchyard_core::engine::rollback_actions;
+        let kinds = |actions: Vec<Action>| -> Vec<String> {
+            actions
+                .iter()
+                .map(|a| match a {
+                    Action::ControlOperation { control, .. } => format!("{control:?}"),
+                    Action::StartSwitchover { to, .. } => format!("back to {to}"),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        // Running, traffic not moved: the abort alone puts the target back.
+        let (mut f, id) = verifying();
+        assert_eq!(kinds(rollback_actions(f.op(&id), "undo").unwrap()), ["Abort"]);
+        // Running, traffic moved: abort, then a switchover back.
+        f.tick(f.cfg.verify_window_ms);
+        assert_eq!(kinds(rollback_actions(f.op(&id), "undo").unwrap()), ["Abort", "back to site-1"]);
+        // Applied in that order, the group ends up moving back to site-1.
+        f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+        f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+        for action in rollback_actions(f.op(&id), "undo").unwrap() {
+            f.ok(OPERATOR, action);
+        }
+        let back = f.state.groups["crm-web"].operation.clone().expect("a rollback switchover runs");
+        assert_eq!((f.op(&back).from.as_str(), f.op(&back).to.as_str()), ("site-2", "site-1"));
+        // Ended before traffic moved: nothing to undo; and a reason is always required.
+        let (mut f, id) = verifying();
+        control(&mut f, &id, Control::Abort, "stop").unwrap();
+        let err = rollback_actions(f.op(&id), "undo").unwrap_err().to_string();
+        assert!(err.contains("already where it found it"), "{err}");
+        assert!(rollback_actions(f.op(&id), " ").unwrap_err().to_string().contains("reason is required"));
+    }
+
+    #[test]
     fn control_requests_need_a_reason_and_a_known_operation() {
         let (mut f, id) = verifying();
         let before = f.state.clone();

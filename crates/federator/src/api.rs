@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use switchyard_core::engine::operation_blocker;
+use switchyard_core::engine::{operation_blocker, rollback_actions};
 use switchyard_core::plan::{MovePlan, MoveScope, PlanEstimates, budgets, plan_moves};
 use switchyard_core::views::group_counts_on;
 use switchyard_core::{Action, Applied, Control, Freeze, FreezeScope, GroupSpec, REPORT_FRESH_MS};
@@ -266,46 +266,22 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::Operation>, Status> {
         let who = authorise(&req, Role::can_switchover, "roll back operations")?;
         let r = req.into_inner();
-        if r.reason.trim().is_empty() {
-            return Err(Status::invalid_argument("a reason is required to roll back an operation"));
-        }
         self.fed.read_barrier().await?;
         let op = self
             .fed
             .shared
             .read(|s| s.operations.get(&r.id).cloned())
             .ok_or_else(|| Status::not_found(format!("operation {:?} does not exist", r.id)))?;
-        let traffic_moved = op.traffic_shifted_at_ms.is_some();
-        if op.holds_group() {
-            let abort = Action::ControlOperation {
-                id: op.id.clone(),
-                control: Control::Abort,
-                reason: format!("rollback: {}", r.reason),
-            };
-            self.fed.propose(&who.to_string(), abort).await?;
-            if !traffic_moved {
-                // The abort itself put the target back: the group is where the operation found it.
-                return self.operation(&op.id).map(Response::new);
+        let actions =
+            rollback_actions(&op, &r.reason).map_err(|e| Status::from(crate::node::ProposeError::Refused(e)))?;
+        let mut last = op.id.clone();
+        for action in actions {
+            if let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), action).await? {
+                tracing::info!(operation = %id, rolls_back = %op.id, actor = %who, "rollback switchover started");
+                last = id;
             }
-        } else if !traffic_moved {
-            return Err(Status::failed_precondition(format!(
-                "operation {} ended {} before traffic moved; {} is already where it found it",
-                op.id,
-                op.outcome.as_str(),
-                op.group
-            )));
         }
-        let back = Action::StartSwitchover {
-            group: op.group.clone(),
-            to: op.from.clone(),
-            reason: format!("rollback of {}: {}", op.id, r.reason),
-            plan: String::new(),
-        };
-        let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), back).await? else {
-            return Err(Status::internal("the rollback switchover committed without an operation id"));
-        };
-        tracing::info!(operation = %id, rolls_back = %op.id, actor = %who, "rollback switchover started");
-        self.operation(&id).map(Response::new)
+        self.operation(&last).map(Response::new)
     }
 
     async fn plan_moves(&self, req: Request<pb::PlanMovesRequest>) -> Result<Response<pb::PlanMovesReply>, Status> {
