@@ -64,6 +64,7 @@ fn federation() -> State {
             tier: (g % 3) as u32,
             home_site: format!("site-{:02}", g / per_site),
             tenant: String::new(),
+            depends_on: vec![],
             apps: vec![app("web"), app("api")],
         };
         apply(&mut state, Action::RegisterGroup(spec));

@@ -285,6 +285,10 @@ pub struct GroupSpec {
     /// own name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tenant: String,
+    /// Groups this one needs next to it (a database, a cache). When a site is evacuated they
+    /// move first, so that each group arrives where what it needs already runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<GroupName>,
     pub apps: Vec<AppSpec>,
 }
 
@@ -449,6 +453,9 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
     if spec.apps.is_empty() {
         errs.push(format!("group {g:?} has no apps"));
     }
+    if spec.depends_on.iter().any(|d| d == g) {
+        errs.push(format!("group {g:?} depends on itself"));
+    }
     let names: std::collections::BTreeSet<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
     for app in &spec.apps {
         for d in &app.depends_on {
@@ -561,6 +568,7 @@ mod tests {
             tier: 0,
             home_site: "s".into(),
             tenant: String::new(),
+            depends_on: vec![],
             apps,
         };
         assert!(validate_group(&group(vec![app("db", &[]), app("web", &["db"])])).is_empty());
@@ -597,6 +605,7 @@ mod tests {
             tier: 0,
             home_site: "site-1".into(),
             tenant: String::new(),
+            depends_on: vec![],
             apps: vec![],
         };
         let errs = validate_group(&spec);

@@ -18,7 +18,8 @@ use crate::state::State;
 pub enum MoveScope {
     /// These groups, in this order.
     Groups(Vec<String>),
-    /// Every group whose traffic is on this site (evacuation), most critical tier first.
+    /// Every group whose traffic is on this site (evacuation): dependencies first, then the
+    /// most critical tier, then by name.
     Site(String),
 }
 
@@ -114,7 +115,12 @@ pub fn plan_moves(
             if site == to {
                 return Err(Refusal::Invalid(format!("an evacuation of {site:?} needs another target site")));
             }
-            groups_on_site(state, site)
+            groups_on_site(state, site).map_err(|cycle| {
+                Refusal::Invalid(format!(
+                    "the groups on {site:?} cannot be ordered: {} depend on each other in a cycle",
+                    cycle.join(", ")
+                ))
+            })?
         }
     };
     let mut sim = state.clone();
@@ -224,18 +230,35 @@ pub fn budgets(
     (of(op.phase), total)
 }
 
-/// The groups whose traffic is on `site` alone, most critical (lowest) tier first, then by
+/// The groups whose traffic is on `site`, in evacuation order: a group after every group it
+/// depends on that is moving too, otherwise the most critical (lowest) tier first, then by
 /// name. Groups that also take traffic elsewhere are listed too: the plan says why they cannot
-/// move as one switchover.
-pub fn groups_on_site(state: &State, site: &str) -> Vec<String> {
-    let mut groups: Vec<(&u32, &String)> = state
-        .groups
-        .values()
-        .filter(|g| g.placement.active_sites().iter().any(|s| *s == site))
-        .map(|g| (&g.spec.tier, &g.spec.name))
+/// move as one switchover. Err: a dependency cycle among them, naming its groups (they cannot
+/// be ordered).
+pub fn groups_on_site(state: &State, site: &str) -> Result<Vec<String>, Vec<String>> {
+    let moving: Vec<&crate::model::AppGroup> =
+        state.groups.values().filter(|g| g.placement.active_sites().iter().any(|s| *s == site)).collect();
+    let names: std::collections::BTreeSet<&str> = moving.iter().map(|g| g.spec.name.as_str()).collect();
+    // Kahn's algorithm; among the groups ready at each step, (tier, name) decides.
+    let mut waiting: std::collections::BTreeMap<&str, Vec<&str>> = moving
+        .iter()
+        .map(|g| {
+            let deps = g.spec.depends_on.iter().map(String::as_str).filter(|d| names.contains(d)).collect();
+            (g.spec.name.as_str(), deps)
+        })
         .collect();
-    groups.sort();
-    groups.into_iter().map(|(_, n)| n.clone()).collect()
+    let tier = |n: &str| state.groups.get(n).map_or(u32::MAX, |g| g.spec.tier);
+    let mut order = Vec::with_capacity(moving.len());
+    loop {
+        let next = waiting.iter().filter(|(_, deps)| deps.is_empty()).map(|(n, _)| *n).min_by_key(|n| (tier(n), *n));
+        let Some(next) = next else { break };
+        waiting.remove(next);
+        for deps in waiting.values_mut() {
+            deps.retain(|d| *d != next);
+        }
+        order.push(next.to_string());
+    }
+    if waiting.is_empty() { Ok(order) } else { Err(waiting.keys().map(|n| n.to_string()).collect()) }
 }
 
 fn free_on(state: &State, site: &str) -> Resources {

@@ -775,6 +775,9 @@ impl State {
         if old.dns_aliases != spec.dns_aliases {
             changes.push(format!("dns_aliases {:?} -> {:?}", old.dns_aliases, spec.dns_aliases));
         }
+        if old.depends_on != spec.depends_on {
+            changes.push(format!("depends_on {:?} -> {:?}", old.depends_on, spec.depends_on));
+        }
         if old.ttl_s != spec.ttl_s {
             changes.push(format!("ttl_s {} -> {}", old.ttl_s, spec.ttl_s));
         }

@@ -34,6 +34,7 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
         tier: 1,
         home_site: "site-1".into(),
         tenant: String::new(),
+        depends_on: vec![],
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),
@@ -1170,6 +1171,38 @@ mod planning {
             },
         );
         assert_ne!(plan(&f, scope, "site-2").unwrap().id, first.id);
+    }
+
+    #[test]
+    fn an_evacuation_moves_what_a_group_depends_on_before_it() {
+        let mut f = busy(0);
+        // web (tier 0) needs api (tier 1), which needs db (tier 2): db, api, web, whatever the tiers.
+        for (name, tier, deps) in
+            [("web", 0, vec!["api"]), ("api", 1, vec!["db"]), ("db", 2, vec![]), ("batch", 1, vec![])]
+        {
+            let mut g = group(name, 1, 100);
+            g.dns_name = name.into();
+            g.tier = tier;
+            g.depends_on = deps.into_iter().map(String::from).collect();
+            f.ok("system:config", Action::RegisterGroup(g));
+        }
+        f.report("site-1", 10_000, &[("crm-web", 2, 0), ("web", 1, 0), ("api", 1, 0), ("db", 1, 0), ("batch", 1, 0)]);
+        f.report("site-2", 10_000, &[]);
+        let p = plan(&f, MoveScope::Site("site-1".into()), "site-2").unwrap();
+        let order: Vec<&str> = p.groups.iter().map(|g| g.group.as_str()).collect();
+        // crm-web is tier 1 with no dependencies; batch tier 1; db must precede api, api web.
+        assert_eq!(order, ["batch", "crm-web", "db", "api", "web"]);
+        assert!(p.go, "{:?}", p.reasons);
+        // A cycle cannot be ordered: the request is refused, naming the groups.
+        let mut db = f.state.groups["db"].spec.clone();
+        db.depends_on = vec!["web".into()];
+        update(&mut f, db).unwrap();
+        let err = plan(&f, MoveScope::Site("site-1".into()), "site-2").unwrap_err().to_string();
+        assert!(err.contains("api, db, web depend on each other in a cycle"), "{err}");
+        // A group may not depend on itself.
+        let mut me = f.state.groups["batch"].spec.clone();
+        me.depends_on = vec!["batch".into()];
+        assert!(update(&mut f, me).unwrap_err().to_string().contains("depends on itself"));
     }
 
     #[test]

@@ -262,6 +262,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             tier: 1,
             home_site: home.into(),
             tenant: String::new(),
+            depends_on: vec![],
             apps: vec![app("web", 2)],
         },
         GroupSpec {
@@ -272,6 +273,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             tier: 2,
             home_site: home.into(),
             tenant: String::new(),
+            depends_on: vec![],
             apps: vec![app("api", 2)],
         },
     ]

@@ -121,6 +121,7 @@ pub(crate) fn group_spec(i: usize, home: &str) -> GroupSpec {
         tier: 1,
         home_site: home.to_string(),
         tenant: String::new(),
+        depends_on: vec![],
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),
