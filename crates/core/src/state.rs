@@ -560,13 +560,7 @@ impl State {
             }
             Control::Abort => {
                 if phase.before_traffic_shift() {
-                    // Traffic never moved: the target goes back to what it was.
-                    if op.target_before == SiteShare::default() {
-                        g.placement.sites.remove(&op.to);
-                    } else {
-                        g.placement.sites.insert(op.to.clone(), op.target_before.clone());
-                    }
-                    g.placement.epoch = index;
+                    restore_target(&mut g.placement, op, index);
                 }
                 g.operation = None;
                 op.outcome = Outcome::Aborted;
@@ -621,13 +615,7 @@ impl State {
         let op = self.operations.get_mut(id).expect("checked above");
         let rolled_back = phase.before_traffic_shift();
         if rolled_back {
-            // Traffic never moved: put the target back as it was and free the group.
-            if op.target_before == SiteShare::default() {
-                g.placement.sites.remove(&op.to);
-            } else {
-                g.placement.sites.insert(op.to.clone(), op.target_before.clone());
-            }
-            g.placement.epoch = index;
+            restore_target(&mut g.placement, op, index);
             g.operation = None;
             op.outcome = Outcome::Failed;
             op.finished_at_ms = Some(at);
@@ -948,4 +936,15 @@ mod freeze_list {
             Form::Object(map) => map,
         })
     }
+}
+
+/// Puts an operation's target back as it was before the operation (traffic never moved there),
+/// in a new placement epoch so the target's cell stops what it started.
+fn restore_target(placement: &mut crate::model::Placement, op: &Operation, index: u64) {
+    if op.target_before == SiteShare::default() {
+        placement.sites.remove(&op.to);
+    } else {
+        placement.sites.insert(op.to.clone(), op.target_before.clone());
+    }
+    placement.epoch = index;
 }
