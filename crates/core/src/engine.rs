@@ -37,6 +37,8 @@ impl Default for EngineConfig {
 pub struct SwitchoverPlan {
     pub from: SiteName,
     pub target_instances: BTreeMap<AppName, u32>,
+    /// Of those, the instances the target does not run yet (what `reserved` pays for).
+    pub missing: BTreeMap<AppName, u32>,
     pub reserved: Resources,
     pub target_free: Resources,
     pub target_report_age_ms: u64,
@@ -48,13 +50,14 @@ impl SwitchoverPlan {
     }
 }
 
-/// Capacity held by running operations on `site` that its cell has not yet allocated: each
-/// operation's reservation minus what the site's last committed report already shows of that
-/// group (those instances are in the report's `allocated`, so counting both would refuse
-/// switchovers that fit).
-pub fn reserved_on(state: &State, site: &str) -> Resources {
+/// Capacity held on `site` that its cell has not yet allocated: each running operation's
+/// reservation minus what the site's last committed report already shows of that group (those
+/// instances are in the report's `allocated`, so counting both would refuse switchovers that
+/// fit), plus what running evacuations hold there for groups not started yet. `except` is a
+/// group whose own pending reservation is left out (the group being planned).
+pub fn reserved_on(state: &State, site: &str, except: &str) -> Resources {
     let report = state.reports.get(site).map(|r| &r.report);
-    state
+    let ops = state
         .operations
         .values()
         .filter(|o| o.is_running() && o.to == site)
@@ -68,13 +71,28 @@ pub fn reserved_on(state: &State, site: &str) -> Resources {
             };
             o.reserved.saturating_sub(shown)
         })
-        .fold(Resources::default(), Resources::plus)
+        .fold(Resources::default(), Resources::plus);
+    pending_evacuations(state, site, except).map(|g| g.reserved).fold(ops, Resources::plus)
+}
+
+/// The groups running evacuations into `site` hold capacity for and have not started yet.
+fn pending_evacuations<'a>(
+    state: &'a State,
+    site: &'a str,
+    except: &'a str,
+) -> impl Iterator<Item = &'a crate::evacuation::EvacuationGroup> + 'a {
+    state
+        .evacuations
+        .values()
+        .filter(move |e| e.is_running() && e.to == site)
+        .flat_map(|e| e.groups.iter())
+        .filter(move |g| g.operation.is_none() && g.not_moved.is_none() && g.group != except)
 }
 
 /// One entry per instance that running operations into `site` still expect its cell to start
-/// (their target counts minus what the site's last report shows of their groups), with that
-/// instance's resources.
-fn pending_instances(state: &State, site: &str) -> Vec<Resources> {
+/// (their target counts minus what the site's last report shows of their groups), and that
+/// running evacuations hold there for groups not started yet, with that instance's resources.
+fn pending_instances(state: &State, site: &str, except: &str) -> Vec<Resources> {
     let report = state.reports.get(site).map(|r| &r.report);
     let mut out = Vec::new();
     for o in state.operations.values().filter(|o| o.is_running() && o.to == site) {
@@ -89,6 +107,11 @@ fn pending_instances(state: &State, site: &str) -> Vec<Resources> {
             })
             .collect();
         out.extend(g.instances_of(&missing));
+    }
+    for e in pending_evacuations(state, site, except) {
+        if let Some(g) = state.groups.get(&e.group) {
+            out.extend(g.instances_of(&e.instances));
+        }
     }
     out
 }
@@ -117,9 +140,23 @@ pub fn fits_on_nodes(mut nodes: Vec<Resources>, mut instances: Vec<Resources>) -
 /// API before proposing (to answer quickly) and by `apply` (authoritative, atomic with the
 /// capacity reservation), so the two can never disagree.
 pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Result<SwitchoverPlan, Refusal> {
+    plan_switchover_for(state, group, to, at_ms, None)
+}
+
+/// [`plan_switchover`] on behalf of `holder`: the evacuation that holds the group's lock may
+/// start its switchover (its own pending reservation is not counted against it).
+pub fn plan_switchover_for(
+    state: &State,
+    group: &str,
+    to: &str,
+    at_ms: u64,
+    holder: Option<&str>,
+) -> Result<SwitchoverPlan, Refusal> {
     let g = state.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
     let site = state.sites.get(to).ok_or_else(|| Refusal::UnknownSite(to.to_string()))?;
-    if let Some(op) = &g.operation {
+    if let Some(op) = &g.operation
+        && holder != Some(op.as_str())
+    {
         return Err(Refusal::GroupBusy { group: group.to_string(), operation: op.clone() });
     }
     let active = g.placement.active_sites();
@@ -160,7 +197,7 @@ pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Resu
         .map(|(app, n)| (app.clone(), n.saturating_sub(target.instances.get(app).copied().unwrap_or(0))))
         .collect();
     let needed = g.demand(&missing);
-    let free = fresh.report.free().saturating_sub(reserved_on(state, to));
+    let free = fresh.report.free().saturating_sub(reserved_on(state, to, group));
     if !needed.fits_in(free) {
         return Err(Refusal::InsufficientCapacity { site: to.to_string(), group: group.to_string(), needed, free });
     }
@@ -173,7 +210,7 @@ pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Resu
         .filter(|n| n.healthy && !n.unschedulable)
         .map(|n| n.capacity.saturating_sub(n.allocated))
         .collect();
-    let mut instances = pending_instances(state, to);
+    let mut instances = pending_instances(state, to, group);
     instances.extend(g.instances_of(&missing));
     if let Err(instance) = fits_on_nodes(nodes.clone(), instances) {
         let largest = nodes.iter().copied().max_by_key(|r| (r.cpu_millis, r.mem_mib, r.disk_mib)).unwrap_or_default();
@@ -182,6 +219,7 @@ pub fn plan_switchover(state: &State, group: &str, to: &str, at_ms: u64) -> Resu
     Ok(SwitchoverPlan {
         from,
         target_instances,
+        missing,
         reserved: needed,
         target_free: free,
         target_report_age_ms: age.unwrap_or(0),
@@ -370,12 +408,20 @@ pub fn rollback_actions(op: &Operation, reason: &str) -> Result<Vec<Action>, Ref
 /// it looks only at the committed state, so calling it twice proposes the same steps, and
 /// `apply` ignores a step whose phase has already moved on.
 pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
-    state
+    let mut out: Vec<Action> = state
         .operations
         .values()
         .filter(|o| o.holds_group() && o.paused.is_none())
         .filter_map(|op| next_step(state, op, now_ms, cfg))
-        .collect()
+        .collect();
+    for evac in state.evacuations.values().filter(|e| e.is_running()) {
+        out.extend(
+            crate::evacuation::steps(state, evac)
+                .into_iter()
+                .map(|step| Action::EvacuationStep { id: evac.id.clone(), step }),
+        );
+    }
+    out
 }
 
 /// What a running operation waits for, for status displays; empty when nothing.

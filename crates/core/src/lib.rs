@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod engine;
+pub mod evacuation;
 pub mod model;
 pub mod operation;
 pub mod plan;
@@ -19,6 +20,7 @@ pub mod views;
 
 pub use audit::{AuditLog, AuditRecord, ChainError};
 pub use engine::{EngineConfig, decide, operation_blocker, validate};
+pub use evacuation::{Evacuation, EvacuationGroup, EvacuationStep, GroupStatus};
 pub use model::{AppGroup, AppSpec, GroupSpec, HealthSpec, Placement, Resources, Site, SiteShare, SiteSpec, SiteState};
 pub use operation::{Operation, OperationKind, Outcome, Phase, Step};
 pub use proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, Response};

@@ -9,12 +9,14 @@ use crate::model::{AppName, GroupName, Resources, SiteName, SiteShare};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperationKind {
     Switchover,
+    Evacuation,
 }
 
 impl OperationKind {
     pub fn as_str(self) -> &'static str {
         match self {
             OperationKind::Switchover => "switchover",
+            OperationKind::Evacuation => "evacuation",
         }
     }
 }
@@ -117,6 +119,9 @@ pub struct Operation {
     /// Set while an operator has paused the operation: when, by whom and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Pause>,
+    /// The evacuation this switchover is part of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuation: Option<String>,
 }
 
 /// An operator's pause of a running operation.

@@ -98,31 +98,7 @@ pub fn plan_moves(
     if !state.sites.contains_key(to) {
         return Err(Refusal::UnknownSite(to.to_string()));
     }
-    let groups: Vec<String> = match scope {
-        MoveScope::Groups(groups) => {
-            if groups.is_empty() {
-                return Err(Refusal::Invalid("name at least one group to plan".into()));
-            }
-            if let Some(g) = groups.iter().find(|g| !state.groups.contains_key(*g)) {
-                return Err(Refusal::UnknownGroup(g.clone()));
-            }
-            groups.clone()
-        }
-        MoveScope::Site(site) => {
-            if !state.sites.contains_key(site) {
-                return Err(Refusal::UnknownSite(site.clone()));
-            }
-            if site == to {
-                return Err(Refusal::Invalid(format!("an evacuation of {site:?} needs another target site")));
-            }
-            groups_on_site(state, site).map_err(|cycle| {
-                Refusal::Invalid(format!(
-                    "the groups on {site:?} cannot be ordered: {} depend on each other in a cycle",
-                    cycle.join(", ")
-                ))
-            })?
-        }
-    };
+    let groups = scope_order(state, scope, to)?;
     let mut sim = state.clone();
     let target_free = free_on(state, to);
     let mut out = Vec::with_capacity(groups.len());
@@ -236,21 +212,36 @@ pub fn budgets(
 /// move as one switchover. Err: a dependency cycle among them, naming its groups (they cannot
 /// be ordered).
 pub fn groups_on_site(state: &State, site: &str) -> Result<Vec<String>, Vec<String>> {
-    let moving: Vec<&crate::model::AppGroup> =
-        state.groups.values().filter(|g| g.placement.active_sites().iter().any(|s| *s == site)).collect();
-    let names: std::collections::BTreeSet<&str> = moving.iter().map(|g| g.spec.name.as_str()).collect();
-    // Kahn's algorithm; among the groups ready at each step, (tier, name) decides.
-    let mut waiting: std::collections::BTreeMap<&str, Vec<&str>> = moving
-        .iter()
-        .map(|g| {
-            let deps = g.spec.depends_on.iter().map(String::as_str).filter(|d| names.contains(d)).collect();
-            (g.spec.name.as_str(), deps)
-        })
+    let moving: Vec<String> = state
+        .groups
+        .values()
+        .filter(|g| g.placement.active_sites().iter().any(|s| *s == site))
+        .map(|g| g.spec.name.clone())
         .collect();
     let tier = |n: &str| state.groups.get(n).map_or(u32::MAX, |g| g.spec.tier);
-    let mut order = Vec::with_capacity(moving.len());
+    dependency_order(state, &moving, |n| (tier(n), n.to_string()))
+}
+
+/// `names` ordered so that a group comes after every group of `names` it depends on; among the
+/// groups ready at each point, the smallest `key` first. Err: the groups caught in a
+/// dependency cycle.
+pub fn dependency_order<K: Ord>(
+    state: &State,
+    names: &[String],
+    key: impl Fn(&str) -> K,
+) -> Result<Vec<String>, Vec<String>> {
+    let set: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    // Kahn's algorithm.
+    let mut waiting: std::collections::BTreeMap<&str, Vec<&str>> = names
+        .iter()
+        .map(|n| {
+            let deps = state.groups.get(n).map_or(&[][..], |g| g.spec.depends_on.as_slice());
+            (n.as_str(), deps.iter().map(String::as_str).filter(|d| set.contains(d) && *d != n).collect())
+        })
+        .collect();
+    let mut order = Vec::with_capacity(names.len());
     loop {
-        let next = waiting.iter().filter(|(_, deps)| deps.is_empty()).map(|(n, _)| *n).min_by_key(|n| (tier(n), *n));
+        let next = waiting.iter().filter(|(_, deps)| deps.is_empty()).map(|(n, _)| *n).min_by_key(|n| key(n));
         let Some(next) = next else { break };
         waiting.remove(next);
         for deps in waiting.values_mut() {
@@ -261,13 +252,49 @@ pub fn groups_on_site(state: &State, site: &str) -> Result<Vec<String>, Vec<Stri
     if waiting.is_empty() { Ok(order) } else { Err(waiting.keys().map(|n| n.to_string()).collect()) }
 }
 
+/// The groups a move of `scope` takes, in the order it starts them. Err: a request naming
+/// nothing to move, an unknown group or site, or groups that depend on each other in a cycle.
+pub fn scope_order(state: &State, scope: &MoveScope, to: &str) -> Result<Vec<String>, Refusal> {
+    let cycle = |cycle: Vec<String>| {
+        Refusal::Invalid(format!("the groups cannot be ordered: {} depend on each other in a cycle", cycle.join(", ")))
+    };
+    match scope {
+        MoveScope::Groups(groups) => {
+            if groups.is_empty() {
+                return Err(Refusal::Invalid("name at least one group to plan".into()));
+            }
+            if let Some(g) = groups.iter().find(|g| !state.groups.contains_key(*g)) {
+                return Err(Refusal::UnknownGroup(g.clone()));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(g) = groups.iter().find(|g| !seen.insert(g.as_str())) {
+                return Err(Refusal::Invalid(format!("group {g:?} is named twice")));
+            }
+            dependency_order(state, groups, |n| groups.iter().position(|g| g == n)).map_err(cycle)
+        }
+        MoveScope::Site(site) => {
+            if !state.sites.contains_key(site) {
+                return Err(Refusal::UnknownSite(site.clone()));
+            }
+            if site == to {
+                return Err(Refusal::Invalid(format!("an evacuation of {site:?} needs another target site")));
+            }
+            let order = groups_on_site(state, site).map_err(cycle)?;
+            if order.is_empty() {
+                return Err(Refusal::Invalid(format!("no group takes traffic on {site:?}; nothing to evacuate")));
+            }
+            Ok(order)
+        }
+    }
+}
+
 fn free_on(state: &State, site: &str) -> Resources {
     state
         .reports
         .get(site)
         .map(|r| r.report.free())
         .unwrap_or_default()
-        .saturating_sub(crate::engine::reserved_on(state, site))
+        .saturating_sub(crate::engine::reserved_on(state, site, ""))
 }
 
 fn digest(plan: &MovePlan) -> String {

@@ -120,6 +120,29 @@ pub enum Action {
         at: Phase,
         error: String,
     },
+    /// Move many groups to `to` as one operation: every group whose traffic is on `from` (an
+    /// evacuation of that site), or the groups named. Refused, changing nothing, unless every
+    /// group can move now; the target capacity of all of them is reserved at once.
+    StartEvacuation {
+        /// The site to empty; `None` with `groups`.
+        from: Option<String>,
+        /// The groups to move when `from` is `None`, in this order (dependencies still first).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<String>,
+        to: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        plan: String,
+        /// Groups moved side by side (at least 1).
+        concurrency: u32,
+        /// Failed groups after which no new group starts (at least 1).
+        failure_budget: u32,
+    },
+    /// The next step of an evacuation; refused unless the engine would still take it.
+    EvacuationStep {
+        id: String,
+        step: crate::evacuation::EvacuationStep,
+    },
     /// An operator pauses, resumes or aborts a running operation.
     ControlOperation {
         id: String,

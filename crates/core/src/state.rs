@@ -6,11 +6,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::{AuditLog, Entry};
-use crate::engine::plan_switchover;
+use crate::engine::plan_switchover_for;
+use crate::evacuation::{Evacuation, EvacuationStep};
 use crate::model::{AppGroup, GroupSpec, Placement, Site, SiteShare, SiteState, validate_group, validate_site};
 use crate::operation::{Operation, OperationKind, Outcome, Pause, Phase, Step};
 use crate::proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, Response};
 use crate::report::ReportRecord;
+
+mod evacuate;
 
 /// Everything the federation has committed. Only `apply` changes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +33,9 @@ pub struct State {
     /// string, so it cannot be a JSON object key (snapshots hold the whole state as JSON).
     #[serde(default, with = "freeze_list")]
     pub freezes: BTreeMap<FreezeScope, Freeze>,
+    /// Evacuations, running and finished, by id (`evac-<log index>`).
+    #[serde(default)]
+    pub evacuations: BTreeMap<String, Evacuation>,
 }
 
 /// A freeze: no switchover, spec update or autoscaling inside its scope.
@@ -106,9 +112,13 @@ impl State {
             | Action::ScaleApp { group, .. }
             | Action::Autoscale { group, .. }
             | Action::StartSwitchover { group, .. } => vec![group.clone()],
-            Action::AdvanceOperation { id, .. }
-            | Action::FailOperation { id, .. }
-            | Action::ControlOperation { id, .. } => op_group(id),
+            Action::AdvanceOperation { id, .. } | Action::FailOperation { id, .. } => op_group(id),
+            Action::ControlOperation { id, .. } => match self.evacuations.get(id) {
+                Some(e) => e.groups.iter().map(|g| g.group.clone()).collect(),
+                None => op_group(id),
+            },
+            Action::EvacuationStep { step: EvacuationStep::Start { group }, .. } => vec![group.clone()],
+            Action::StartEvacuation { .. } | Action::EvacuationStep { .. } => vec![],
             Action::CellReport(report) => self
                 .groups
                 .values()
@@ -306,8 +316,22 @@ impl State {
                 Ok(Applied::Changed)
             }
             Action::StartSwitchover { group, to, reason, plan } => {
-                self.start_switchover(index, at, actor, group, to, reason, plan)
+                self.start_switchover(index, at, actor, group, to, reason, plan, None)
             }
+            Action::StartEvacuation { from, groups, to, reason, plan, concurrency, failure_budget } => self
+                .start_evacuation(
+                    index,
+                    at,
+                    actor,
+                    from.as_deref(),
+                    groups,
+                    to,
+                    reason,
+                    plan,
+                    *concurrency,
+                    *failure_budget,
+                ),
+            Action::EvacuationStep { id, step } => self.evacuation_step(index, at, actor, id, step),
             Action::AdvanceOperation { id, from, to, detail } => self.advance(index, at, actor, id, *from, *to, detail),
             Action::ControlOperation { id, control, reason } => self.control(index, at, actor, id, *control, reason),
             Action::FailOperation { id, at: phase, error } => self.fail(index, at, actor, id, *phase, error),
@@ -324,8 +348,9 @@ impl State {
         to: &str,
         reason: &str,
         plan_id: &str,
+        evacuation: Option<&str>,
     ) -> Response {
-        let plan = plan_switchover(self, group, to, at)?;
+        let plan = plan_switchover_for(self, group, to, at, evacuation)?;
         let id = format!("op-{index}");
         let g = self.groups.get_mut(group).expect("plan_switchover checked the group exists");
         let before = g.placement.clone();
@@ -365,6 +390,7 @@ impl State {
             reserved: plan.reserved,
             traffic_shifted_at_ms: None,
             paused: None,
+            evacuation: evacuation.map(str::to_string),
         };
         self.audit.append(Entry {
             time_ms: at,
@@ -377,6 +403,7 @@ impl State {
                 "from": plan.from,
                 "to": to,
                 "plan": plan_id,
+                "evacuation": evacuation,
                 "phase": Phase::ScalingUp.as_str(),
                 "step": detail,
                 "preflight": {
@@ -515,6 +542,9 @@ impl State {
 
     /// An operator's pause, resume or abort of a running operation.
     fn control(&mut self, index: u64, at: u64, actor: &str, id: &str, control: Control, reason: &str) -> Response {
+        if self.evacuations.contains_key(id) {
+            return self.control_evacuation(index, at, actor, id, control, reason);
+        }
         let op = self.operations.get(id).ok_or_else(|| Refusal::UnknownOperation(id.to_string()))?;
         if reason.trim().is_empty() {
             return Err(Refusal::Invalid(format!("a reason is required to {} an operation", control.as_str())));
@@ -902,6 +932,11 @@ impl State {
 
     pub fn max_epoch(&self) -> u64 {
         self.groups.values().map(|g| g.placement.epoch).max().unwrap_or(0)
+    }
+
+    /// Whether any operation or evacuation may still take a step (the engine has work).
+    pub fn has_work(&self) -> bool {
+        self.operations.values().any(|o| o.holds_group()) || self.evacuations.values().any(|e| e.is_running())
     }
 
     pub fn operations_in_flight(&self) -> usize {

@@ -1377,3 +1377,6 @@ fn an_engine_step_decided_before_a_pause_does_not_land_after_it() {
     f.tick(100);
     assert_eq!(f.op(&id).phase, Phase::Verifying);
 }
+
+#[path = "switchover/evacuation.rs"]
+mod evacuation;

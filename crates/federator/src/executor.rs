@@ -30,7 +30,7 @@ pub async fn run(fed: Arc<Federator>) {
                 }
             }
         }
-        if !fed.shared.read(|s| s.operations.values().any(|o| o.holds_group())) {
+        if !fed.shared.read(|s| s.has_work()) {
             continue;
         }
         // Confirm leadership with a quorum and wait until everything committed is applied

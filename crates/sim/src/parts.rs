@@ -120,7 +120,7 @@ pub async fn executor(net: Net, id: NodeId, cfg: EngineConfig, sites: Vec<SiteSp
                 let _ = propose_local(&net, &h, "system:config", Action::RegisterGroup(group.clone())).await;
             }
         }
-        if !h.shared.read(|s| s.operations.values().any(|o| o.holds_group())) {
+        if !h.shared.read(|s| s.has_work()) {
             continue;
         }
         match tokio::time::timeout(Duration::from_secs(2), h.raft.ensure_linearizable()).await {

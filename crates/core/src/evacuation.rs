@@ -1,0 +1,190 @@
+//! Evacuations: many groups moved to one target site as one operation (a whole site before
+//! power work, or a list of groups). The evacuation reserves the target capacity of every
+//! group when it starts, then runs one make-before-break switchover per group: dependencies
+//! first, at most `concurrency` at a time, and no new group once `failure_budget` groups have
+//! failed. Pure: the decision (`steps`) is a function of the committed state only, and `apply`
+//! accepts a step only if the same decision still proposes it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AppName, GroupName, Resources, SiteName};
+use crate::operation::{Outcome, Pause, Phase};
+use crate::state::State;
+
+/// Default number of groups moved side by side.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Default number of failed groups after which no new group starts.
+pub const DEFAULT_FAILURE_BUDGET: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evacuation {
+    /// `evac-<log index>`.
+    pub id: String,
+    /// The site evacuated; `None` when started for a list of groups.
+    pub from: Option<SiteName>,
+    pub to: SiteName,
+    pub actor: String,
+    pub reason: String,
+    /// The id of the reviewed plan it executes; empty when started without one.
+    pub plan: String,
+    pub concurrency: u32,
+    pub failure_budget: u32,
+    /// In the order they start (dependencies first, then tier, then name).
+    pub groups: Vec<EvacuationGroup>,
+    pub outcome: Outcome,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+    pub error: Option<String>,
+}
+
+/// One group's part of an evacuation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvacuationGroup {
+    pub group: GroupName,
+    /// Groups of this evacuation that must have moved before this one starts.
+    pub after: Vec<GroupName>,
+    /// Capacity held on the target for this group until its switchover starts (and takes the
+    /// reservation over).
+    pub reserved: Resources,
+    /// Instances per app the target still has to start for this group.
+    pub instances: BTreeMap<AppName, u32>,
+    /// The group's switchover, once started.
+    pub operation: Option<String>,
+    /// Why the group was not moved; set when its switchover refused to start (`failed`) or
+    /// the evacuation gave it up (failure budget spent, a dependency that did not move, abort).
+    pub not_moved: Option<String>,
+    pub failed: bool,
+}
+
+/// Where one group of an evacuation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupStatus {
+    Pending,
+    Running(Phase),
+    /// Its switchover stopped where a human must look; counts as a failure.
+    NeedsAttention,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl GroupStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupStatus::Pending => "pending",
+            GroupStatus::Running(_) => "running",
+            GroupStatus::NeedsAttention => "needs-attention",
+            GroupStatus::Succeeded => "succeeded",
+            GroupStatus::Failed => "failed",
+            GroupStatus::Skipped => "skipped",
+        }
+    }
+
+    fn is_failure(self) -> bool {
+        matches!(self, GroupStatus::Failed | GroupStatus::NeedsAttention)
+    }
+
+    /// Neither moving nor waiting to move.
+    pub fn is_settled(self) -> bool {
+        matches!(self, GroupStatus::Succeeded | GroupStatus::Failed | GroupStatus::Skipped)
+    }
+}
+
+/// The next step of an evacuation. Carried in [`crate::Action::EvacuationStep`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvacuationStep {
+    /// Start this group's switchover.
+    Start { group: GroupName },
+    /// Give this group up (release its reservation and lock), saying why.
+    Skip { group: GroupName, why: String },
+    /// Every group is settled: record the outcome.
+    Finish,
+}
+
+impl Evacuation {
+    pub fn is_running(&self) -> bool {
+        self.outcome == Outcome::Running
+    }
+
+    pub fn status(&self, state: &State, group: &EvacuationGroup) -> GroupStatus {
+        if group.not_moved.is_some() {
+            return if group.failed { GroupStatus::Failed } else { GroupStatus::Skipped };
+        }
+        let Some(op) = group.operation.as_ref().and_then(|id| state.operations.get(id)) else {
+            return GroupStatus::Pending;
+        };
+        match op.outcome {
+            Outcome::Running => GroupStatus::Running(op.phase),
+            Outcome::NeedsAttention => GroupStatus::NeedsAttention,
+            Outcome::Succeeded => GroupStatus::Succeeded,
+            Outcome::Failed | Outcome::Aborted => GroupStatus::Failed,
+        }
+    }
+
+    /// (status, count) of every status present, for summaries.
+    pub fn counts(&self, state: &State) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for g in &self.groups {
+            *out.entry(self.status(state, g).as_str()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    pub fn failures(&self, state: &State) -> u32 {
+        self.groups.iter().filter(|g| self.status(state, g).is_failure()).count() as u32
+    }
+
+    /// Capacity still held on the target for groups that have not started.
+    pub fn pending_reservation(&self) -> Resources {
+        self.groups
+            .iter()
+            .filter(|g| g.operation.is_none() && g.not_moved.is_none())
+            .map(|g| g.reserved)
+            .fold(Resources::default(), Resources::plus)
+    }
+}
+
+/// The steps due now for one evacuation, in order. Empty when it is finished, paused, or
+/// waiting for running switchovers.
+pub fn steps(state: &State, evac: &Evacuation) -> Vec<EvacuationStep> {
+    if !evac.is_running() || evac.paused.is_some() {
+        return Vec::new();
+    }
+    let status: BTreeMap<&str, GroupStatus> =
+        evac.groups.iter().map(|g| (g.group.as_str(), evac.status(state, g))).collect();
+    let failures = status.values().filter(|s| s.is_failure()).count() as u32;
+    let running = status.values().filter(|s| matches!(s, GroupStatus::Running(_))).count() as u32;
+    let mut slots = evac.concurrency.saturating_sub(running);
+    let mut out = Vec::new();
+    for g in evac.groups.iter().filter(|g| status[g.group.as_str()] == GroupStatus::Pending) {
+        if failures >= evac.failure_budget {
+            out.push(EvacuationStep::Skip {
+                group: g.group.clone(),
+                why: format!("failure budget spent: {failures} of {} groups failed", evac.failure_budget),
+            });
+            continue;
+        }
+        let dep = |want: fn(GroupStatus) -> bool| {
+            g.after.iter().find(|d| status.get(d.as_str()).is_some_and(|s| want(*s))).cloned()
+        };
+        if let Some(d) = dep(|s| matches!(s, GroupStatus::Failed | GroupStatus::Skipped)) {
+            out.push(EvacuationStep::Skip {
+                group: g.group.clone(),
+                why: format!("it depends on {d}, which did not move"),
+            });
+        } else if slots > 0 && dep(|s| s != GroupStatus::Succeeded).is_none() {
+            out.push(EvacuationStep::Start { group: g.group.clone() });
+            slots -= 1;
+        }
+    }
+    if out.is_empty() && status.values().all(|s| s.is_settled()) {
+        out.push(EvacuationStep::Finish);
+    }
+    out
+}
