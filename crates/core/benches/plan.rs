@@ -65,6 +65,7 @@ fn federation() -> State {
             home_site: format!("site-{:02}", g / per_site),
             tenant: String::new(),
             depends_on: vec![],
+            ramp: Default::default(),
             apps: vec![app("web"), app("api")],
         };
         apply(&mut state, Action::RegisterGroup(spec));

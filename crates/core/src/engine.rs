@@ -318,9 +318,45 @@ fn source_progress(state: &State, op: &Operation, now_ms: u64) -> Progress {
     }
 }
 
-fn ttl_wait_ms(state: &State, op: &Operation, cfg: &EngineConfig) -> u64 {
-    let ttl_ms = state.groups.get(&op.group).map_or(0, |g| u64::from(g.spec.ttl_s) * 1000);
-    ttl_ms + cfg.drain_ms
+fn ttl_ms(state: &State, op: &Operation) -> u64 {
+    state.groups.get(&op.group).map_or(0, |g| u64::from(g.spec.ttl_s) * 1000)
+}
+
+/// How long all traffic stays on the target before the source scales down: a TTL plus the
+/// drain time (cached answers expire), and at least the verify window.
+pub fn hold_at_full_ms(state: &State, op: &Operation, cfg: &EngineConfig) -> u64 {
+    (ttl_ms(state, op) + cfg.drain_ms).max(cfg.verify_window_ms)
+}
+
+/// The target's health against the group's ramp budget while traffic moves.
+enum RampHealth {
+    Within(String),
+    Breach(String),
+    /// No fresh report: neither advance nor revert.
+    Unknown(String),
+}
+
+fn ramp_health(state: &State, op: &Operation, now_ms: u64) -> RampHealth {
+    let Some(g) = state.groups.get(&op.group) else { return RampHealth::Unknown("group vanished".into()) };
+    let Some(record) = state.reports.get(&op.to).filter(|r| r.age_ms(now_ms) <= REPORT_FRESH_MS) else {
+        return RampHealth::Unknown(format!("no fresh report from {}'s cell", op.to));
+    };
+    let report = record.report.groups.get(&op.group);
+    let mut breaches = Vec::new();
+    let mut healthy_total = 0;
+    for (app, want) in &op.target_instances {
+        let healthy = report.and_then(|r| r.apps.get(app)).map_or(0, |a| a.healthy());
+        let need = g.spec.ramp.required_healthy(*want);
+        healthy_total += healthy;
+        if healthy < need {
+            breaches.push(format!("{app}: {healthy}/{want} healthy on {}, budget needs {need}", op.to));
+        }
+    }
+    if breaches.is_empty() {
+        RampHealth::Within(format!("{healthy_total} healthy on {}", op.to))
+    } else {
+        RampHealth::Breach(breaches.join(", "))
+    }
 }
 
 /// The next step of one running operation, if any is due.
@@ -328,6 +364,16 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
     let advance =
         |to: Phase, detail: String| Action::AdvanceOperation { id: op.id.clone(), from: op.phase, to, detail };
     let fail = |error: String| Action::FailOperation { id: op.id.clone(), at: op.phase, error };
+    let shift = |to_step: u32, detail: String| Action::ShiftTraffic {
+        id: op.id.clone(),
+        from_step: op.ramp_step,
+        to_step,
+        detail,
+    };
+    let split = |step: u32| {
+        let p = op.ramp_percent(step);
+        format!("weights {} {} / {} {p}", op.from, 100 - p, op.to)
+    };
     let in_phase_ms = now_ms.saturating_sub(op.phase_started_at_ms);
     match op.phase {
         Phase::ScalingUp | Phase::Verifying => {
@@ -336,7 +382,7 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
             match (op.phase, progress) {
                 (Phase::ScalingUp, Progress::Ready(detail)) => Some(advance(Phase::Verifying, detail)),
                 (Phase::Verifying, Progress::Ready(detail)) if in_phase_ms >= cfg.verify_window_ms => {
-                    Some(advance(Phase::Draining, format!("{detail} for {in_phase_ms} ms; traffic moved to {}", op.to)))
+                    Some(shift(1, format!("{detail} for {in_phase_ms} ms; {}", split(1))))
                 }
                 (_, Progress::Ready(_)) => None,
                 (_, Progress::Waiting(why)) if scale_up_ms >= cfg.scale_up_timeout_ms => {
@@ -348,15 +394,28 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
                 (_, Progress::Waiting(_)) => None,
             }
         }
-        Phase::Draining => {
-            let wait = ttl_wait_ms(state, op, cfg);
-            (in_phase_ms >= wait).then(|| {
-                advance(
-                    Phase::ScalingDown,
-                    format!("waited {in_phase_ms} ms (TTL + drain {wait} ms); scaling {} down", op.from),
-                )
-            })
-        }
+        Phase::Shifting | Phase::Draining => match ramp_health(state, op, now_ms) {
+            RampHealth::Unknown(_) => None,
+            RampHealth::Breach(why) => {
+                let back = op.ramp_step.saturating_sub(1);
+                Some(shift(back, format!("health breach ({why}); back to {}", split(back))))
+            }
+            RampHealth::Within(detail) if op.phase == Phase::Shifting => {
+                let hold = ttl_ms(state, op);
+                let next = op.ramp_step + 1;
+                (in_phase_ms >= hold)
+                    .then(|| shift(next, format!("{detail}, held {in_phase_ms} ms (TTL {hold} ms); {}", split(next))))
+            }
+            RampHealth::Within(detail) => {
+                let wait = hold_at_full_ms(state, op, cfg);
+                (in_phase_ms >= wait).then(|| {
+                    advance(
+                        Phase::ScalingDown,
+                        format!("{detail} at 100% for {in_phase_ms} ms (hold {wait} ms); scaling {} down", op.from),
+                    )
+                })
+            }
+        },
         Phase::ScalingDown => match source_progress(state, op, now_ms) {
             Progress::Ready(detail) => Some(advance(Phase::Done, detail)),
             // Already flagged: keep waiting for the source to report, never fail twice.
@@ -441,8 +500,18 @@ pub fn operation_blocker(state: &State, op: &Operation, now_ms: u64, cfg: &Engin
         Phase::Verifying => {
             format!("verify window: {in_phase_ms} of {} ms healthy", cfg.verify_window_ms)
         }
-        Phase::Draining => {
-            format!("draining: {} of {} ms (TTL + drain)", in_phase_ms, ttl_wait_ms(state, op, cfg))
+        Phase::Shifting | Phase::Draining => {
+            let (percent, hold, what) = if op.phase == Phase::Shifting {
+                (op.ramp_percent(op.ramp_step), ttl_ms(state, op), "ramp step held")
+            } else {
+                (100, hold_at_full_ms(state, op, cfg), "draining at 100%")
+            };
+            let step = format!("step {} of {} ({percent}% on {})", op.ramp_step, op.ramp_steps(), op.to);
+            match ramp_health(state, op, now_ms) {
+                RampHealth::Unknown(why) => format!("{step}: target health unknown ({why}); holding"),
+                RampHealth::Breach(why) => format!("{step}: health breach ({why}); reverting"),
+                RampHealth::Within(_) => format!("{step}: {what} {in_phase_ms} of {hold} ms"),
+            }
         }
         Phase::ScalingDown => match source_progress(state, op, now_ms) {
             Progress::Waiting(why) => format!("waiting for source: {why}"),

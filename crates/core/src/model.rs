@@ -289,7 +289,61 @@ pub struct GroupSpec {
     /// move first, so that each group arrives where what it needs already runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<GroupName>,
+    /// How a planned move shifts the group's traffic to its new site.
+    #[serde(default, skip_serializing_if = "TrafficRamp::is_default")]
+    pub ramp: TrafficRamp,
     pub apps: Vec<AppSpec>,
+}
+
+/// The traffic ramp of a planned move: the target's share after each step, each held at least
+/// one TTL and taken only while the target stays within its health budget. A breach reverts
+/// the last step and halts the move until an operator resumes or aborts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrafficRamp {
+    /// The target's percentage of traffic after each step: increasing, ending at 100.
+    pub steps: Vec<u32>,
+    /// Percentage of the target's instances of each app that may be unhealthy while traffic
+    /// moves before the ramp reverts (0: every instance must stay healthy).
+    pub max_unhealthy_percent: u32,
+}
+
+impl Default for TrafficRamp {
+    fn default() -> Self {
+        Self { steps: vec![100], max_unhealthy_percent: 0 }
+    }
+}
+
+impl TrafficRamp {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Healthy instances the target must keep of an app that wants `want`.
+    pub fn required_healthy(&self, want: u32) -> u32 {
+        want - want * self.max_unhealthy_percent / 100
+    }
+
+    fn problems(&self, g: &str) -> Vec<String> {
+        let mut errs = Vec::new();
+        let increasing = self.steps.windows(2).all(|w| w[0] < w[1]);
+        if self.steps.is_empty() || self.steps.len() > 20 || !increasing || self.steps.last() != Some(&100) {
+            errs.push(format!(
+                "group {g:?}: ramp steps {:?} must be 1 to 20 increasing percentages ending at 100",
+                self.steps
+            ));
+        }
+        if self.steps.first() == Some(&0) {
+            errs.push(format!("group {g:?}: a ramp step of 0% moves nothing"));
+        }
+        if self.max_unhealthy_percent > 50 {
+            errs.push(format!(
+                "group {g:?}: ramp max_unhealthy_percent {} must be at most 50",
+                self.max_unhealthy_percent
+            ));
+        }
+        errs
+    }
 }
 
 impl GroupSpec {
@@ -456,6 +510,7 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
     if spec.depends_on.iter().any(|d| d == g) {
         errs.push(format!("group {g:?} depends on itself"));
     }
+    errs.extend(spec.ramp.problems(g));
     let names: std::collections::BTreeSet<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
     for app in &spec.apps {
         for d in &app.depends_on {
@@ -569,6 +624,7 @@ mod tests {
             home_site: "s".into(),
             tenant: String::new(),
             depends_on: vec![],
+            ramp: Default::default(),
             apps,
         };
         assert!(validate_group(&group(vec![app("db", &[]), app("web", &["db"])])).is_empty());
@@ -606,6 +662,7 @@ mod tests {
             home_site: "site-1".into(),
             tenant: String::new(),
             depends_on: vec![],
+            ramp: Default::default(),
             apps: vec![],
         };
         let errs = validate_group(&spec);

@@ -29,7 +29,11 @@ pub enum Phase {
     ScalingUp,
     /// Every target instance is healthy; it must stay so for the verify window.
     Verifying,
-    /// Traffic moved to the target (DNS weights); waiting a TTL plus drain time.
+    /// Part of the traffic is on the target (a step of the group's ramp); each step is held at
+    /// least one TTL while the target stays within its health budget.
+    Shifting,
+    /// All traffic is on the target (DNS and load-balancer weights); held for a TTL plus the
+    /// drain time, and at least the verify window, while the target stays healthy.
     Draining,
     /// The source is told to stop its instances; waiting until it reports none.
     ScalingDown,
@@ -41,6 +45,7 @@ impl Phase {
         match self {
             Phase::ScalingUp => "ScalingUp",
             Phase::Verifying => "Verifying",
+            Phase::Shifting => "Shifting",
             Phase::Draining => "Draining",
             Phase::ScalingDown => "ScalingDown",
             Phase::Done => "Done",
@@ -119,6 +124,12 @@ pub struct Operation {
     /// Set while an operator has paused the operation: when, by whom and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Pause>,
+    /// The target's traffic percentage after each ramp step (the group's ramp when started).
+    #[serde(default = "full_ramp")]
+    pub ramp: Vec<u32>,
+    /// Ramp steps in force: 0 before any traffic moved, `ramp.len()` at 100 %.
+    #[serde(default)]
+    pub ramp_step: u32,
     /// The evacuation this switchover is part of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evacuation: Option<String>,
@@ -132,7 +143,20 @@ pub struct Pause {
     pub reason: String,
 }
 
+fn full_ramp() -> Vec<u32> {
+    vec![100]
+}
+
 impl Operation {
+    /// The target's traffic percentage at ramp step `step` (0: none).
+    pub fn ramp_percent(&self, step: u32) -> u32 {
+        if step == 0 { 0 } else { self.ramp.get(step as usize - 1).copied().unwrap_or(100) }
+    }
+
+    pub fn ramp_steps(&self) -> u32 {
+        self.ramp.len() as u32
+    }
+
     pub fn is_running(&self) -> bool {
         self.outcome == Outcome::Running
     }

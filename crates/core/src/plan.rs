@@ -42,8 +42,9 @@ impl Default for PlanEstimates {
 /// One step of a group's move, in execution order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedStep {
-    /// The engine phase that performs it (`ScalingUp`, `Verifying`, `TrafficShift`,
-    /// `Draining`, `ScalingDown`).
+    /// The engine phase that performs it (`ScalingUp`, `Verifying`, `Shifting` once per
+    /// ramp step below 100 %, `Draining` at 100 %, `ScalingDown`): the phases the operation's
+    /// step log records when it runs.
     pub phase: String,
     pub detail: String,
     pub expected_ms: u64,
@@ -134,7 +135,13 @@ pub fn plan_moves(
                 let apps: Vec<String> = p.target_instances.iter().map(|(a, n)| format!("{a}={n}")).collect();
                 let ttl_ms = u64::from(g.spec.ttl_s) * 1_000;
                 plan.needed = p.reserved;
-                plan.steps = vec![
+                let budget = g.spec.ramp.max_unhealthy_percent;
+                let health = if budget == 0 {
+                    "every target instance healthy".to_string()
+                } else {
+                    format!("at most {budget}% of target instances unhealthy")
+                };
+                let mut steps = vec![
                     PlannedStep {
                         phase: "ScalingUp".into(),
                         detail: format!("start {} instances on {to} ({})", p.total_instances(), apps.join(", ")),
@@ -145,22 +152,38 @@ pub fn plan_moves(
                         detail: "every target instance healthy for the verify window".into(),
                         expected_ms: cfg.verify_window_ms,
                     },
-                    PlannedStep {
-                        phase: "TrafficShift".into(),
-                        detail: format!("DNS and load-balancer weights: {} 100 → 0, {to} 0 → 100", p.from),
-                        expected_ms: 0,
-                    },
-                    PlannedStep {
-                        phase: "Draining".into(),
-                        detail: format!("wait one TTL ({}s) plus the drain time for cached answers", g.spec.ttl_s),
-                        expected_ms: ttl_ms + cfg.drain_ms,
-                    },
-                    PlannedStep {
-                        phase: "ScalingDown".into(),
-                        detail: format!("stop the group's instances on {}", p.from),
-                        expected_ms: estimates.scale_down_ms,
-                    },
                 ];
+                let (last, ramp) = g.spec.ramp.steps.split_last().expect("a validated ramp ends at 100");
+                for percent in ramp {
+                    steps.push(PlannedStep {
+                        phase: "Shifting".into(),
+                        detail: format!(
+                            "DNS and load-balancer weights {} {} / {to} {percent}; held one TTL ({}s) while {health}",
+                            p.from,
+                            100 - percent,
+                            g.spec.ttl_s
+                        ),
+                        expected_ms: ttl_ms,
+                    });
+                }
+                let hold = (ttl_ms + cfg.drain_ms).max(cfg.verify_window_ms);
+                steps.push(PlannedStep {
+                    phase: "Draining".into(),
+                    detail: format!(
+                        "DNS and load-balancer weights {} {} / {to} {last}; held {} ms (one TTL plus the drain \
+                         time, at least the verify window) while {health}",
+                        p.from,
+                        100 - last,
+                        hold
+                    ),
+                    expected_ms: hold,
+                });
+                steps.push(PlannedStep {
+                    phase: "ScalingDown".into(),
+                    detail: format!("stop the group's instances on {}", p.from),
+                    expected_ms: estimates.scale_down_ms,
+                });
+                plan.steps = steps;
                 plan.predicted_ms = plan.steps.iter().map(|s| s.expected_ms).sum();
             }
         }
@@ -198,11 +221,15 @@ pub fn budgets(
     let of = |phase: Phase| match phase {
         Phase::ScalingUp => estimates.startup_ms,
         Phase::Verifying => cfg.verify_window_ms,
-        Phase::Draining => ttl_ms + cfg.drain_ms,
+        Phase::Shifting => ttl_ms,
+        Phase::Draining => (ttl_ms + cfg.drain_ms).max(cfg.verify_window_ms),
         Phase::ScalingDown => estimates.scale_down_ms,
         Phase::Done => 0,
     };
-    let total = [Phase::ScalingUp, Phase::Verifying, Phase::Draining, Phase::ScalingDown].into_iter().map(of).sum();
+    let shifting = u64::from(op.ramp_steps().saturating_sub(1)) * of(Phase::Shifting);
+    let total: u64 =
+        [Phase::ScalingUp, Phase::Verifying, Phase::Draining, Phase::ScalingDown].into_iter().map(of).sum();
+    let total = total + shifting;
     (of(op.phase), total)
 }
 

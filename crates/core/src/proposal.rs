@@ -102,6 +102,15 @@ pub enum Action {
         to: Phase,
         detail: String,
     },
+    /// Move an operation's traffic from ramp step `from_step` to the next (advance) or the
+    /// previous one (revert after a health breach, which also halts it until an operator
+    /// resumes or aborts). Ignored unless the operation is still at `from_step`.
+    ShiftTraffic {
+        id: String,
+        from_step: u32,
+        to_step: u32,
+        detail: String,
+    },
     /// Records a change of the federator cluster itself (a replica added or removed, a backup
     /// snapshot taken) in the audit history. Raft applies the membership change on its own;
     /// this entry only makes it visible to auditors, with who did it and why.
@@ -159,9 +168,10 @@ pub enum Control {
     /// window, the TTL wait or any timeout. What was already told to the cells stands.
     Pause,
     Resume,
-    /// Stop safely where it is, leaving the group serving: before traffic moved, the target is
-    /// put back as it was (as a failed switchover); after, the group stays on the target and the
-    /// source keeps whatever it still runs.
+    /// Stop safely where it is, leaving the group serving from one site: before traffic moved
+    /// or mid-ramp (the source still runs everything), all traffic goes back to the source and
+    /// the target is put back as it was; once all traffic is on the target, the group stays
+    /// there and the source keeps whatever it still runs.
     Abort,
 }
 

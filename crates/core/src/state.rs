@@ -14,6 +14,7 @@ use crate::proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, 
 use crate::report::ReportRecord;
 
 mod evacuate;
+mod ramp;
 
 /// Everything the federation has committed. Only `apply` changes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +113,9 @@ impl State {
             | Action::ScaleApp { group, .. }
             | Action::Autoscale { group, .. }
             | Action::StartSwitchover { group, .. } => vec![group.clone()],
-            Action::AdvanceOperation { id, .. } | Action::FailOperation { id, .. } => op_group(id),
+            Action::AdvanceOperation { id, .. }
+            | Action::FailOperation { id, .. }
+            | Action::ShiftTraffic { id, .. } => op_group(id),
             Action::ControlOperation { id, .. } => match self.evacuations.get(id) {
                 Some(e) => e.groups.iter().map(|g| g.group.clone()).collect(),
                 None => op_group(id),
@@ -332,6 +335,9 @@ impl State {
                     *failure_budget,
                 ),
             Action::EvacuationStep { id, step } => self.evacuation_step(index, at, actor, id, step),
+            Action::ShiftTraffic { id, from_step, to_step, detail } => {
+                self.shift_traffic(index, at, actor, id, *from_step, *to_step, detail)
+            }
             Action::AdvanceOperation { id, from, to, detail } => self.advance(index, at, actor, id, *from, *to, detail),
             Action::ControlOperation { id, control, reason } => self.control(index, at, actor, id, *control, reason),
             Action::FailOperation { id, at: phase, error } => self.fail(index, at, actor, id, *phase, error),
@@ -390,6 +396,8 @@ impl State {
             reserved: plan.reserved,
             traffic_shifted_at_ms: None,
             paused: None,
+            ramp: g.spec.ramp.steps.clone(),
+            ramp_step: 0,
             evacuation: evacuation.map(str::to_string),
         };
         self.audit.append(Entry {
@@ -479,7 +487,9 @@ impl State {
         match to {
             // The reservation is held until traffic moves: a verify that falls back to
             // ScalingUp (a target instance died) must still own the capacity it needs.
-            Phase::Verifying | Phase::ScalingUp => {}
+            Phase::Verifying | Phase::ScalingUp | Phase::Shifting => {}
+            // Only replays of logs written before traffic ramps existed move all traffic in
+            // one step here; the engine now shifts through `ShiftTraffic`.
             Phase::Draining => {
                 op.reserved = Default::default();
                 for (site, share) in g.placement.sites.iter_mut() {
@@ -589,8 +599,14 @@ impl State {
                 "switchover.resumed"
             }
             Control::Abort => {
-                if phase.before_traffic_shift() {
+                // Mid-ramp, the source still runs everything: all traffic goes back to it, so
+                // the group never stays split between two sites.
+                if phase.before_traffic_shift() || phase == Phase::Shifting {
+                    if let Some(source) = g.placement.sites.get_mut(&op.from) {
+                        source.weight = FULL_WEIGHT;
+                    }
                     restore_target(&mut g.placement, op, index);
+                    op.traffic_shifted_at_ms = None;
                 }
                 g.operation = None;
                 op.outcome = Outcome::Aborted;
@@ -798,6 +814,12 @@ impl State {
         }
         if old.ttl_s != spec.ttl_s {
             changes.push(format!("ttl_s {} -> {}", old.ttl_s, spec.ttl_s));
+        }
+        if old.ramp != spec.ramp {
+            changes.push(format!(
+                "traffic ramp {:?} (max {}% unhealthy) -> {:?} (max {}% unhealthy)",
+                old.ramp.steps, old.ramp.max_unhealthy_percent, spec.ramp.steps, spec.ramp.max_unhealthy_percent
+            ));
         }
         if old.tier != spec.tier || old.home_site != spec.home_site || old.tenant != spec.tenant {
             changes.push("tier, home_site or tenant changed".to_string());

@@ -35,6 +35,7 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
         home_site: "site-1".into(),
         tenant: String::new(),
         depends_on: vec![],
+        ramp: Default::default(),
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),
@@ -235,8 +236,10 @@ fn switchover_runs_make_before_break_to_completion() {
     // Source still runs during the drain.
     assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 2);
 
-    // Drain lasts TTL (5 s) + drain (1 s).
+    // Drain lasts TTL (5 s) + drain (1 s), while the target keeps reporting healthy.
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
     assert!(f.tick(5000).is_empty());
+    f.report("site-2", 1000, &[("crm-web", 2, 0)]);
     f.tick(1000);
     assert_eq!(f.op(&id).phase, Phase::ScalingDown);
     assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 0);
@@ -260,7 +263,7 @@ fn switchover_runs_make_before_break_to_completion() {
         [
             ("switchover.start", OPERATOR),
             ("switchover.phase", "system"),
-            ("switchover.phase", "system"),
+            ("switchover.traffic", "system"),
             ("switchover.phase", "system"),
             ("switchover.complete", "system"),
         ]
@@ -1103,9 +1106,10 @@ mod planning {
         assert!(p.go, "{:?}", p.reasons);
         let crm = &p.groups[0];
         let phases: Vec<&str> = crm.steps.iter().map(|s| s.phase.as_str()).collect();
-        assert_eq!(phases, ["ScalingUp", "Verifying", "TrafficShift", "Draining", "ScalingDown"]);
+        assert_eq!(phases, ["ScalingUp", "Verifying", "Draining", "ScalingDown"]);
         assert!(crm.steps[0].detail.contains("start 2 instances on site-2 (web=2)"), "{:?}", crm.steps[0]);
-        assert_eq!(crm.steps[3].expected_ms, 5_000 + f.cfg.drain_ms, "one TTL (5 s) plus the drain time");
+        assert!(crm.steps[2].detail.contains("site-1 0 / site-2 100"), "{:?}", crm.steps[2]);
+        assert_eq!(crm.steps[2].expected_ms, 5_000 + f.cfg.drain_ms, "one TTL (5 s) plus the drain time");
         assert_eq!(crm.predicted_ms, crm.steps.iter().map(|s| s.expected_ms).sum::<u64>());
         assert_eq!(p.predicted_ms, p.groups.iter().map(|g| g.predicted_ms).max().unwrap());
         assert_eq!(p.needed.cpu_millis, 200 + 3 * 100);
@@ -1380,3 +1384,6 @@ fn an_engine_step_decided_before_a_pause_does_not_land_after_it() {
 
 #[path = "switchover/evacuation.rs"]
 mod evacuation;
+
+#[path = "switchover/ramp.rs"]
+mod ramp;

@@ -263,6 +263,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             home_site: home.into(),
             tenant: String::new(),
             depends_on: vec![],
+            ramp: Default::default(),
             apps: vec![app("web", 2)],
         },
         GroupSpec {
@@ -274,6 +275,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             home_site: home.into(),
             tenant: String::new(),
             depends_on: vec![],
+            ramp: Default::default(),
             apps: vec![app("api", 2)],
         },
     ]

@@ -122,6 +122,12 @@ pub(crate) fn group_spec(i: usize, home: &str) -> GroupSpec {
         home_site: home.to_string(),
         tenant: String::new(),
         depends_on: vec![],
+        // Odd groups move their traffic in two steps, so runs cover split traffic.
+        ramp: if i % 2 == 1 {
+            switchyard_core::model::TrafficRamp { steps: vec![50, 100], max_unhealthy_percent: 0 }
+        } else {
+            Default::default()
+        },
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),
@@ -159,6 +165,9 @@ pub struct World {
     cells: Vec<Arc<Mutex<SimCell>>>,
     dns: Vec<Arc<Mutex<SimDns>>>,
     acks: Arc<Mutex<Vec<Ack>>>,
+    /// Every (group, source, target) of a traffic ramp any replica has committed so far: a
+    /// DNS server may serve a split table from a replica that has since crashed.
+    ramps: Mutex<std::collections::BTreeSet<(String, String, String)>>,
     /// Operator writes refused (with the refusal's first words), lost or sent to no leader.
     outcomes: Arc<Mutex<BTreeMap<String, u32>>>,
     trace: Vec<String>,
@@ -201,6 +210,7 @@ impl World {
             cells: Vec::new(),
             dns: Vec::new(),
             acks: Arc::new(Mutex::new(Vec::new())),
+            ramps: Mutex::new(Default::default()),
             outcomes: Arc::new(Mutex::new(BTreeMap::new())),
             trace: Vec::new(),
             writes: 0,
@@ -483,8 +493,16 @@ impl World {
             })
             .collect();
         drop(net);
+        let mut ramps = self.ramps.lock().expect("ramps");
+        for r in &replicas {
+            let r: &ReplicaView = r;
+            for op in r.state.operations.values().filter(|op| op.ramp.len() > 1 && op.ramp_step > 0) {
+                ramps.insert((op.group.clone(), op.from.clone(), op.to.clone()));
+            }
+        }
         Observed {
             step,
+            ramps: ramps.clone(),
             replicas,
             cells: self.cells.iter().map(|c| invariants::CellView::of(&c.lock().expect("cell lock"))).collect(),
             dns: self.dns.iter().map(|d| invariants::DnsView::of(&d.lock().expect("dns lock"))).collect(),

@@ -16,3 +16,14 @@ fn seed_0_group_freeze_before_a_snapshot() {
         panic!("{v}");
     }
 }
+
+/// An operator's abort of a switchover in the middle of its traffic ramp left the group's
+/// traffic split between source and target for good (single active broken). Seed 6 aborts
+/// group g1 (a two-step ramp) while it is in `Shifting`; an abort there now puts all traffic
+/// back on the source.
+#[test]
+fn seed_6_abort_in_the_middle_of_a_traffic_ramp() {
+    if let Err(v) = run_seed(6, &short()) {
+        panic!("{v}");
+    }
+}

@@ -71,6 +71,8 @@ pub struct Observed {
     pub cells: Vec<CellView>,
     pub dns: Vec<DnsView>,
     pub acks: Vec<Ack>,
+    /// (group, source, target) of every traffic ramp committed so far.
+    pub ramps: std::collections::BTreeSet<(String, String, String)>,
 }
 
 /// Every invariant that must hold at every step; the first broken one with what was seen.
@@ -113,6 +115,7 @@ mod tests {
             cells: vec![],
             dns: vec![],
             acks: vec![],
+            ramps: Default::default(),
         }
     }
 
