@@ -188,3 +188,56 @@ pub fn steps(state: &State, evac: &Evacuation) -> Vec<EvacuationStep> {
     }
     out
 }
+
+/// What rolling an evacuation back takes: abort it if it still runs (groups whose traffic never
+/// moved go back at once), then one evacuation moving every group whose traffic had moved back
+/// to the site it came from, in reverse order. Refused when there is nothing to undo, or when
+/// the moved groups came from different sites (roll those back one operation at a time).
+pub fn rollback_actions(state: &State, evac: &Evacuation, reason: &str) -> Result<Vec<crate::Action>, crate::Refusal> {
+    use crate::{Action, Control, Refusal};
+    if reason.trim().is_empty() {
+        return Err(Refusal::Invalid("a reason is required to roll back an evacuation".into()));
+    }
+    let moved: Vec<&crate::operation::Operation> = evac
+        .groups
+        .iter()
+        .rev()
+        .filter_map(|g| g.operation.as_ref().and_then(|id| state.operations.get(id)))
+        .filter(|o| o.traffic_shifted_at_ms.is_some())
+        .collect();
+    let mut out = Vec::new();
+    if evac.is_running() {
+        out.push(Action::ControlOperation {
+            id: evac.id.clone(),
+            control: Control::Abort,
+            reason: format!("rollback: {reason}"),
+        });
+    }
+    let sources: std::collections::BTreeSet<&str> = moved.iter().map(|o| o.from.as_str()).collect();
+    match sources.into_iter().collect::<Vec<_>>().as_slice() {
+        [] if out.is_empty() => {
+            return Err(Refusal::Invalid(format!(
+                "evacuation {} moved no group's traffic; nothing to roll back",
+                evac.id
+            )));
+        }
+        [] => {}
+        [source] => out.push(Action::StartEvacuation {
+            from: None,
+            groups: moved.iter().map(|o| o.group.clone()).collect(),
+            to: source.to_string(),
+            reason: format!("rollback of {}: {reason}", evac.id),
+            plan: String::new(),
+            concurrency: evac.concurrency,
+            failure_budget: evac.failure_budget,
+        }),
+        several => {
+            return Err(Refusal::Invalid(format!(
+                "evacuation {} moved groups from {}; roll each switchover back on its own",
+                evac.id,
+                several.join(", ")
+            )));
+        }
+    }
+    Ok(out)
+}

@@ -19,7 +19,7 @@ use switchyard_proto::operator::v1 as pb;
 use switchyard_tls::{CertAuthority, Identity, Role};
 
 use crate::client::{ClientConfig, config_path, connect};
-use crate::output::{Format, duration_ms, json, progress_line, table, time};
+use crate::output::{Format, duration_ms, json, progress, table, time};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -307,9 +307,25 @@ enum SwitchoverCmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Start moving GROUP to SITE: scale up there, verify, repoint DNS, drain, scale the source down.
+    /// Start moving GROUP to SITE: scale up there, verify, shift traffic in the group's ramp
+    /// steps, drain, scale the source down. With --site (evacuate a whole site) or --groups,
+    /// one evacuation moves them all: dependencies first, --concurrency at a time, and no new
+    /// group once --failure-budget groups have failed.
     Start {
-        group: String,
+        #[arg(required_unless_present_any = ["site", "groups"], conflicts_with_all = ["site", "groups"])]
+        group: Option<String>,
+        /// Evacuate this site: every group whose traffic is on it.
+        #[arg(long, conflicts_with = "groups")]
+        site: Option<String>,
+        /// Move these groups (comma-separated) as one evacuation.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Evacuation: groups moved side by side.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// Evacuation: failed groups after which no new group starts.
+        #[arg(long, default_value_t = 1)]
+        failure_budget: u32,
         #[arg(long)]
         to: String,
         /// Start only if planning the move now gives this plan id (from `switchover plan`);
@@ -507,9 +523,39 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Sites { output } => sites(&cfg_path, output).await,
         Cmd::Groups { output } => groups(&cfg_path, output).await,
-        Cmd::Switchover(SwitchoverCmd::Start { group, to, plan, reason, wait, wait_timeout_s, output }) => {
-            let request = pb::StartSwitchoverRequest { group, to_site: to, reason, plan_id: plan };
-            switchover_start(&cfg_path, request, wait.then(|| Duration::from_secs(wait_timeout_s)), output).await
+        Cmd::Switchover(SwitchoverCmd::Start {
+            group,
+            site,
+            groups,
+            concurrency,
+            failure_budget,
+            to,
+            plan,
+            reason,
+            wait,
+            wait_timeout_s,
+            output,
+        }) => {
+            let wait = wait.then(|| Duration::from_secs(wait_timeout_s));
+            match group {
+                Some(group) => {
+                    let request = pb::StartSwitchoverRequest { group, to_site: to, reason, plan_id: plan };
+                    switchover_start(&cfg_path, request, wait, output).await
+                }
+                None => {
+                    let request = pb::StartEvacuationRequest {
+                        from_site: site.unwrap_or_default(),
+                        groups,
+                        to_site: to,
+                        reason,
+                        plan_id: plan,
+                        concurrency,
+                        failure_budget,
+                    };
+                    let op = api(&cfg_path).await?.start_evacuation(request).await?.into_inner();
+                    started(&cfg_path, op, wait, output).await
+                }
+            }
         }
         Cmd::Switchover(SwitchoverCmd::Plan { group, groups, site, to, output }) => {
             let groups = match group {
@@ -898,6 +944,26 @@ fn print_operation(o: &pb::Operation) {
     if !o.error.is_empty() {
         println!("  error    {}", o.error);
     }
+    if !o.groups.is_empty() {
+        println!("  concurrency {}   failure budget {}", o.concurrency, o.failure_budget);
+        let mut t = table(&["group", "status", "operation", "phase", "traffic on target", "detail"]);
+        for g in &o.groups {
+            t.add_row(vec![
+                g.group.clone(),
+                g.status.clone(),
+                g.operation_id.clone(),
+                g.phase.clone(),
+                format!("{}%", g.target_percent),
+                g.detail.clone(),
+            ]);
+        }
+        println!("{t}");
+        return;
+    }
+    if o.ramp.len() > 1 {
+        let steps: Vec<String> = o.ramp.iter().map(|p| format!("{p}%")).collect();
+        println!("  ramp     {} (step {} of {})", steps.join(" → "), o.ramp_step, o.ramp.len());
+    }
     let mut t = table(&["phase", "started", "took", "detail"]);
     for s in &o.steps {
         let took = if s.finished_at_ms > 0 { duration_ms(s.finished_at_ms - s.started_at_ms) } else { "…".into() };
@@ -978,8 +1044,12 @@ async fn switchover_start(
     wait: Option<Duration>,
     output: Format,
 ) -> Result<(), CliError> {
-    let mut client = api(cfg).await?;
-    let op = client.start_switchover(request).await?.into_inner();
+    let op = api(cfg).await?.start_switchover(request).await?.into_inner();
+    started(cfg, op, wait, output).await
+}
+
+/// Reports a started operation, then follows it with `--wait`.
+async fn started(cfg: &Path, op: pb::Operation, wait: Option<Duration>, output: Format) -> Result<(), CliError> {
     let Some(wait) = wait else {
         match output {
             Format::Json => println!("{}", json(&op)),
@@ -1070,7 +1140,7 @@ async fn switchover_watch(cfg: &Path, id: String, limit: Duration, output: Forma
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         match output {
             Format::Json => println!("{}", serde_json::to_string(&op).expect("API messages serialize")),
-            Format::Table if op.outcome == "running" => println!("{}", progress_line(&op, now)),
+            Format::Table if op.outcome == "running" => println!("{}", progress(&op, now)),
             Format::Table => print_operation(&op),
         }
         if op.outcome != "running" {

@@ -43,6 +43,27 @@ pub fn duration_ms(ms: u64) -> String {
     if ms < 1000 { format!("{ms}ms") } else { format!("{:.1}s", ms as f64 / 1000.0) }
 }
 
+/// What `switchover status ID --watch` prints each round: the operation's progress line and,
+/// for an evacuation, one line per group that is not pending (bar: the target's traffic share).
+pub fn progress(o: &switchyard_proto::operator::v1::Operation, now_ms: u64) -> String {
+    let mut out = progress_line(o, now_ms);
+    for g in o.groups.iter().filter(|g| g.status != "pending") {
+        const WIDTH: u32 = 10;
+        let filled = (g.target_percent * WIDTH / 100).min(WIDTH);
+        let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
+        let line = format!(
+            "\n  {:<20} {:<15} {:<11} [{bar}] {:>3}%  {}",
+            g.group, g.status, g.phase, g.target_percent, g.detail
+        );
+        out.push_str(line.trim_end());
+    }
+    let pending = o.groups.iter().filter(|g| g.status == "pending").count();
+    if pending > 0 {
+        out.push_str(&format!("\n  {pending} group(s) pending"));
+    }
+    out
+}
+
 /// One line of `switchover status ID --watch`: phase, a bar of the phase's time against its
 /// budget, the whole operation's time against its prediction, and what it waits for.
 pub fn progress_line(o: &switchyard_proto::operator::v1::Operation, now_ms: u64) -> String {
@@ -103,6 +124,32 @@ mod tests {
         assert!(progress_line(&o, 50_000).contains("[####################] 10.0s of 3.0s OVER BUDGET"));
         o.paused_by = "operator:alice: CAB hold".into();
         assert!(progress_line(&o, 41_500).ends_with("PAUSED by operator:alice: CAB hold"));
+    }
+
+    #[test]
+    fn an_evacuations_progress_has_a_line_per_started_group() {
+        use switchyard_proto::operator::v1::GroupProgress;
+        let g = |group: &str, status: &str, percent: u32| GroupProgress {
+            group: group.into(),
+            status: status.into(),
+            phase: if status == "running" { "Shifting".into() } else { String::new() },
+            target_percent: percent,
+            detail: String::new(),
+            ..Default::default()
+        };
+        let o = switchyard_proto::operator::v1::Operation {
+            id: "evac-9".into(),
+            group: "3 groups".into(),
+            phase: "Moving".into(),
+            groups: vec![g("db", "succeeded", 100), g("api", "running", 50), g("web", "pending", 0)],
+            ..Default::default()
+        };
+        let text = progress(&o, 0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].contains("db") && lines[1].contains("[##########] 100%"), "{text}");
+        assert!(lines[2].contains("api") && lines[2].contains("Shifting") && lines[2].contains("[#####.....]  50%"));
+        assert_eq!(lines[3], "  1 group(s) pending");
     }
 
     #[test]

@@ -240,6 +240,51 @@ impl Operator for OperatorService {
         self.operation(&op_id).map(Response::new)
     }
 
+    async fn start_evacuation(
+        &self,
+        req: Request<pb::StartEvacuationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let id = authorise(&req, Role::can_switchover, "start an evacuation")?;
+        let r = req.into_inner();
+        let scope = match (r.from_site.is_empty(), r.groups.is_empty()) {
+            (false, true) => MoveScope::Site(r.from_site.clone()),
+            (true, false) => MoveScope::Groups(r.groups.clone()),
+            _ => return Err(Status::invalid_argument("give either from_site (a site to empty) or groups, not both")),
+        };
+        if r.to_site.is_empty() {
+            return Err(Status::invalid_argument("to_site is required"));
+        }
+        if !r.plan_id.is_empty() {
+            self.fed.read_barrier().await?;
+            let plan = self.plan(&scope, &r.to_site)?;
+            if plan.id != r.plan_id {
+                return Err(Status::failed_precondition(format!(
+                    "the federation changed since plan {}: planning this move now gives plan {}{}; review it \
+                     (fedctl switchover plan) and start with the new id",
+                    r.plan_id,
+                    plan.id,
+                    if plan.go { String::new() } else { format!(" (no-go: {})", plan.reasons.join("; ")) }
+                )));
+            }
+        }
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        let action = Action::StartEvacuation {
+            from: (!r.from_site.is_empty()).then(|| r.from_site.clone()),
+            groups: r.groups.clone(),
+            to: r.to_site.clone(),
+            reason: r.reason.clone(),
+            plan: r.plan_id.clone(),
+            concurrency: or(r.concurrency, switchyard_core::evacuation::DEFAULT_CONCURRENCY),
+            failure_budget: or(r.failure_budget, switchyard_core::evacuation::DEFAULT_FAILURE_BUDGET),
+        };
+        let Applied::OperationStarted { id: evac } = self.fed.propose(&id.to_string(), action).await? else {
+            return Err(Status::internal("evacuation committed without an operation id"));
+        };
+        tracing::info!(operation = %evac, from = %r.from_site, to = %r.to_site, actor = %id, "evacuation started");
+        metrics::counter!("federator_evacuations_started_total").increment(1);
+        self.operation(&evac).map(Response::new)
+    }
+
     async fn control_operation(
         &self,
         req: Request<pb::ControlOperationRequest>,
@@ -267,17 +312,26 @@ impl Operator for OperatorService {
         let who = authorise(&req, Role::can_switchover, "roll back operations")?;
         let r = req.into_inner();
         self.fed.read_barrier().await?;
-        let op = self
+        let evacuation = self
             .fed
             .shared
-            .read(|s| s.operations.get(&r.id).cloned())
-            .ok_or_else(|| Status::not_found(format!("operation {:?} does not exist", r.id)))?;
-        let actions =
-            rollback_actions(&op, &r.reason).map_err(|e| Status::from(crate::node::ProposeError::Refused(e)))?;
-        let mut last = op.id.clone();
+            .read(|s| s.evacuations.get(&r.id).map(|e| switchyard_core::evacuation::rollback_actions(s, e, &r.reason)));
+        let actions = match evacuation {
+            Some(actions) => actions,
+            None => {
+                let op = self
+                    .fed
+                    .shared
+                    .read(|s| s.operations.get(&r.id).cloned())
+                    .ok_or_else(|| Status::not_found(format!("operation {:?} does not exist", r.id)))?;
+                rollback_actions(&op, &r.reason)
+            }
+        }
+        .map_err(|e| Status::from(crate::node::ProposeError::Refused(e)))?;
+        let mut last = r.id.clone();
         for action in actions {
             if let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), action).await? {
-                tracing::info!(operation = %id, rolls_back = %op.id, actor = %who, "rollback switchover started");
+                tracing::info!(operation = %id, rolls_back = %r.id, actor = %who, "rollback started");
                 last = id;
             }
         }
@@ -489,12 +543,12 @@ impl Operator for OperatorService {
         self.fed.read_barrier().await?;
         let now = now_ms();
         let operations = self.fed.shared.read(|s| {
-            s.operations
-                .values()
-                .map(|o| {
-                    operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine), self.budgets(s, o))
-                })
-                .collect()
+            let mut out: Vec<pb::Operation> =
+                s.evacuations.values().map(|e| self.evacuation_to_proto(s, e, now)).collect();
+            out.extend(s.operations.values().map(|o| {
+                operation_to_proto(o, operation_blocker(s, o, now, &self.fed.config.engine), self.budgets(s, o))
+            }));
+            out
         });
         Ok(Response::new(pb::ListOperationsReply { operations }))
     }
@@ -515,6 +569,9 @@ impl OperatorService {
     fn operation(&self, id: &str) -> Result<pb::Operation, Status> {
         let now = now_ms();
         self.fed.shared.read(|s| {
+            if let Some(e) = s.evacuations.get(id) {
+                return Ok(self.evacuation_to_proto(s, e, now));
+            }
             s.operations
                 .get(id)
                 .map(|o| {
@@ -522,6 +579,103 @@ impl OperatorService {
                 })
                 .ok_or_else(|| Status::not_found(format!("operation {id:?} does not exist")))
         })
+    }
+
+    /// An evacuation as an operation: a summary phase and blocker, and one progress line per
+    /// group (its switchover's phase and what it waits for, or why it was not moved).
+    fn evacuation_to_proto(
+        &self,
+        s: &switchyard_core::State,
+        e: &switchyard_core::Evacuation,
+        now: u64,
+    ) -> pb::Operation {
+        use switchyard_core::GroupStatus;
+        let cfg = &self.fed.config.engine;
+        let mut slowest = 0;
+        let groups: Vec<pb::GroupProgress> = e
+            .groups
+            .iter()
+            .map(|g| {
+                let status = e.status(s, g);
+                let op = g.operation.as_ref().and_then(|id| s.operations.get(id));
+                if let Some(o) = op {
+                    slowest = slowest.max(self.budgets(s, o).1);
+                }
+                let detail = match (status, op) {
+                    (_, _) if g.not_moved.is_some() => g.not_moved.clone().unwrap_or_default(),
+                    (GroupStatus::Pending, _) => {
+                        let waiting: Vec<&str> = g
+                            .after
+                            .iter()
+                            .filter(|d| {
+                                e.groups
+                                    .iter()
+                                    .find(|x| &x.group == *d)
+                                    .is_some_and(|x| e.status(s, x) != GroupStatus::Succeeded)
+                            })
+                            .map(String::as_str)
+                            .collect();
+                        if waiting.is_empty() {
+                            "waiting for a free slot".to_string()
+                        } else {
+                            format!("waiting for {} to move first", waiting.join(", "))
+                        }
+                    }
+                    (_, Some(o)) => operation_blocker(s, o, now, cfg),
+                    _ => String::new(),
+                };
+                pb::GroupProgress {
+                    group: g.group.clone(),
+                    status: status.as_str().to_string(),
+                    operation_id: g.operation.clone().unwrap_or_default(),
+                    phase: op.map(|o| o.phase.as_str().to_string()).unwrap_or_default(),
+                    detail,
+                    target_percent: s
+                        .groups
+                        .get(&g.group)
+                        .map_or(0, |x| x.placement.share(&e.to).weight * 100 / switchyard_core::state::FULL_WEIGHT),
+                }
+            })
+            .collect();
+        let counts = e.counts(s);
+        let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let waves = (e.groups.len() as u64).div_ceil(u64::from(e.concurrency.max(1)));
+        let blocker = match &e.paused {
+            Some(p) => format!("paused by {}: {}", p.actor, p.reason),
+            None if e.is_running() => format!(
+                "{} of {} groups: {}; {} failed of a budget of {}",
+                counts.get("succeeded").copied().unwrap_or(0),
+                e.groups.len(),
+                summary.join(", "),
+                e.failures(s),
+                e.failure_budget
+            ),
+            None => e.error.clone().unwrap_or_default(),
+        };
+        pb::Operation {
+            id: e.id.clone(),
+            kind: "evacuation".into(),
+            group: format!("{} groups", e.groups.len()),
+            from_site: e.from.clone().unwrap_or_default(),
+            to_site: e.to.clone(),
+            phase: if e.is_running() { "Moving".into() } else { "Done".into() },
+            outcome: e.outcome.as_str().to_string(),
+            actor: e.actor.clone(),
+            reason: e.reason.clone(),
+            created_at_ms: e.created_at_ms,
+            updated_at_ms: e.updated_at_ms,
+            finished_at_ms: e.finished_at_ms.unwrap_or(0),
+            error: e.error.clone().unwrap_or_default(),
+            blocker,
+            phase_started_at_ms: e.created_at_ms,
+            predicted_total_ms: waves * slowest.max(1),
+            phase_budget_ms: waves * slowest.max(1),
+            paused_by: e.paused.as_ref().map(|p| format!("{}: {}", p.actor, p.reason)).unwrap_or_default(),
+            groups,
+            concurrency: e.concurrency,
+            failure_budget: e.failure_budget,
+            ..Default::default()
+        }
     }
 }
 

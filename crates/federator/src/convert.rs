@@ -195,6 +195,10 @@ pub fn operation_to_proto(o: &Operation, blocker: String, budgets: (u64, u64)) -
             })
             .collect(),
         blocker,
+        ramp: o.ramp.clone(),
+        ramp_step: o.ramp_step,
+        evacuation: o.evacuation.clone().unwrap_or_default(),
+        ..Default::default()
     }
 }
 
