@@ -425,7 +425,8 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
             }
             Progress::Waiting(_) => None,
         },
-        Phase::Done => None,
+        // Only a second person moves it on (`ApproveOperation`), or an abort.
+        Phase::AwaitingApproval | Phase::Done => None,
     }
 }
 
@@ -493,6 +494,9 @@ pub fn operation_blocker(state: &State, op: &Operation, now_ms: u64, cfg: &Engin
     }
     let in_phase_ms = now_ms.saturating_sub(op.phase_started_at_ms);
     match op.phase {
+        Phase::AwaitingApproval => {
+            format!("waiting {in_phase_ms} ms for approval by someone other than {}", op.actor)
+        }
         Phase::ScalingUp => match target_progress(state, op, now_ms) {
             Progress::Waiting(why) => format!("waiting for target: {why}"),
             Progress::Ready(_) => String::new(),

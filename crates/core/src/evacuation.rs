@@ -40,6 +40,11 @@ pub struct Evacuation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Pause>,
     pub error: Option<String>,
+    /// Some group's tier needs a second person's approval: nothing starts until then.
+    #[serde(default)]
+    pub awaiting_approval: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 
 /// One group's part of an evacuation.
@@ -153,7 +158,7 @@ impl Evacuation {
 /// The steps due now for one evacuation, in order. Empty when it is finished, paused, or
 /// waiting for running switchovers.
 pub fn steps(state: &State, evac: &Evacuation) -> Vec<EvacuationStep> {
-    if !evac.is_running() || evac.paused.is_some() {
+    if !evac.is_running() || evac.paused.is_some() || evac.awaiting_approval {
         return Vec::new();
     }
     let status: BTreeMap<&str, GroupStatus> =

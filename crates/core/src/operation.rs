@@ -25,6 +25,9 @@ impl OperationKind {
 /// operation is created, so an operation that exists has passed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Phase {
+    /// The group's tier needs a second person's approval before anything changes; capacity
+    /// on the target is already reserved.
+    AwaitingApproval,
     /// The target runs as many instances as the source; waiting for them to be healthy.
     ScalingUp,
     /// Every target instance is healthy; it must stay so for the verify window.
@@ -43,6 +46,7 @@ pub enum Phase {
 impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::AwaitingApproval => "AwaitingApproval",
             Phase::ScalingUp => "ScalingUp",
             Phase::Verifying => "Verifying",
             Phase::Shifting => "Shifting",
@@ -55,7 +59,7 @@ impl Phase {
     /// Whether traffic may still be on the source: before this point a failure can be rolled
     /// back without touching what users see.
     pub fn before_traffic_shift(self) -> bool {
-        matches!(self, Phase::ScalingUp | Phase::Verifying)
+        matches!(self, Phase::AwaitingApproval | Phase::ScalingUp | Phase::Verifying)
     }
 }
 
@@ -130,6 +134,9 @@ pub struct Operation {
     /// Ramp steps in force: 0 before any traffic moved, `ramp.len()` at 100 %.
     #[serde(default)]
     pub ramp_step: u32,
+    /// Who approved the start, when the group's tier needs a second person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
     /// The evacuation this switchover is part of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evacuation: Option<String>,

@@ -219,6 +219,7 @@ pub fn budgets(
     use crate::operation::Phase;
     let ttl_ms = state.groups.get(&op.group).map_or(0, |g| u64::from(g.spec.ttl_s) * 1_000);
     let of = |phase: Phase| match phase {
+        Phase::AwaitingApproval => 0,
         Phase::ScalingUp => estimates.startup_ms,
         Phase::Verifying => cfg.verify_window_ms,
         Phase::Shifting => ttl_ms,

@@ -152,6 +152,17 @@ pub enum Action {
         id: String,
         step: crate::evacuation::EvacuationStep,
     },
+    /// Moves of groups of these tiers wait, once started, for a second person's approval.
+    /// Replaces the previous list; empty turns approvals off.
+    SetApprovalPolicy {
+        tiers: Vec<u32>,
+        reason: String,
+    },
+    /// A second person approves an operation waiting for approval; refused for its initiator.
+    ApproveOperation {
+        id: String,
+        reason: String,
+    },
     /// An operator pauses, resumes or aborts a running operation.
     ControlOperation {
         id: String,

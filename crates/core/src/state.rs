@@ -13,6 +13,7 @@ use crate::operation::{Operation, OperationKind, Outcome, Pause, Phase, Step};
 use crate::proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, Response};
 use crate::report::ReportRecord;
 
+mod approve;
 mod evacuate;
 mod ramp;
 
@@ -37,6 +38,9 @@ pub struct State {
     /// Evacuations, running and finished, by id (`evac-<log index>`).
     #[serde(default)]
     pub evacuations: BTreeMap<String, Evacuation>,
+    /// Group tiers whose planned moves need a second person's approval before they proceed.
+    #[serde(default)]
+    pub approval_tiers: std::collections::BTreeSet<u32>,
 }
 
 /// A freeze: no switchover, spec update or autoscaling inside its scope.
@@ -121,7 +125,11 @@ impl State {
                 None => op_group(id),
             },
             Action::EvacuationStep { step: EvacuationStep::Start { group }, .. } => vec![group.clone()],
-            Action::StartEvacuation { .. } | Action::EvacuationStep { .. } => vec![],
+            Action::ApproveOperation { id, .. } => match self.evacuations.get(id) {
+                Some(_) => vec![],
+                None => op_group(id),
+            },
+            Action::StartEvacuation { .. } | Action::EvacuationStep { .. } | Action::SetApprovalPolicy { .. } => vec![],
             Action::CellReport(report) => self
                 .groups
                 .values()
@@ -335,6 +343,8 @@ impl State {
                     *failure_budget,
                 ),
             Action::EvacuationStep { id, step } => self.evacuation_step(index, at, actor, id, step),
+            Action::SetApprovalPolicy { tiers, reason } => self.set_approval_policy(index, at, actor, tiers, reason),
+            Action::ApproveOperation { id, reason } => self.approve(index, at, actor, id, reason),
             Action::ShiftTraffic { id, from_step, to_step, detail } => {
                 self.shift_traffic(index, at, actor, id, *from_step, *to_step, detail)
             }
@@ -358,17 +368,21 @@ impl State {
     ) -> Response {
         let plan = plan_switchover_for(self, group, to, at, evacuation)?;
         let id = format!("op-{index}");
+        // An evacuation's switchovers were approved with it.
+        let awaiting = evacuation.is_none() && self.approval_tiers.contains(&self.groups[group].spec.tier);
         let g = self.groups.get_mut(group).expect("plan_switchover checked the group exists");
         let before = g.placement.clone();
         let target_before = g.placement.share(to);
-        let share = g.placement.sites.entry(to.to_string()).or_default();
-        for (app, n) in &plan.target_instances {
-            let current = share.instances.entry(app.clone()).or_insert(0);
-            *current = (*current).max(*n);
+        if !awaiting {
+            scale_up_target(&mut g.placement, to, &plan.target_instances, index);
         }
-        g.placement.epoch = index;
         g.operation = Some(id.clone());
-        let detail = format!("scale {to} up to {} instances (source {})", plan.total_instances(), plan.from);
+        let phase = if awaiting { Phase::AwaitingApproval } else { Phase::ScalingUp };
+        let detail = if awaiting {
+            format!("tier {} needs a second person's approval; capacity reserved on {to}", g.spec.tier)
+        } else {
+            format!("scale {to} up to {} instances (source {})", plan.total_instances(), plan.from)
+        };
         let op = Operation {
             id: id.clone(),
             kind: OperationKind::Switchover,
@@ -377,7 +391,7 @@ impl State {
             to: to.to_string(),
             actor: actor.to_string(),
             reason: reason.to_string(),
-            phase: Phase::ScalingUp,
+            phase,
             outcome: Outcome::Running,
             created_at_ms: at,
             updated_at_ms: at,
@@ -385,12 +399,7 @@ impl State {
             scale_up_started_at_ms: at,
             finished_at_ms: None,
             error: None,
-            steps: vec![Step {
-                phase: Phase::ScalingUp,
-                started_at_ms: at,
-                finished_at_ms: None,
-                detail: detail.clone(),
-            }],
+            steps: vec![Step { phase, started_at_ms: at, finished_at_ms: None, detail: detail.clone() }],
             target_instances: plan.target_instances.clone(),
             target_before,
             reserved: plan.reserved,
@@ -398,6 +407,7 @@ impl State {
             paused: None,
             ramp: g.spec.ramp.steps.clone(),
             ramp_step: 0,
+            approved_by: None,
             evacuation: evacuation.map(str::to_string),
         };
         self.audit.append(Entry {
@@ -412,7 +422,7 @@ impl State {
                 "to": to,
                 "plan": plan_id,
                 "evacuation": evacuation,
-                "phase": Phase::ScalingUp.as_str(),
+                "phase": phase.as_str(),
                 "step": detail,
                 "preflight": {
                     "target_free": plan.target_free,
@@ -487,7 +497,7 @@ impl State {
         match to {
             // The reservation is held until traffic moves: a verify that falls back to
             // ScalingUp (a target instance died) must still own the capacity it needs.
-            Phase::Verifying | Phase::ScalingUp | Phase::Shifting => {}
+            Phase::Verifying | Phase::ScalingUp | Phase::Shifting | Phase::AwaitingApproval => {}
             // Only replays of logs written before traffic ramps existed move all traffic in
             // one step here; the engine now shifts through `ShiftTraffic`.
             Phase::Draining => {
@@ -993,6 +1003,21 @@ mod freeze_list {
             Form::Object(map) => map,
         })
     }
+}
+
+/// Asks `to` to run at least `instances` of each app, in a new placement epoch.
+fn scale_up_target(
+    placement: &mut crate::model::Placement,
+    to: &str,
+    instances: &BTreeMap<crate::model::AppName, u32>,
+    index: u64,
+) {
+    let share = placement.sites.entry(to.to_string()).or_default();
+    for (app, n) in instances {
+        let current = share.instances.entry(app.clone()).or_insert(0);
+        *current = (*current).max(*n);
+    }
+    placement.epoch = index;
 }
 
 /// Puts an operation's target back as it was before the operation (traffic never moved there),

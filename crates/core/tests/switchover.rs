@@ -1387,3 +1387,6 @@ mod evacuation;
 
 #[path = "switchover/ramp.rs"]
 mod ramp;
+
+#[path = "switchover/approval.rs"]
+mod approval;

@@ -86,6 +86,10 @@ enum Cmd {
         /// Federator replicas (a Raft cluster): 1, 3 or 5.
         #[arg(long, default_value_t = 1)]
         federators: u32,
+        /// Run the app groups of this TOML file (`[[groups]]` tables, sample-app defaults)
+        /// instead of the demo groups; see runbooks/site-evacuation.md.
+        #[arg(long)]
+        groups_file: Option<PathBuf>,
     },
     /// Stop the local federation started with `fedctl up`.
     Down {
@@ -351,6 +355,22 @@ enum SwitchoverCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Approve an operation waiting for a second person (its group's tier needs approval);
+    /// refused for the person who started it.
+    Approve {
+        id: String,
+        /// Why; recorded in the audit history. Required.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Set which group tiers' moves wait for a second person's approval (empty: none).
+    ApprovalPolicy {
+        /// Comma-separated tiers, e.g. 0,1; an empty value turns approvals off.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        tiers: Vec<u32>,
+        #[arg(long)]
+        reason: String,
+    },
     /// Continue a paused operation where it stopped.
     Resume {
         id: String,
@@ -443,7 +463,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg_path = config_path(cli.config.as_deref());
     match cli.command {
-        Cmd::Up { dir, sites, nodes_per_site, timeout_s, no_ingress, federators } => {
+        Cmd::Up { dir, sites, nodes_per_site, timeout_s, no_ingress, federators, groups_file } => {
             if ![1, 3, 5].contains(&federators) {
                 return Err(CliError::Usage(format!("--federators {federators}: use 1, 3 or 5 replicas")));
             }
@@ -454,6 +474,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 timeout: Duration::from_secs(timeout_s),
                 ingress: !no_ingress,
                 federators,
+                groups_file,
             })
             .await
         }
@@ -575,6 +596,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Switchover(SwitchoverCmd::Status { id, output, .. }) => switchover_status(&cfg_path, id, output).await,
         Cmd::Switchover(SwitchoverCmd::Pause { id, reason }) => control(&cfg_path, id, "pause", reason).await,
         Cmd::Switchover(SwitchoverCmd::Resume { id, reason }) => control(&cfg_path, id, "resume", reason).await,
+        Cmd::Switchover(SwitchoverCmd::Approve { id, reason }) => {
+            let op = api(&cfg_path).await?.approve_operation(pb::ApproveOperationRequest { id, reason }).await?;
+            let op = op.into_inner();
+            println!("{}: approved; {} in {}", op.id, op.group, op.phase);
+            Ok(())
+        }
+        Cmd::Switchover(SwitchoverCmd::ApprovalPolicy { tiers, reason }) => {
+            let request = pb::SetApprovalPolicyRequest { tiers, reason };
+            let policy = api(&cfg_path).await?.set_approval_policy(request).await?.into_inner();
+            if policy.tiers.is_empty() {
+                println!("no tier needs approval");
+            } else {
+                let tiers: Vec<String> = policy.tiers.iter().map(u32::to_string).collect();
+                println!("moves of tier {} groups wait for a second person's approval", tiers.join(", "));
+            }
+            Ok(())
+        }
         Cmd::Switchover(SwitchoverCmd::Abort { id, reason }) => control(&cfg_path, id, "abort", reason).await,
         Cmd::Switchover(SwitchoverCmd::Rollback { id, reason, wait, wait_timeout_s }) => {
             let op = api(&cfg_path)

@@ -484,6 +484,29 @@ impl Operator for OperatorService {
         Ok(Response::new(pb::ScaleAppReply { changed: applied == Applied::Changed, site, epoch }))
     }
 
+    async fn approve_operation(
+        &self,
+        req: Request<pb::ApproveOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = authorise(&req, Role::can_switchover, "approve operations")?;
+        let r = req.into_inner();
+        self.fed.propose(&who.to_string(), Action::ApproveOperation { id: r.id.clone(), reason: r.reason }).await?;
+        tracing::info!(operation = %r.id, approver = %who, "operation approved");
+        self.operation(&r.id).map(Response::new)
+    }
+
+    async fn set_approval_policy(
+        &self,
+        req: Request<pb::SetApprovalPolicyRequest>,
+    ) -> Result<Response<pb::ApprovalPolicy>, Status> {
+        let who = authorise(&req, Role::can_freeze, "set the approval policy")?;
+        let r = req.into_inner();
+        self.fed.propose(&who.to_string(), Action::SetApprovalPolicy { tiers: r.tiers, reason: r.reason }).await?;
+        let tiers = self.fed.shared.read(|s| s.approval_tiers.iter().copied().collect());
+        tracing::info!(?tiers, actor = %who, "approval policy set");
+        Ok(Response::new(pb::ApprovalPolicy { tiers }))
+    }
+
     async fn set_freeze(&self, req: Request<pb::SetFreezeRequest>) -> Result<Response<pb::Freeze>, Status> {
         let id = authorise(&req, Role::can_freeze, "set freezes")?;
         let r = req.into_inner();

@@ -60,6 +60,8 @@ impl State {
             finished_at_ms: None,
             paused: None,
             error: None,
+            awaiting_approval: false,
+            approved_by: None,
         };
         // Preflight every group in order; each one's reservation is in place (the evacuation
         // is already registered) when the next is checked. Any refusal undoes it all.
@@ -96,6 +98,10 @@ impl State {
             return Err(r);
         }
         let reserved = evac.pending_reservation();
+        let approval_for: Vec<&String> =
+            order.iter().filter(|g| self.approval_tiers.contains(&self.groups[*g].spec.tier)).collect();
+        let awaiting = !approval_for.is_empty();
+        self.evacuations.get_mut(&id).expect("inserted above").awaiting_approval = awaiting;
         self.audit.append(Entry {
             time_ms: at,
             actor,
@@ -111,6 +117,7 @@ impl State {
                 "failure_budget": failure_budget,
                 "order": order,
                 "reserved": reserved,
+                "awaiting_approval_for": approval_for,
             }),
             raft_index: index,
         });
