@@ -459,6 +459,7 @@ pub fn rollback_actions(op: &Operation, reason: &str) -> Result<Vec<Action>, Ref
             to: op.from.clone(),
             reason: format!("rollback of {}: {reason}", op.id),
             plan: String::new(),
+            rollback_of: op.id.clone(),
         });
     }
     Ok(out)

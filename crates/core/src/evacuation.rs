@@ -235,6 +235,7 @@ pub fn rollback_actions(state: &State, evac: &Evacuation, reason: &str) -> Resul
             plan: String::new(),
             concurrency: evac.concurrency,
             failure_budget: evac.failure_budget,
+            rollback_of: evac.id.clone(),
         }),
         several => {
             return Err(Refusal::Invalid(format!(

@@ -17,6 +17,7 @@ pub mod proposal;
 pub mod report;
 pub mod state;
 pub mod views;
+pub mod window;
 
 pub use audit::{AuditLog, AuditRecord, ChainError};
 pub use engine::{EngineConfig, decide, operation_blocker, validate};

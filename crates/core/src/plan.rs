@@ -127,6 +127,7 @@ pub fn plan_moves(
             to: to.to_string(),
             reason: "plan".into(),
             plan: String::new(),
+            rollback_of: String::new(),
         };
         let index = sim.last_applied + 1;
         match preflight.and_then(|p| sim.apply(index, &Proposal::new(at_ms, "planner", start)).map(|_| p)) {

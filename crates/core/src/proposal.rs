@@ -93,6 +93,9 @@ pub enum Action {
         /// recorded in the audit history. Empty when started without one.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         plan: String,
+        /// The operation this start rolls back (not held by change windows); empty otherwise.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        rollback_of: String,
     },
     /// Move an operation from phase `from` to `to`; ignored unless it is still in `from`, so a
     /// duplicate or late proposal never repeats a step.
@@ -146,6 +149,15 @@ pub enum Action {
         concurrency: u32,
         /// Failed groups after which no new group starts (at least 1).
         failure_budget: u32,
+        /// The evacuation this one rolls back (not held by change windows); empty otherwise.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        rollback_of: String,
+    },
+    /// The weekly windows in which planned moves may start (empty: any time). Replaces the
+    /// previous list.
+    SetChangeWindows {
+        windows: Vec<crate::window::ChangeWindow>,
+        reason: String,
     },
     /// The next step of an evacuation; refused unless the engine would still take it.
     EvacuationStep {
@@ -263,6 +275,11 @@ pub enum Refusal {
     UnknownOperation(String),
     #[error("operation {id} is not in phase {expected} (it is {actual}); step ignored")]
     StalePhase { id: String, expected: String, actual: String },
+    #[error(
+        "planned moves may start only inside a change window ({windows}); it is {now}. Wait for the window, \
+         or have an admin change the windows (fedctl switchover windows)"
+    )]
+    OutsideChangeWindow { now: String, windows: String },
     #[error("unsupported proposal version {0}; upgrade this federator")]
     UnsupportedVersion(u32),
 }

@@ -41,6 +41,9 @@ pub struct State {
     /// Group tiers whose planned moves need a second person's approval before they proceed.
     #[serde(default)]
     pub approval_tiers: std::collections::BTreeSet<u32>,
+    /// Weekly windows in which planned moves may start; empty: any time.
+    #[serde(default)]
+    pub change_windows: Vec<crate::window::ChangeWindow>,
 }
 
 /// A freeze: no switchover, spec update or autoscaling inside its scope.
@@ -129,7 +132,10 @@ impl State {
                 Some(_) => vec![],
                 None => op_group(id),
             },
-            Action::StartEvacuation { .. } | Action::EvacuationStep { .. } | Action::SetApprovalPolicy { .. } => vec![],
+            Action::StartEvacuation { .. }
+            | Action::EvacuationStep { .. }
+            | Action::SetApprovalPolicy { .. }
+            | Action::SetChangeWindows { .. } => vec![],
             Action::CellReport(report) => self
                 .groups
                 .values()
@@ -326,11 +332,18 @@ impl State {
                 });
                 Ok(Applied::Changed)
             }
-            Action::StartSwitchover { group, to, reason, plan } => {
+            Action::StartSwitchover { group, to, reason, plan, rollback_of } => {
+                if rollback_of.is_empty() {
+                    self.check_change_window(at)?;
+                }
                 self.start_switchover(index, at, actor, group, to, reason, plan, None)
             }
-            Action::StartEvacuation { from, groups, to, reason, plan, concurrency, failure_budget } => self
-                .start_evacuation(
+            Action::SetChangeWindows { windows, reason } => self.set_change_windows(index, at, actor, windows, reason),
+            Action::StartEvacuation { from, groups, to, reason, plan, concurrency, failure_budget, rollback_of } => {
+                if rollback_of.is_empty() {
+                    self.check_change_window(at)?;
+                }
+                self.start_evacuation(
                     index,
                     at,
                     actor,
@@ -341,7 +354,8 @@ impl State {
                     plan,
                     *concurrency,
                     *failure_budget,
-                ),
+                )
+            }
             Action::EvacuationStep { id, step } => self.evacuation_step(index, at, actor, id, step),
             Action::SetApprovalPolicy { tiers, reason } => self.set_approval_policy(index, at, actor, tiers, reason),
             Action::ApproveOperation { id, reason } => self.approve(index, at, actor, id, reason),

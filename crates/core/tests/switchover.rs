@@ -138,6 +138,7 @@ impl Fed {
                 to: to.into(),
                 reason: "CHG-42 power work".into(),
                 plan: String::new(),
+                rollback_of: String::new(),
             },
         )
     }
@@ -1390,3 +1391,6 @@ mod ramp;
 
 #[path = "switchover/approval.rs"]
 mod approval;
+
+#[path = "switchover/windows.rs"]
+mod windows;

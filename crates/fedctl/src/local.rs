@@ -224,6 +224,33 @@ struct PeerToml {
     address: String,
 }
 
+/// What one node offers to its cell (`dc-agent node --cpu-millis/--mem-mib/--disk-mib`).
+const NODE_CAPACITY: Resources = Resources { cpu_millis: 2000, mem_mib: 2048, disk_mib: 10240 };
+
+/// Resources of one sample-app instance, unless a groups file says otherwise.
+const SAMPLE_RESOURCES: Resources = Resources { cpu_millis: 100, mem_mib: 64, disk_mib: 0 };
+
+fn sample_health() -> HealthSpec {
+    HealthSpec {
+        http_path: "/health".into(),
+        interval_ms: 500,
+        timeout_ms: 500,
+        grace_ms: 3000,
+        max_failures: 3,
+        ..Default::default()
+    }
+}
+
+/// What the sample app exposes, so adding an [apps.autoscale] policy is all it takes.
+fn sample_metrics() -> MetricsSpec {
+    MetricsSpec {
+        path: "/metrics".into(),
+        concurrency: "switchyard_sample_in_flight_requests".into(),
+        requests_total: "switchyard_sample_requests_total".into(),
+        request_ms_total: "switchyard_sample_request_ms_total".into(),
+    }
+}
+
 fn sample_groups(home: &str) -> Vec<GroupSpec> {
     let app = |name: &str, instances: u32| AppSpec {
         name: name.into(),
@@ -231,27 +258,14 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
         args: vec![],
         env: BTreeMap::new(),
         instances,
-        resources: Resources { cpu_millis: 100, mem_mib: 64, disk_mib: 0 },
-        health: HealthSpec {
-            http_path: "/health".into(),
-            interval_ms: 500,
-            timeout_ms: 500,
-            grace_ms: 3000,
-            max_failures: 3,
-            ..Default::default()
-        },
+        resources: SAMPLE_RESOURCES,
+        health: sample_health(),
         readiness: None,
         depends_on: vec![],
         constraints: vec![],
         upgrade: Default::default(),
         autoscale: None,
-        // What the sample app exposes, so adding an [apps.autoscale] policy is all it takes.
-        metrics: MetricsSpec {
-            path: "/metrics".into(),
-            concurrency: "switchyard_sample_in_flight_requests".into(),
-            requests_total: "switchyard_sample_requests_total".into(),
-            request_ms_total: "switchyard_sample_request_ms_total".into(),
-        },
+        metrics: sample_metrics(),
     };
     vec![
         GroupSpec {
@@ -281,6 +295,176 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
     ]
 }
 
+/// Default DNS TTL of a group from a groups file.
+const GROUPS_FILE_TTL_S: u32 = 5;
+
+/// Reads `fedctl up --groups-file FILE`: the app groups to run instead of the demo groups.
+///
+/// The file holds `[[groups]]` tables in the form of the federator's group spec
+/// (`switchyard_core::model::GroupSpec`, what `fedctl group show` prints), unknown fields
+/// refused, with these defaults so that a small group takes a few lines:
+///
+/// | field | default |
+/// |---|---|
+/// | `dns_name` | the group's `name` |
+/// | `ttl_s` | 5 |
+/// | `home_site` | `site-1` |
+/// | `apps` | one app named `web` with the defaults below |
+/// | app `command` | `sample-app`, and then `health` and `metrics` default to the demo groups' |
+/// | app `instances` | 1 |
+/// | app `resources` | `{ cpu_millis = 100, mem_mib = 64 }` |
+///
+/// Every problem is reported at once, before anything starts: each group must be a valid spec
+/// (`validate_group`), names and DNS names unique, `home_site` one of `sites`, `depends_on`
+/// naming groups of the file without a cycle, and each site's groups must fit on its nodes.
+pub fn load_groups_file(path: &Path, sites: &[String], nodes_per_site: u32) -> Result<Vec<GroupSpec>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read groups file {}: {e}", path.display())))?;
+    parse_groups(&text, sites, nodes_per_site).map_err(|problems| {
+        CliError::Usage(format!("groups file {} is not valid:\n  - {}", path.display(), problems.join("\n  - ")))
+    })
+}
+
+/// The groups of a groups file's `text`, or every problem with it.
+fn parse_groups(text: &str, sites: &[String], nodes_per_site: u32) -> Result<Vec<GroupSpec>, Vec<String>> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| vec![format!("not TOML: {e}")])?;
+    let mut problems: Vec<String> =
+        doc.keys().filter(|k| *k != "groups").map(|k| format!("unknown key {k:?}: only [[groups]] tables")).collect();
+    let tables = match doc.get("groups") {
+        None => return Err(vec!["it declares no [[groups]]".into()]),
+        Some(toml::Value::Array(a)) if !a.is_empty() => a,
+        Some(_) => return Err(vec!["`groups` must be one or more [[groups]] tables".into()]),
+    };
+    let mut groups = Vec::new();
+    for (i, value) in tables.iter().enumerate() {
+        let Some(table) = value.as_table() else {
+            problems.push(format!("groups[{i}] is not a table"));
+            continue;
+        };
+        let label = match table.get("name").and_then(toml::Value::as_str) {
+            Some(name) => format!("group {name:?}"),
+            None => format!("groups[{i}]"),
+        };
+        match group_with_defaults(table.clone(), &sites[0]) {
+            Ok(g) => groups.push(g),
+            Err(e) => problems.push(format!("{label}: {e}")),
+        }
+    }
+    let names: std::collections::BTreeSet<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    let (mut seen, mut dns) = (std::collections::BTreeSet::new(), BTreeMap::new());
+    for g in &groups {
+        if !seen.insert(g.name.as_str()) {
+            problems.push(format!("group {:?} is declared twice", g.name));
+        }
+        for label in g.dns_names() {
+            if let Some(other) = dns.insert(label, g.name.as_str()) {
+                problems.push(format!("group {:?}: DNS name {label:?} is already used by group {other:?}", g.name));
+            }
+        }
+        if !sites.contains(&g.home_site) {
+            problems.push(format!(
+                "group {:?}: home_site {:?} is not a site fedctl up creates ({})",
+                g.name,
+                g.home_site,
+                sites.join(", ")
+            ));
+        }
+        for d in g.depends_on.iter().filter(|d| !names.contains(d.as_str())) {
+            problems.push(format!("group {:?} depends on {d:?}, which is not a group of the file", g.name));
+        }
+        problems.extend(switchyard_core::model::validate_group(g));
+    }
+    if let Some(cycle) = group_cycle(&groups) {
+        problems.push(format!("groups depend on each other in a cycle: {}", cycle.join(" -> ")));
+    }
+    for site in sites {
+        let on_site: Vec<&GroupSpec> = groups.iter().filter(|g| g.home_site == *site).collect();
+        let need = on_site
+            .iter()
+            .flat_map(|g| &g.apps)
+            .map(|a| a.resources.times(a.instances))
+            .fold(Resources::default(), Resources::plus);
+        let have = NODE_CAPACITY.times(nodes_per_site);
+        if !need.fits_in(have) {
+            problems.push(format!(
+                "the groups whose home_site is {site} need {need}, more than its {nodes_per_site} nodes offer ({have})"
+            ));
+        }
+        for g in on_site {
+            for a in g.apps.iter().filter(|a| a.instances > 0 && !a.resources.fits_in(NODE_CAPACITY)) {
+                problems.push(format!(
+                    "group {:?}: one instance of app {:?} needs {}, more than a node offers ({NODE_CAPACITY})",
+                    g.name, a.name, a.resources
+                ));
+            }
+        }
+    }
+    if problems.is_empty() { Ok(groups) } else { Err(problems) }
+}
+
+/// One `[[groups]]` table with the file format's defaults filled in, as a group spec.
+fn group_with_defaults(mut t: toml::Table, first_site: &str) -> Result<GroupSpec, String> {
+    let name = t.get("name").cloned();
+    if let Some(name) = name {
+        t.entry("dns_name").or_insert(name);
+    }
+    t.entry("ttl_s").or_insert(toml::Value::Integer(i64::from(GROUPS_FILE_TTL_S)));
+    t.entry("home_site").or_insert(toml::Value::String(first_site.to_string()));
+    let apps = t.entry("apps").or_insert_with(|| {
+        toml::Value::Array(vec![toml::Value::Table(toml::Table::from_iter([("name".to_string(), "web".into())]))])
+    });
+    let toml::Value::Array(apps) = apps else { return Err("`apps` must be [[groups.apps]] tables".into()) };
+    for app in apps.iter_mut() {
+        let toml::Value::Table(app) = app else { return Err("`apps` must be [[groups.apps]] tables".into()) };
+        if !app.contains_key("command") {
+            app.insert("command".into(), "sample-app".into());
+            let health = toml::Value::try_from(sample_health()).expect("a health spec is TOML");
+            app.entry("health").or_insert(health);
+            let metrics = toml::Value::try_from(sample_metrics()).expect("a metrics spec is TOML");
+            app.entry("metrics").or_insert(metrics);
+        }
+        app.entry("instances").or_insert(toml::Value::Integer(1));
+        let resources = toml::Value::try_from(SAMPLE_RESOURCES).expect("resources are TOML");
+        app.entry("resources").or_insert(resources);
+    }
+    toml::Value::Table(t).try_into::<GroupSpec>().map_err(|e| e.to_string().trim().to_string())
+}
+
+/// A `depends_on` cycle among `groups`, as the names around it, if there is one.
+fn group_cycle(groups: &[GroupSpec]) -> Option<Vec<String>> {
+    let deps: BTreeMap<&str, &[String]> = groups.iter().map(|g| (g.name.as_str(), g.depends_on.as_slice())).collect();
+    // Depth-first, with the current path: a dependency on the path closes a cycle.
+    fn visit<'a>(
+        n: &'a str,
+        deps: &BTreeMap<&'a str, &'a [String]>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|p| *p == n) {
+            let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+            cycle.push(n.to_string());
+            return Some(cycle);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n);
+        for d in deps.get(n).copied().unwrap_or(&[]) {
+            if d != n
+                && deps.contains_key(d.as_str())
+                && let Some(c) = visit(d.as_str(), deps, done, path)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n);
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    deps.keys().find_map(|n| visit(n, &deps, &mut done, &mut Vec::new()))
+}
+
 pub struct UpArgs {
     pub dir: PathBuf,
     pub sites: u32,
@@ -290,6 +474,8 @@ pub struct UpArgs {
     pub ingress: bool,
     /// Federator replicas (1 = a single node; 3 or 5 = a Raft cluster).
     pub federators: u32,
+    /// App groups to run instead of the demo groups (see [`load_groups_file`]).
+    pub groups_file: Option<PathBuf>,
 }
 
 /// `name` found in a directory of `PATH`.
@@ -314,8 +500,9 @@ fn backend_name(group: &str, app: &str) -> String {
 }
 
 /// HAProxy configuration of one site's ingress: requests are routed by Host header
-/// (`<dns_name>.<zone>`) to the group's first app; backends start empty and are filled by the
-/// cell through the runtime API on `socket`.
+/// (`<dns_name>.<zone>` and each of the group's `dns_aliases`, with or without the final dot
+/// or a port) to the group's first app; backends start empty and are filled by the cell
+/// through the runtime API on `socket`.
 fn haproxy_config(socket: &Path, bind: SocketAddr, groups: &[GroupSpec]) -> String {
     let mut cfg = format!(
         "global\n    stats socket {} mode 600 level admin\n    stats timeout 10s\n\
@@ -325,8 +512,14 @@ fn haproxy_config(socket: &Path, bind: SocketAddr, groups: &[GroupSpec]) -> Stri
         socket.display()
     );
     for g in groups {
-        let host = format!("{}.{}", g.dns_name, ZONE.trim_end_matches('.'));
-        cfg.push_str(&format!("    acl host_{0} hdr(host),field(1,:) -i {host} {host}.\n", g.name));
+        let hosts: Vec<String> = g
+            .dns_names()
+            .flat_map(|label| {
+                let host = format!("{label}.{}", ZONE.trim_end_matches('.'));
+                [host.clone(), format!("{host}.")]
+            })
+            .collect();
+        cfg.push_str(&format!("    acl host_{} hdr(host),field(1,:) -i {}\n", g.name, hosts.join(" ")));
         if let Some(app) = g.apps.first() {
             cfg.push_str(&format!("    use_backend {} if host_{}\n", backend_name(&g.name, &app.name), g.name));
         }
@@ -348,6 +541,11 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     if !(1..=8).contains(&args.nodes_per_site) {
         return Err(CliError::Usage(format!("--nodes-per-site must be between 1 and 8, not {}", args.nodes_per_site)));
     }
+    let site_names: Vec<String> = (1..=args.sites).map(|i| format!("site-{i}")).collect();
+    let groups = match &args.groups_file {
+        Some(path) => load_groups_file(path, &site_names, args.nodes_per_site)?,
+        None => sample_groups(&site_names[0]),
+    };
     std::fs::create_dir_all(&args.dir).map_err(io)?;
     let dir = args.dir.canonicalize().map_err(io)?;
     if let Some(existing) = ClusterFile::load(&dir)?
@@ -402,7 +600,6 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     // The plan: addresses of every site, node and daemon.
-    let site_names: Vec<String> = (1..=args.sites).map(|i| format!("site-{i}")).collect();
     let mut sites = Vec::new();
     let mut site_specs = Vec::new();
     for (i, name) in site_names.iter().enumerate() {
@@ -424,7 +621,6 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         });
         sites.push(SiteInfo { name: name.clone(), ingress: vec![ingress], ingress_port: None, cell, nodes });
     }
-    let groups = sample_groups(&site_names[0]);
     let haproxy = if args.ingress { which("haproxy") } else { None };
     if args.ingress && haproxy.is_none() {
         eprintln!(
@@ -602,11 +798,11 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                     "--address".into(),
                     node.address.clone(),
                     "--cpu-millis".into(),
-                    "2000".into(),
+                    NODE_CAPACITY.cpu_millis.to_string(),
                     "--mem-mib".into(),
-                    "2048".into(),
+                    NODE_CAPACITY.mem_mib.to_string(),
                     "--disk-mib".into(),
-                    "10240".into(),
+                    NODE_CAPACITY.disk_mib.to_string(),
                     "--port-range".into(),
                     format!("{TASK_PORT_MIN}-{TASK_PORT_MAX}"),
                     "--work-dir".into(),
@@ -684,24 +880,34 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         format!("  export FEDCTL_CONFIG={}\n", dir.join("fedctl.toml").display())
     };
     let (dns_ip, dns_port) = (dns_addr.ip(), dns_addr.port());
-    let curl = match sites[0].ingress_port {
+    // The hints use the first group: its name, its home site's ingress, another site to move to.
+    let example = &groups[0];
+    let host = format!("{}.{}", example.dns_name, ZONE.trim_end_matches('.'));
+    let home = sites.iter().find(|s| s.name == example.home_site).unwrap_or(&sites[0]);
+    let curl = match home.ingress_port {
         Some(port) => format!(
-            "  curl -s -H 'Host: crm-web.{}' http://{}:{port}/    # through site-1's ingress proxy\n",
-            ZONE.trim_end_matches('.'),
-            sites[0].ingress[0]
+            "  curl -s -H 'Host: {host}' http://{}:{port}/    # through {}'s ingress proxy\n",
+            home.ingress[0], home.name
         ),
         None => String::new(),
     };
+    let move_hint = match site_names.iter().find(|s| **s != example.home_site) {
+        Some(to) => format!("  fedctl switchover start {} --to {to} --reason \"practice\" --wait\n", example.name),
+        None => String::new(),
+    };
+    let mut homes: Vec<&str> = groups.iter().map(|g| g.home_site.as_str()).collect();
+    homes.sort();
+    homes.dedup();
     println!(
         "Switchyard is up in {:.1}s: {} sites x {} nodes, {} app groups on {}.\n\
          \n  federator  {fed_url}\n  fed-dns    {dns_addr} (zone {ZONE})\n  processes  {}\n  client     {} (identity operator:{operator})\n\
-         \nTry:\n{config_hint}  fedctl status\n  fedctl groups\n  dig @{dns_ip} -p {dns_port} crm-web.{ZONE} A +short\n{curl}  \
-         fedctl switchover start crm-web --to site-2 --reason \"practice\" --wait\n  fedctl audit list\n  fedctl down{}\n",
+         \nTry:\n{config_hint}  fedctl status\n  fedctl groups\n  dig @{dns_ip} -p {dns_port} {host}. A +short\n{curl}\
+         {move_hint}  fedctl audit list\n  fedctl down{}\n",
         started.elapsed().as_secs_f64(),
         args.sites,
         args.nodes_per_site,
         groups.len(),
-        site_names[0],
+        homes.join(", "),
         dir.join(CLUSTER_FILE).display(),
         dir.join("fedctl.toml").display(),
         if config_hint.is_empty() { String::new() } else { format!(" --dir {}", dir.display()) },
@@ -877,4 +1083,108 @@ pub fn restart(dir: &Path, name: &str) -> Result<String, CliError> {
     let old = std::mem::replace(&mut proc.pid, pid);
     cluster.save(dir)?;
     Ok(format!("restarted {name}: pid {old} -> {pid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sites() -> Vec<String> {
+        vec!["site-1".into(), "site-2".into(), "site-3".into()]
+    }
+
+    #[test]
+    fn a_groups_file_fills_in_the_sample_app_defaults() {
+        let text = r#"
+[[groups]]
+name = "shop-db"
+tier = 0
+
+[[groups]]
+name = "shop-web"
+tier = 2
+ttl_s = 2
+home_site = "site-2"
+dns_aliases = ["shop"]
+depends_on = ["shop-db"]
+ramp = { steps = [50, 100] }
+[[groups.apps]]
+name = "front"
+instances = 2
+"#;
+        let groups = parse_groups(text, &sites(), 2).unwrap();
+        let demo = &sample_groups("site-1")[0].apps[0];
+        let db = &groups[0];
+        assert_eq!((db.dns_name.as_str(), db.ttl_s, db.home_site.as_str()), ("shop-db", 5, "site-1"));
+        assert_eq!(db.apps.len(), 1);
+        let app = &db.apps[0];
+        assert_eq!((app.name.as_str(), app.instances), ("web", 1));
+        assert_eq!(
+            (&app.command, &app.resources, &app.health, &app.metrics),
+            (&demo.command, &demo.resources, &demo.health, &demo.metrics)
+        );
+        let web = &groups[1];
+        assert_eq!((web.ttl_s, web.tier, web.home_site.as_str()), (2, 2, "site-2"));
+        assert_eq!(web.depends_on, ["shop-db"]);
+        assert_eq!(web.ramp.steps, [50, 100]);
+        assert_eq!((web.apps[0].name.as_str(), web.apps[0].instances), ("front", 2));
+        // Every Host name of every group is routed by the ingress.
+        let cfg = haproxy_config(Path::new("/s"), "127.0.1.1:80".parse().unwrap(), &groups);
+        let acl = "acl host_shop-web hdr(host),field(1,:) -i \
+                   shop-web.fed.local shop-web.fed.local. shop.fed.local shop.fed.local.\n";
+        assert!(cfg.contains(acl), "{cfg}");
+        assert!(cfg.contains("use_backend be_shop-web_front if host_shop-web"), "{cfg}");
+        assert!(cfg.contains("use_backend be_shop-db_web if host_shop-db"), "{cfg}");
+    }
+
+    #[test]
+    fn a_command_of_ones_own_gets_no_sample_checks() {
+        let text = "[[groups]]\nname = \"x\"\n[[groups.apps]]\nname = \"a\"\ncommand = \"my-app\"\n";
+        let app = &parse_groups(text, &sites(), 2).unwrap()[0].apps[0];
+        assert_eq!(app.command, "my-app");
+        assert_eq!(app.health, HealthSpec::default());
+        assert!(app.metrics.is_empty());
+    }
+
+    #[test]
+    fn bad_groups_files_are_refused_with_every_problem() {
+        let text = r#"
+[[groups]]
+name = "a"
+home_site = "site-7"
+depends_on = ["b", "ghost"]
+
+[[groups]]
+name = "b"
+dns_aliases = ["a"]
+depends_on = ["a"]
+
+[[groups]]
+name = "c"
+tierr = 1
+
+[[groups]]
+name = "big"
+[[groups.apps]]
+name = "web"
+instances = 50
+resources = { cpu_millis = 100, mem_mib = 64 }
+"#;
+        let problems = parse_groups(text, &sites(), 2).unwrap_err();
+        let all = problems.join("\n");
+        for want in [
+            "home_site \"site-7\" is not a site fedctl up creates (site-1, site-2, site-3)",
+            "group \"a\" depends on \"ghost\", which is not a group of the file",
+            "group \"b\": DNS name \"a\" is already used by group \"a\"",
+            "cycle: a -> b -> a",
+            "group \"c\": unknown field `tierr`",
+            "the groups whose home_site is site-1 need 5100 cpu_millis",
+        ] {
+            assert!(all.contains(want), "{want:?} missing from:\n{all}");
+        }
+        assert_eq!(parse_groups("x = 1\n", &sites(), 2).unwrap_err(), ["it declares no [[groups]]"]);
+        assert!(parse_groups("[[groups]\n", &sites(), 2).unwrap_err()[0].starts_with("not TOML"));
+        let unknown = parse_groups("extra = 1\n[[groups]]\nname = \"x\"\n", &sites(), 2).unwrap_err();
+        assert_eq!(unknown, ["unknown key \"extra\": only [[groups]] tables"]);
+    }
 }

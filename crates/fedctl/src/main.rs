@@ -371,6 +371,15 @@ enum SwitchoverCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Set the weekly UTC windows in which planned moves may start; none: any time.
+    /// Rollbacks are never held by them.
+    Windows {
+        /// A window like "sat,sun 01:00-05:00" (UTC); repeat for several. None clears them.
+        #[arg(long = "window")]
+        windows: Vec<String>,
+        #[arg(long)]
+        reason: String,
+    },
     /// Continue a paused operation where it stopped.
     Resume {
         id: String,
@@ -600,6 +609,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let op = api(&cfg_path).await?.approve_operation(pb::ApproveOperationRequest { id, reason }).await?;
             let op = op.into_inner();
             println!("{}: approved; {} in {}", op.id, op.group, op.phase);
+            Ok(())
+        }
+        Cmd::Switchover(SwitchoverCmd::Windows { windows, reason }) => {
+            let request = pb::SetChangeWindowsRequest { windows, reason };
+            let set = api(&cfg_path).await?.set_change_windows(request).await?.into_inner();
+            if set.windows.is_empty() {
+                println!("no change windows: planned moves may start at any time");
+            } else {
+                println!("planned moves may start only inside: {}", set.windows.join("; "));
+            }
             Ok(())
         }
         Cmd::Switchover(SwitchoverCmd::ApprovalPolicy { tiers, reason }) => {

@@ -41,6 +41,27 @@ impl OperatorService {
     }
 }
 
+impl OperatorService {
+    /// With a plan id (`start --plan`): refused unless planning `scope` → `to` now, on the
+    /// committed state, gives that same plan.
+    async fn check_plan(&self, scope: &MoveScope, to: &str, plan_id: &str) -> Result<(), Status> {
+        if plan_id.is_empty() {
+            return Ok(());
+        }
+        self.fed.read_barrier().await?;
+        let plan = self.plan(scope, to)?;
+        if plan.id == plan_id {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "the federation changed since plan {plan_id}: planning this move now gives plan {}{}; review it \
+             (fedctl switchover plan) and start with the new id",
+            plan.id,
+            if plan.go { String::new() } else { format!(" (no-go: {})", plan.reasons.join("; ")) }
+        )))
+    }
+}
+
 fn authorise<T>(req: &Request<T>, allowed: fn(Role) -> bool, what: &str) -> Result<Identity, Status> {
     let id = peer_identity(req)?;
     if !allowed(id.role) {
@@ -211,25 +232,13 @@ impl Operator for OperatorService {
         if r.group.is_empty() || r.to_site.is_empty() {
             return Err(Status::invalid_argument("both group and to_site are required"));
         }
-        if !r.plan_id.is_empty() {
-            self.fed.read_barrier().await?;
-            let scope = MoveScope::Groups(vec![r.group.clone()]);
-            let plan = self.plan(&scope, &r.to_site)?;
-            if plan.id != r.plan_id {
-                return Err(Status::failed_precondition(format!(
-                    "the federation changed since plan {}: planning this move now gives plan {}{}; review it \
-                     (fedctl switchover plan) and start with the new id",
-                    r.plan_id,
-                    plan.id,
-                    if plan.go { String::new() } else { format!(" (no-go: {})", plan.reasons.join("; ")) }
-                )));
-            }
-        }
+        self.check_plan(&MoveScope::Groups(vec![r.group.clone()]), &r.to_site, &r.plan_id).await?;
         let action = Action::StartSwitchover {
             group: r.group.clone(),
             to: r.to_site.clone(),
             reason: r.reason.clone(),
             plan: r.plan_id.clone(),
+            rollback_of: String::new(),
         };
         let applied = self.fed.propose(&id.to_string(), action).await?;
         let Applied::OperationStarted { id: op_id } = applied else {
@@ -254,19 +263,7 @@ impl Operator for OperatorService {
         if r.to_site.is_empty() {
             return Err(Status::invalid_argument("to_site is required"));
         }
-        if !r.plan_id.is_empty() {
-            self.fed.read_barrier().await?;
-            let plan = self.plan(&scope, &r.to_site)?;
-            if plan.id != r.plan_id {
-                return Err(Status::failed_precondition(format!(
-                    "the federation changed since plan {}: planning this move now gives plan {}{}; review it \
-                     (fedctl switchover plan) and start with the new id",
-                    r.plan_id,
-                    plan.id,
-                    if plan.go { String::new() } else { format!(" (no-go: {})", plan.reasons.join("; ")) }
-                )));
-            }
-        }
+        self.check_plan(&scope, &r.to_site, &r.plan_id).await?;
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
         let action = Action::StartEvacuation {
             from: (!r.from_site.is_empty()).then(|| r.from_site.clone()),
@@ -276,6 +273,7 @@ impl Operator for OperatorService {
             plan: r.plan_id.clone(),
             concurrency: or(r.concurrency, switchyard_core::evacuation::DEFAULT_CONCURRENCY),
             failure_budget: or(r.failure_budget, switchyard_core::evacuation::DEFAULT_FAILURE_BUDGET),
+            rollback_of: String::new(),
         };
         let Applied::OperationStarted { id: evac } = self.fed.propose(&id.to_string(), action).await? else {
             return Err(Status::internal("evacuation committed without an operation id"));
@@ -505,6 +503,24 @@ impl Operator for OperatorService {
         let tiers = self.fed.shared.read(|s| s.approval_tiers.iter().copied().collect());
         tracing::info!(?tiers, actor = %who, "approval policy set");
         Ok(Response::new(pb::ApprovalPolicy { tiers }))
+    }
+
+    async fn set_change_windows(
+        &self,
+        req: Request<pb::SetChangeWindowsRequest>,
+    ) -> Result<Response<pb::ChangeWindows>, Status> {
+        let who = authorise(&req, Role::can_freeze, "set change windows")?;
+        let r = req.into_inner();
+        let windows = r
+            .windows
+            .iter()
+            .map(|w| w.parse::<switchyard_core::window::ChangeWindow>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        self.fed.propose(&who.to_string(), Action::SetChangeWindows { windows, reason: r.reason }).await?;
+        let windows: Vec<String> = self.fed.shared.read(|s| s.change_windows.iter().map(|w| w.to_string()).collect());
+        tracing::info!(?windows, actor = %who, "change windows set");
+        Ok(Response::new(pb::ChangeWindows { windows }))
     }
 
     async fn set_freeze(&self, req: Request<pb::SetFreezeRequest>) -> Result<Response<pb::Freeze>, Status> {

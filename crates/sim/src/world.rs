@@ -400,6 +400,7 @@ impl World {
                     to: site.clone(),
                     reason: reason.clone(),
                     plan: String::new(),
+                    rollback_of: String::new(),
                 },
             ),
             15..19 => {

@@ -1,4 +1,5 @@
-//! `apply` for two-person approval: the policy (which tiers need it) and an approval.
+//! `apply` for the rules planned moves follow: two-person approval (which tiers need it, and an
+//! approval) and change windows.
 
 use serde_json::json;
 
@@ -89,5 +90,52 @@ impl State {
             raft_index: index,
         });
         Ok(Applied::Changed)
+    }
+}
+
+impl State {
+    pub(super) fn set_change_windows(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        windows: &[crate::window::ChangeWindow],
+        reason: &str,
+    ) -> Response {
+        if reason.trim().is_empty() {
+            return Err(Refusal::Invalid("a reason is required to change the change windows".into()));
+        }
+        if let Some(w) = windows.iter().find(|w| {
+            w.days.is_empty() || w.days.iter().any(|d| *d > 6) || w.start_minute >= 1440 || w.end_minute >= 1440
+        }) {
+            return Err(Refusal::Invalid(format!("change window {w:?} is not a weekly window")));
+        }
+        if windows == self.change_windows.as_slice() {
+            return Ok(Applied::Unchanged);
+        }
+        let show = |ws: &[crate::window::ChangeWindow]| ws.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let before = show(&self.change_windows);
+        self.change_windows = windows.to_vec();
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "policy.change-windows",
+            subject: "change-windows",
+            reason,
+            detail: json!({ "before": before, "after": show(windows) }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    /// Refuses a planned move outside every change window (none configured: any time).
+    pub fn check_change_window(&self, at_ms: u64) -> Result<(), Refusal> {
+        if self.change_windows.is_empty() || self.change_windows.iter().any(|w| w.contains(at_ms)) {
+            return Ok(());
+        }
+        Err(Refusal::OutsideChangeWindow {
+            now: crate::window::describe_instant(at_ms),
+            windows: self.change_windows.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("; "),
+        })
     }
 }

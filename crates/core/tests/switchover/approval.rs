@@ -81,6 +81,7 @@ fn an_evacuation_with_a_listed_tier_starts_nothing_until_approved() {
             plan: String::new(),
             concurrency: 2,
             failure_budget: 1,
+            rollback_of: String::new(),
         },
     ) else {
         panic!()

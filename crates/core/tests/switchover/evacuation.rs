@@ -43,6 +43,7 @@ fn evacuate(f: &mut Fed, from: &str, to: &str, concurrency: u32, budget: u32) ->
             plan: String::new(),
             concurrency,
             failure_budget: budget,
+            rollback_of: String::new(),
         },
     )
     .map(|a| match a {
@@ -173,6 +174,7 @@ fn two_evacuations_into_one_site_never_over_commit_it() {
                 plan: String::new(),
                 concurrency: 5,
                 failure_budget: 1,
+                rollback_of: String::new(),
             },
         )
         .unwrap_err();
@@ -194,6 +196,7 @@ fn two_evacuations_into_one_site_never_over_commit_it() {
             plan: String::new(),
             concurrency: 5,
             failure_budget: 1,
+            rollback_of: String::new(),
         },
     );
     let Applied::OperationStarted { id: second } = second else { panic!() };
