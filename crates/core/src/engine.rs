@@ -475,6 +475,7 @@ pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
         .filter(|o| o.holds_group() && o.paused.is_none())
         .filter_map(|op| next_step(state, op, now_ms, cfg))
         .collect();
+    out.extend(crate::drill::due(state, now_ms).into_iter().map(|id| Action::StartDrill { id }));
     for evac in state.evacuations.values().filter(|e| e.is_running()) {
         out.extend(
             crate::evacuation::steps(state, evac)

@@ -153,6 +153,23 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         rollback_of: String,
     },
+    /// Schedule a drill: a switchover of `group` to `to` that starts at leader time `at_ms` (at
+    /// once if already past), recorded as a drill with its outcome and recovery time.
+    ScheduleDrill {
+        group: String,
+        to: String,
+        at_ms: u64,
+        reason: String,
+    },
+    /// A scheduled drill's time has come: start its switchover (a refusal is recorded as the
+    /// drill's outcome).
+    StartDrill {
+        id: String,
+    },
+    CancelDrill {
+        id: String,
+        reason: String,
+    },
     /// The weekly windows in which planned moves may start (empty: any time). Replaces the
     /// previous list.
     SetChangeWindows {

@@ -14,6 +14,7 @@ use crate::proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, 
 use crate::report::ReportRecord;
 
 mod approve;
+mod drills;
 mod evacuate;
 mod ramp;
 
@@ -44,6 +45,9 @@ pub struct State {
     /// Weekly windows in which planned moves may start; empty: any time.
     #[serde(default)]
     pub change_windows: Vec<crate::window::ChangeWindow>,
+    /// Drills, scheduled, running and done, by id (`drill-<log index>`).
+    #[serde(default)]
+    pub drills: BTreeMap<String, crate::drill::Drill>,
 }
 
 /// A freeze: no switchover, spec update or autoscaling inside its scope.
@@ -135,7 +139,10 @@ impl State {
             Action::StartEvacuation { .. }
             | Action::EvacuationStep { .. }
             | Action::SetApprovalPolicy { .. }
-            | Action::SetChangeWindows { .. } => vec![],
+            | Action::SetChangeWindows { .. }
+            | Action::ScheduleDrill { .. }
+            | Action::CancelDrill { .. } => vec![],
+            Action::StartDrill { id } => self.drills.get(id).map(|d| d.group.clone()).into_iter().collect(),
             Action::CellReport(report) => self
                 .groups
                 .values()
@@ -339,6 +346,11 @@ impl State {
                 self.start_switchover(index, at, actor, group, to, reason, plan, None)
             }
             Action::SetChangeWindows { windows, reason } => self.set_change_windows(index, at, actor, windows, reason),
+            Action::ScheduleDrill { group, to, at_ms, reason } => {
+                self.schedule_drill(index, at, actor, group, to, *at_ms, reason)
+            }
+            Action::StartDrill { id } => self.start_drill(index, at, actor, id),
+            Action::CancelDrill { id, reason } => self.cancel_drill(index, at, actor, id, reason),
             Action::StartEvacuation { from, groups, to, reason, plan, concurrency, failure_budget, rollback_of } => {
                 if rollback_of.is_empty() {
                     self.check_change_window(at)?;

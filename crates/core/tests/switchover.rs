@@ -1394,3 +1394,6 @@ mod approval;
 
 #[path = "switchover/windows.rs"]
 mod windows;
+
+#[path = "switchover/drills.rs"]
+mod drills;

@@ -129,6 +129,9 @@ enum Cmd {
     /// Stop switchovers, spec changes and autoscaling in a scope (dr-admin, admin).
     #[command(subcommand)]
     Freeze(FreezeCmd),
+    /// Drills: switchovers scheduled on purpose, with outcome and recovery time recorded.
+    #[command(subcommand)]
+    Drill(DrillCmd),
     /// The federator replicas: each one's view of the leader, term and applied index.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -286,6 +289,36 @@ enum FreezeCmd {
         reason: String,
     },
     /// The freezes in force.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrillCmd {
+    /// Schedule a drill: a switchover of GROUP to SITE at a time (default: at once).
+    Schedule {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        to: String,
+        /// When, in UTC: 2026-11-28T02:00:00Z.
+        #[arg(long, conflicts_with = "in")]
+        at: Option<String>,
+        /// In how long: 90s, 30m, 2h, 1d.
+        #[arg(long = "in")]
+        r#in: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Cancel a drill that has not started.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// When each group was last exercised (outcome, recovery time) and what is scheduled.
     List {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
@@ -674,6 +707,25 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Cmd::Drill(DrillCmd::Schedule { group, to, at, r#in, reason }) => {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let at_ms = match (at, r#in) {
+                (Some(at), _) => output::parse_time(&at).map_err(CliError::Usage)?,
+                (None, Some(d)) => now + output::parse_duration(&d).map_err(CliError::Usage)?,
+                (None, None) => 0,
+            };
+            let request = pb::ScheduleDrillRequest { group, to_site: to, at_ms, reason };
+            let d = api(&cfg_path).await?.schedule_drill(request).await?.into_inner();
+            println!("{} scheduled: {} to {} at {}", d.id, d.group, d.to_site, time(d.at_ms));
+            Ok(())
+        }
+        Cmd::Drill(DrillCmd::Cancel { id, reason }) => {
+            let d = api(&cfg_path).await?.cancel_drill(pb::CancelDrillRequest { id, reason }).await?.into_inner();
+            println!("{}: {} ({})", d.id, d.status, d.detail);
+            Ok(())
+        }
+        Cmd::Drill(DrillCmd::List { output }) => drill_list(&cfg_path, output).await,
         Cmd::Freeze(FreezeCmd::Set { scope, reason, for_s }) => {
             let f = api(&cfg_path)
                 .await?
@@ -1249,6 +1301,42 @@ async fn switchover_status(cfg: &Path, id: Option<String>, output: Format) -> Re
             }
         }
     }
+    Ok(())
+}
+
+async fn drill_list(cfg: &Path, output: Format) -> Result<(), CliError> {
+    let mut client = api(cfg).await?;
+    let drills = client.list_drills(pb::ListDrillsRequest {}).await?.into_inner().drills;
+    if output == Format::Json {
+        println!("{}", json(&drills));
+        return Ok(());
+    }
+    let groups = client.list_groups(pb::ListGroupsRequest {}).await?.into_inner().groups;
+    // Per group (every group, drilled or not): the last drill that ran, and the next one.
+    let mut by_group: std::collections::BTreeMap<&str, (Option<&pb::Drill>, Option<&pb::Drill>)> =
+        groups.iter().map(|g| (g.name.as_str(), (None, None))).collect();
+    for d in &drills {
+        let entry = by_group.entry(d.group.as_str()).or_default();
+        if d.status == "scheduled" {
+            if entry.1.is_none_or(|n| d.at_ms < n.at_ms) {
+                entry.1 = Some(d);
+            }
+        } else if !d.operation_id.is_empty() && entry.0.is_none_or(|l| d.at_ms >= l.at_ms) {
+            entry.0 = Some(d);
+        }
+    }
+    let mut t = table(&["group", "last exercised", "outcome", "RTO", "drill", "next scheduled"]);
+    for (group, (last, next)) in &by_group {
+        t.add_row(vec![
+            group.to_string(),
+            last.map_or("never".into(), |d| time(d.at_ms)),
+            last.map_or("-".into(), |d| d.status.clone()),
+            last.filter(|d| d.rto_ms > 0).map_or("-".into(), |d| duration_ms(d.rto_ms)),
+            last.map_or("-".into(), |d| d.id.clone()),
+            next.map_or("-".into(), |d| format!("{} ({})", time(d.at_ms), d.id)),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }
 

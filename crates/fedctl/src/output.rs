@@ -39,6 +39,50 @@ pub fn time(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
 }
 
+/// Milliseconds since the Unix epoch of `2026-11-28T02:00:00Z` (UTC, seconds optional,
+/// fractions not accepted); the inverse of [`time`] to the second.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a UTC time like 2026-11-28T02:00:00Z");
+    let t = text.trim().strip_suffix('Z').ok_or_else(bad)?;
+    let (date, clock) = t.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let c: Vec<i64> = clock.split(':').map(|x| x.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let [year, month, day] = d[..] else { return Err(bad()) };
+    let (hour, minute, second) = match c[..] {
+        [h, m] => (h, m, 0),
+        [h, m, s] => (h, m, s),
+        _ => return Err(bad()),
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return Err(bad());
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    u64::try_from(secs * 1000).map_err(|_| bad())
+}
+
+/// `90s`, `30m`, `2h` or `1d` in milliseconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let bad = || format!("{text:?} is not a duration like 90s, 30m, 2h or 1d");
+    let unit = match t.chars().last() {
+        Some('s') => 1_000,
+        Some('m') => 60_000,
+        Some('h') => 3_600_000,
+        Some('d') => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+    n.checked_mul(unit).ok_or_else(bad)
+}
+
 pub fn duration_ms(ms: u64) -> String {
     if ms < 1000 { format!("{ms}ms") } else { format!("{:.1}s", ms as f64 / 1000.0) }
 }
@@ -150,6 +194,20 @@ mod tests {
         assert!(lines[1].contains("db") && lines[1].contains("[##########] 100%"), "{text}");
         assert!(lines[2].contains("api") && lines[2].contains("Shifting") && lines[2].contains("[#####.....]  50%"));
         assert_eq!(lines[3], "  1 group(s) pending");
+    }
+
+    #[test]
+    fn parses_what_it_prints_and_refuses_the_rest() {
+        for ms in [951_782_400_000, 1_795_314_807_000] {
+            assert_eq!(parse_time(&time(ms).replace(".000", "")).unwrap(), ms, "{ms}");
+        }
+        assert_eq!(parse_time("2026-11-28T02:00Z").unwrap(), parse_time("2026-11-28T02:00:00Z").unwrap());
+        for bad in ["2026-11-28 02:00:00Z", "2026-11-28T02:00:00", "2026-13-01T00:00:00Z", "tomorrow"] {
+            assert!(parse_time(bad).unwrap_err().contains("is not a UTC time"), "{bad}");
+        }
+        assert_eq!(parse_duration("30m").unwrap(), 1_800_000);
+        assert_eq!(parse_duration("1d").unwrap(), 86_400_000);
+        assert!(parse_duration("30 minutes").is_err() && parse_duration("m").is_err());
     }
 
     #[test]

@@ -523,6 +523,32 @@ impl Operator for OperatorService {
         Ok(Response::new(pb::ChangeWindows { windows }))
     }
 
+    async fn schedule_drill(&self, req: Request<pb::ScheduleDrillRequest>) -> Result<Response<pb::Drill>, Status> {
+        let who = authorise(&req, Role::can_switchover, "schedule drills")?;
+        let r = req.into_inner();
+        let action =
+            Action::ScheduleDrill { group: r.group.clone(), to: r.to_site.clone(), at_ms: r.at_ms, reason: r.reason };
+        let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), action).await? else {
+            return Err(Status::internal("drill committed without an id"));
+        };
+        tracing::info!(drill = %id, group = %r.group, to = %r.to_site, actor = %who, "drill scheduled");
+        self.drill(&id).map(Response::new)
+    }
+
+    async fn cancel_drill(&self, req: Request<pb::CancelDrillRequest>) -> Result<Response<pb::Drill>, Status> {
+        let who = authorise(&req, Role::can_switchover, "cancel drills")?;
+        let r = req.into_inner();
+        self.fed.propose(&who.to_string(), Action::CancelDrill { id: r.id.clone(), reason: r.reason }).await?;
+        self.drill(&r.id).map(Response::new)
+    }
+
+    async fn list_drills(&self, req: Request<pb::ListDrillsRequest>) -> Result<Response<pb::ListDrillsReply>, Status> {
+        authorise(&req, Role::can_view, "list drills")?;
+        self.fed.read_barrier().await?;
+        let drills = self.fed.shared.read(|s| s.drills.values().map(|d| drill_to_proto(s, d)).collect());
+        Ok(Response::new(pb::ListDrillsReply { drills }))
+    }
+
     async fn set_freeze(&self, req: Request<pb::SetFreezeRequest>) -> Result<Response<pb::Freeze>, Status> {
         let id = authorise(&req, Role::can_freeze, "set freezes")?;
         let r = req.into_inner();
@@ -605,6 +631,15 @@ impl Operator for OperatorService {
 }
 
 impl OperatorService {
+    fn drill(&self, id: &str) -> Result<pb::Drill, Status> {
+        self.fed.shared.read(|s| {
+            s.drills
+                .get(id)
+                .map(|d| drill_to_proto(s, d))
+                .ok_or_else(|| Status::not_found(format!("drill {id:?} does not exist")))
+        })
+    }
+
     fn operation(&self, id: &str) -> Result<pb::Operation, Status> {
         let now = now_ms();
         self.fed.shared.read(|s| {
@@ -715,6 +750,23 @@ impl OperatorService {
             failure_budget: e.failure_budget,
             ..Default::default()
         }
+    }
+}
+
+fn drill_to_proto(s: &switchyard_core::State, d: &switchyard_core::drill::Drill) -> pb::Drill {
+    let st = d.status(s);
+    pb::Drill {
+        id: d.id.clone(),
+        group: d.group.clone(),
+        to_site: d.to.clone(),
+        at_ms: d.at_ms,
+        actor: d.actor.clone(),
+        reason: d.reason.clone(),
+        status: st.status.to_string(),
+        operation_id: d.operation.clone().unwrap_or_default(),
+        rto_ms: st.rto_ms.unwrap_or(0),
+        finished_at_ms: st.finished_at_ms.unwrap_or(0),
+        detail: st.detail,
     }
 }
 

@@ -30,7 +30,8 @@ pub async fn run(fed: Arc<Federator>) {
                 }
             }
         }
-        if !fed.shared.read(|s| s.has_work()) {
+        let due = fed.shared.read(|s| s.has_work() || !switchyard_core::drill::due(s, now_ms()).is_empty());
+        if !due {
             continue;
         }
         // Confirm leadership with a quorum and wait until everything committed is applied

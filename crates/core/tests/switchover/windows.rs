@@ -68,9 +68,7 @@ fn a_rollback_is_never_held_by_a_window() {
 #[test]
 fn windows_need_a_reason_and_clearing_them_allows_any_time() {
     let mut f = Fed::new();
-    let err = f
-        .propose("dr-admin:dana", Action::SetChangeWindows { windows: vec![], reason: " ".into() })
-        .unwrap_err();
+    let err = f.propose("dr-admin:dana", Action::SetChangeWindows { windows: vec![], reason: " ".into() }).unwrap_err();
     assert!(err.to_string().contains("reason"), "{err}");
     windows(&mut f, &["sat 01:00-02:00"]).unwrap();
     windows(&mut f, &[]).unwrap();
