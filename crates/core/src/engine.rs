@@ -120,18 +120,21 @@ fn pending_instances(state: &State, site: &str, except: &str) -> Vec<Resources> 
 /// least room (CPU, then memory; the first such node on a tie). A cell's scheduler may place
 /// differently (constraints, spreading); this answers whether a placement exists as far as
 /// sizes go. Err: an instance that fits on no node.
-pub fn fits_on_nodes(mut nodes: Vec<Resources>, mut instances: Vec<Resources>) -> Result<(), Resources> {
+pub fn fits_on_nodes(nodes: Vec<Resources>, mut instances: Vec<Resources>) -> Result<(), Resources> {
     instances.sort_by_key(|r| std::cmp::Reverse((r.cpu_millis, r.mem_mib, r.disk_mib)));
+    // Free space ordered as (cpu, mem, disk, node index): the least leftover is the first
+    // entry at or above the instance's CPU that also has its memory and disk.
+    let mut free: std::collections::BTreeSet<(u64, u64, u64, usize)> =
+        nodes.iter().enumerate().map(|(i, r)| (r.cpu_millis, r.mem_mib, r.disk_mib, i)).collect();
     for instance in instances {
-        let node = nodes
-            .iter_mut()
-            .filter(|free| instance.fits_in(**free))
-            .min_by_key(|free| {
-                let left = free.saturating_sub(instance);
-                (left.cpu_millis, left.mem_mib, left.disk_mib)
-            })
+        let node = free
+            .range((instance.cpu_millis, 0, 0, 0)..)
+            .find(|(_, mem, disk, _)| *mem >= instance.mem_mib && *disk >= instance.disk_mib)
+            .copied()
             .ok_or(instance)?;
-        *node = node.saturating_sub(instance);
+        free.remove(&node);
+        let (cpu, mem, disk, i) = node;
+        free.insert((cpu - instance.cpu_millis, mem - instance.mem_mib, disk - instance.disk_mib, i));
     }
     Ok(())
 }
@@ -524,5 +527,49 @@ pub fn operation_blocker(state: &State, op: &Operation, now_ms: u64, cfg: &Engin
             Progress::Ready(_) => String::new(),
         },
         Phase::Done => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Best-fit decreasing by a plain scan: the definition `fits_on_nodes` must match.
+    fn by_scan(mut nodes: Vec<Resources>, mut instances: Vec<Resources>) -> Result<Vec<Resources>, Resources> {
+        instances.sort_by_key(|r| std::cmp::Reverse((r.cpu_millis, r.mem_mib, r.disk_mib)));
+        for instance in instances {
+            let node = nodes
+                .iter_mut()
+                .filter(|free| instance.fits_in(**free))
+                .min_by_key(|free| {
+                    let left = free.saturating_sub(instance);
+                    (left.cpu_millis, left.mem_mib, left.disk_mib)
+                })
+                .ok_or(instance)?;
+            *node = node.saturating_sub(instance);
+        }
+        Ok(nodes)
+    }
+
+    #[test]
+    fn the_indexed_best_fit_decides_exactly_as_the_plain_scan() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..2_000 {
+            let r = |next: &mut dyn FnMut(u64) -> u64, scale: u64| Resources {
+                cpu_millis: next(8) * scale,
+                mem_mib: next(8) * scale,
+                disk_mib: next(3) * scale,
+            };
+            let nodes: Vec<Resources> = (0..1 + next(6)).map(|_| r(&mut next, 4)).collect();
+            let instances: Vec<Resources> = (0..next(10)).map(|_| r(&mut next, 2)).collect();
+            let expected = by_scan(nodes.clone(), instances.clone()).map(|_| ());
+            assert_eq!(fits_on_nodes(nodes.clone(), instances.clone()), expected, "{nodes:?} {instances:?}");
+        }
     }
 }

@@ -299,7 +299,9 @@ pub fn scope_order(state: &State, scope: &MoveScope, to: &str) -> Result<Vec<Str
             if let Some(g) = groups.iter().find(|g| !seen.insert(g.as_str())) {
                 return Err(Refusal::Invalid(format!("group {g:?} is named twice")));
             }
-            dependency_order(state, groups, |n| groups.iter().position(|g| g == n)).map_err(cycle)
+            let position: std::collections::BTreeMap<&str, usize> =
+                groups.iter().enumerate().map(|(i, g)| (g.as_str(), i)).collect();
+            dependency_order(state, groups, |n| position.get(n).copied()).map_err(cycle)
         }
         MoveScope::Site(site) => {
             if !state.sites.contains_key(site) {
