@@ -98,9 +98,13 @@ fn switchover_end_to_end_with_real_processes() {
     assert!(!no_go.status.success() && printed.contains("NO-GO") && printed.contains("lacks capacity"), "{printed}");
     let plan = fedctl_json(&dir, &["switchover", "plan", "--group", "crm-web", "--to", "site-2"]);
     assert_eq!(plan["go"], true, "{plan}");
-    let phases: Vec<&str> =
-        plan["groups"][0]["steps"].as_array().unwrap().iter().map(|s| s["phase"].as_str().unwrap()).collect();
-    assert_eq!(phases, ["ScalingUp", "Verifying", "TrafficShift", "Draining", "ScalingDown"]);
+    let planned: Vec<String> = plan["groups"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phase"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(planned, ["ScalingUp", "Verifying", "Draining", "ScalingDown"]);
     let table = fedctl_ok(&dir, &["switchover", "plan", "--site", "site-1", "--to", "site-2"]);
     assert!(table.contains("crm-web") && table.contains("mobile-app"), "an evacuation plans every group:\n{table}");
     assert_eq!(ops_count(&dir), 0, "planning starts nothing");
@@ -168,7 +172,7 @@ fn switchover_end_to_end_with_real_processes() {
     let actions: Vec<&str> = switch.iter().map(|r| r["action"].as_str().unwrap()).collect();
     assert_eq!(
         actions,
-        ["switchover.start", "switchover.phase", "switchover.phase", "switchover.phase", "switchover.complete"]
+        ["switchover.start", "switchover.phase", "switchover.traffic", "switchover.phase", "switchover.complete"]
     );
     assert!(switch[0]["actor"].as_str().unwrap().starts_with("operator:"), "{}", switch[0]);
     assert!(switch[1..].iter().all(|r| r["actor"] == "system"));
@@ -185,6 +189,8 @@ fn switchover_end_to_end_with_real_processes() {
         })
         .collect();
     assert_eq!(phases, ["ScalingUp", "Verifying", "Draining", "ScalingDown", "Done"]);
+    // Plan equals execution: the phases the operation recorded are the steps the plan listed.
+    assert_eq!(phases[..phases.len() - 1], planned[..], "the executed step log is the plan");
     for pair in records.windows(2) {
         assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "audit records are hash-chained");
     }

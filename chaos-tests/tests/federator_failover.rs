@@ -61,7 +61,7 @@ fn killing_the_leader_mid_switchover_loses_nothing_and_repeats_nothing() {
         .collect();
     assert_eq!(
         steps,
-        ["switchover.start", "switchover.phase", "switchover.phase", "switchover.phase", "switchover.complete"],
+        ["switchover.start", "switchover.phase", "switchover.traffic", "switchover.phase", "switchover.complete"],
         "every step recorded exactly once across the leader change"
     );
 

@@ -329,7 +329,7 @@ fn a_leader_paused_past_the_election_timeout_is_deposed_and_changes_nothing() {
     for (group, _) in &ops {
         assert_eq!(
             operation_steps(&audit, group),
-            ["switchover.start", "switchover.phase", "switchover.phase", "switchover.phase", "switchover.complete"],
+            ["switchover.start", "switchover.phase", "switchover.traffic", "switchover.phase", "switchover.complete"],
             "every step of {group}'s switchover recorded exactly once across the leader change"
         );
     }
