@@ -68,6 +68,16 @@ fn approval_windows_and_drills_with_real_processes() {
     assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.2.1"]);
     admin(&["switchover", "approval-policy", "--reason", "CAB rule lifted"]);
 
+    // A frozen group is refused with the freeze's reason, and nothing is created.
+    admin(&["freeze", "set", "group:mobile-app", "--reason", "audit week"]);
+    let before = fedctl_json(&dir, &["switchover", "status"]).as_array().map_or(0, Vec::len);
+    let refused = fedctl(&dir, &["switchover", "start", "mobile-app", "--to", "site-3", "--reason", "CHG-6"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is frozen") && stderr.contains("audit week"), "{stderr}");
+    assert_eq!(fedctl_json(&dir, &["switchover", "status"]).as_array().map_or(0, Vec::len), before);
+    admin(&["freeze", "clear", "group:mobile-app", "--reason", "audit done"]);
+
     // A change window that is not now: planned moves are refused, saying when they may start.
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
