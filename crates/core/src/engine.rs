@@ -481,7 +481,7 @@ pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
     out.extend(crate::drill::due(state, now_ms).into_iter().map(|id| Action::StartDrill { id }));
     for evac in state.evacuations.values().filter(|e| e.is_running()) {
         out.extend(
-            crate::evacuation::steps(state, evac)
+            crate::evacuation::steps(state, evac, now_ms)
                 .into_iter()
                 .map(|step| Action::EvacuationStep { id: evac.id.clone(), step }),
         );

@@ -75,6 +75,8 @@ pub enum GroupStatus {
     NeedsAttention,
     Succeeded,
     Failed,
+    /// Its switchover was aborted by an operator: not moved, not counted as a failure.
+    Aborted,
     Skipped,
 }
 
@@ -86,6 +88,7 @@ impl GroupStatus {
             GroupStatus::NeedsAttention => "needs-attention",
             GroupStatus::Succeeded => "succeeded",
             GroupStatus::Failed => "failed",
+            GroupStatus::Aborted => "aborted",
             GroupStatus::Skipped => "skipped",
         }
     }
@@ -96,7 +99,7 @@ impl GroupStatus {
 
     /// Neither moving nor waiting to move.
     pub fn is_settled(self) -> bool {
-        matches!(self, GroupStatus::Succeeded | GroupStatus::Failed | GroupStatus::Skipped)
+        matches!(self, GroupStatus::Succeeded | GroupStatus::Failed | GroupStatus::Aborted | GroupStatus::Skipped)
     }
 }
 
@@ -128,7 +131,8 @@ impl Evacuation {
             Outcome::Running => GroupStatus::Running(op.phase),
             Outcome::NeedsAttention => GroupStatus::NeedsAttention,
             Outcome::Succeeded => GroupStatus::Succeeded,
-            Outcome::Failed | Outcome::Aborted => GroupStatus::Failed,
+            Outcome::Failed => GroupStatus::Failed,
+            Outcome::Aborted => GroupStatus::Aborted,
         }
     }
 
@@ -155,9 +159,20 @@ impl Evacuation {
     }
 }
 
-/// The steps due now for one evacuation, in order. Empty when it is finished, paused, or
-/// waiting for running switchovers.
-pub fn steps(state: &State, evac: &Evacuation) -> Vec<EvacuationStep> {
+/// The freeze that holds `group` back from moving to the evacuation's target at `now_ms`,
+/// described; a held group waits (it is neither started nor counted as failed).
+pub fn held_by(state: &State, evac: &Evacuation, group: &str, now_ms: u64) -> Option<String> {
+    let g = state.groups.get(group)?;
+    let mut sites: Vec<&str> = g.placement.active_sites().into_iter().map(String::as_str).collect();
+    sites.push(&evac.to);
+    state
+        .freeze_on(group, &sites, now_ms)
+        .map(|(scope, f)| format!("held by a freeze ({scope}, by {}: {})", f.actor, f.reason))
+}
+
+/// The steps due at `now_ms` for one evacuation, in order. Empty when it is finished, paused,
+/// waiting for running switchovers, or holding frozen groups.
+pub fn steps(state: &State, evac: &Evacuation, now_ms: u64) -> Vec<EvacuationStep> {
     if !evac.is_running() || evac.paused.is_some() || evac.awaiting_approval {
         return Vec::new();
     }
@@ -178,12 +193,15 @@ pub fn steps(state: &State, evac: &Evacuation) -> Vec<EvacuationStep> {
         let dep = |want: fn(GroupStatus) -> bool| {
             g.after.iter().find(|d| status.get(d.as_str()).is_some_and(|s| want(*s))).cloned()
         };
-        if let Some(d) = dep(|s| matches!(s, GroupStatus::Failed | GroupStatus::Skipped)) {
+        if let Some(d) = dep(|s| matches!(s, GroupStatus::Failed | GroupStatus::Aborted | GroupStatus::Skipped)) {
             out.push(EvacuationStep::Skip {
                 group: g.group.clone(),
                 why: format!("it depends on {d}, which did not move"),
             });
-        } else if slots > 0 && dep(|s| s != GroupStatus::Succeeded).is_none() {
+        } else if slots > 0
+            && dep(|s| s != GroupStatus::Succeeded).is_none()
+            && held_by(state, evac, &g.group, now_ms).is_none()
+        {
             out.push(EvacuationStep::Start { group: g.group.clone() });
             slots -= 1;
         }

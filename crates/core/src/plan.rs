@@ -81,8 +81,12 @@ pub struct MovePlan {
     pub target_free: Resources,
     /// What the plan reserves there in all.
     pub needed: Resources,
-    /// Moves run side by side, so the plan takes as long as its slowest group.
+    /// How long the moves take run as an evacuation does: at most `concurrency` side by
+    /// side, each group after the groups of the plan it depends on ([`makespan`]).
     pub predicted_ms: u64,
+    /// The number of moves side by side `predicted_ms` assumes.
+    #[serde(default)]
+    pub concurrency: u32,
 }
 
 /// Plans moving `scope` to `to` at leader time `at_ms`. Err only for a request that names
@@ -193,7 +197,7 @@ pub fn plan_moves(
     let reasons: Vec<String> =
         out.iter().filter_map(|g| g.refusal.as_ref().map(|r| format!("{}: {r}", g.group))).collect();
     let needed = out.iter().map(|g| g.needed).fold(Resources::default(), Resources::plus);
-    let predicted_ms = out.iter().map(|g| g.predicted_ms).max().unwrap_or(0);
+    let concurrency = crate::evacuation::DEFAULT_CONCURRENCY;
     let mut plan = MovePlan {
         id: String::new(),
         to: to.to_string(),
@@ -202,10 +206,71 @@ pub fn plan_moves(
         groups: out,
         target_free,
         needed,
-        predicted_ms,
+        predicted_ms: 0,
+        concurrency,
     };
+    plan.predict(state, concurrency);
     plan.id = digest(&plan);
     Ok(plan)
+}
+
+impl MovePlan {
+    /// Sets `predicted_ms` for moves run `concurrency` side by side (at least one).
+    pub fn predict(&mut self, state: &State, concurrency: u32) {
+        let in_plan: std::collections::BTreeSet<&str> = self.groups.iter().map(|g| g.group.as_str()).collect();
+        let moves: Vec<(String, Vec<String>, u64)> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let deps = state.groups.get(&g.group).map_or(&[][..], |x| x.spec.depends_on.as_slice());
+                let deps = deps.iter().filter(|d| in_plan.contains(d.as_str())).cloned().collect();
+                (g.group.clone(), deps, g.predicted_ms)
+            })
+            .collect();
+        self.concurrency = concurrency.max(1);
+        self.predicted_ms = makespan(&moves, self.concurrency);
+    }
+}
+
+/// How long moving `moves` (name, the names of `moves` it waits for, duration; in start order)
+/// takes when at most `concurrency` run at once and each starts, in order, as soon as what it
+/// waits for has finished and a slot is free: the way an evacuation starts them.
+pub fn makespan(moves: &[(String, Vec<String>, u64)], concurrency: u32) -> u64 {
+    let mut finished: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    let mut running: Vec<(u64, &str)> = Vec::new();
+    let mut waiting: Vec<&(String, Vec<String>, u64)> = moves.iter().collect();
+    let mut now = 0;
+    loop {
+        let mut i = 0;
+        while i < waiting.len() && running.len() < concurrency.max(1) as usize {
+            let (name, deps, ms) = waiting[i];
+            if deps.iter().all(|d| finished.get(d.as_str()).is_some_and(|t| *t <= now)) {
+                running.push((now + ms, name.as_str()));
+                waiting.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        let Some(next) = running.iter().map(|(t, _)| *t).min() else { break };
+        now = next;
+        running.retain(|(t, name)| {
+            if *t == now {
+                finished.insert(name, now);
+            }
+            *t != now
+        });
+    }
+    now
+}
+
+/// What a move of `group` is expected to take, by the plan's estimates: start-up, the verify
+/// window, one TTL per ramp step below 100 %, the hold at 100 %, and the scale-down.
+pub fn move_estimate_ms(state: &State, group: &str, cfg: &EngineConfig, estimates: &PlanEstimates) -> u64 {
+    let Some(g) = state.groups.get(group) else { return 0 };
+    let ttl_ms = u64::from(g.spec.ttl_s) * 1_000;
+    let shifting = (g.spec.ramp.steps.len() as u64).saturating_sub(1) * ttl_ms;
+    let hold = (ttl_ms + cfg.drain_ms).max(cfg.verify_window_ms);
+    estimates.startup_ms + cfg.verify_window_ms + shifting + hold + estimates.scale_down_ms
 }
 
 /// How long an operation's current phase should take and how long the whole operation should
@@ -333,4 +398,29 @@ fn digest(plan: &MovePlan) -> String {
     let body = serde_json::to_vec(&(&plan.to, &plan.groups, plan.go)).expect("plan serialises");
     let hash = Sha256::digest(&body);
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, deps: &[&str], ms: u64) -> (String, Vec<String>, u64) {
+        (name.to_string(), deps.iter().map(|d| d.to_string()).collect(), ms)
+    }
+
+    #[test]
+    fn makespan_follows_dependencies_and_the_concurrency_limit() {
+        let chain = [m("db", &[], 10), m("api", &["db"], 10), m("web", &["api"], 10)];
+        assert_eq!(makespan(&chain, 4), 30, "a chain runs one after another");
+        let five: Vec<_> = (0..5).map(|i| m(&format!("g{i}"), &[], 10)).collect();
+        assert_eq!(makespan(&five, 2), 30, "five moves two at a time: three rounds");
+        assert_eq!(makespan(&five, 5), 10);
+        // web waits for db (20 ms); batch fills the second slot meanwhile.
+        let mixed = [m("db", &[], 20), m("web", &["db"], 10), m("batch", &[], 25)];
+        assert_eq!(makespan(&mixed, 2), 30);
+        assert_eq!(makespan(&mixed, 1), 55);
+        assert_eq!(makespan(&[], 4), 0);
+        // A cycle (refused before any plan) cannot hang it.
+        assert_eq!(makespan(&[m("a", &["b"], 5), m("b", &["a"], 5)], 2), 0);
+    }
 }

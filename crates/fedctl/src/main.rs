@@ -341,6 +341,9 @@ enum SwitchoverCmd {
         site: Option<String>,
         #[arg(long)]
         to: String,
+        /// Moves side by side the predicted duration assumes (as `start --concurrency`).
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -620,7 +623,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 }
             }
         }
-        Cmd::Switchover(SwitchoverCmd::Plan { group, groups, site, to, output }) => {
+        Cmd::Switchover(SwitchoverCmd::Plan { group, groups, site, to, concurrency, output }) => {
             let groups = match group {
                 Some(g) => vec![g],
                 None => groups,
@@ -630,7 +633,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     "give --group, --groups or --site (an evacuation), and only one of them".into(),
                 ));
             }
-            switchover_plan(&cfg_path, groups, site.unwrap_or_default(), to, output).await
+            let request =
+                pb::PlanMovesRequest { groups, from_site: site.unwrap_or_default(), to_site: to, concurrency };
+            switchover_plan(&cfg_path, request, output).await
         }
         Cmd::Switchover(SwitchoverCmd::Status { id: Some(id), watch: true, watch_timeout_s, output }) => {
             switchover_watch(&cfg_path, id, Duration::from_secs(watch_timeout_s), output).await
@@ -676,7 +681,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 println!("{id} aborted before traffic moved: {} is back where it was", op.group);
                 return Ok(());
             }
-            println!("{id}: rolling back with {} ({} {} -> {})", op.id, op.group, op.from_site, op.to_site);
+            let from = if op.from_site.is_empty() { String::new() } else { format!(" {}", op.from_site) };
+            println!("{id}: rolling back with {} ({}{from} -> {})", op.id, op.group, op.to_site);
             if !wait {
                 println!("follow it with: fedctl switchover status {}", op.id);
                 return Ok(());
@@ -1088,18 +1094,17 @@ async fn control(cfg: &Path, id: String, control: &str, reason: String) -> Resul
         .await?
         .into_inner();
     let state = if op.outcome == "running" { op.blocker.clone() } else { op.outcome.clone() };
-    println!("{}: {control}d; {} in {} ({state})", op.id, op.group, op.phase);
+    let done = match control {
+        "pause" => "paused",
+        "resume" => "resumed",
+        _ => "aborted",
+    };
+    println!("{}: {done}; {} in {} ({state})", op.id, op.group, op.phase);
     Ok(())
 }
 
-async fn switchover_plan(
-    cfg: &Path,
-    groups: Vec<String>,
-    from_site: String,
-    to_site: String,
-    output: Format,
-) -> Result<(), CliError> {
-    let reply = api(cfg).await?.plan_moves(pb::PlanMovesRequest { groups, from_site, to_site }).await?.into_inner();
+async fn switchover_plan(cfg: &Path, request: pb::PlanMovesRequest, output: Format) -> Result<(), CliError> {
+    let reply = api(cfg).await?.plan_moves(request).await?.into_inner();
     if output == Format::Json {
         println!("{}", reply.plan_json);
         return Ok(());
@@ -1108,13 +1113,14 @@ async fn switchover_plan(
         .map_err(|e| CliError::Failed(format!("the federator sent a plan this fedctl cannot read: {e}")))?;
     let secs = |ms: u64| format!("{:.0}s", ms as f64 / 1000.0);
     println!(
-        "plan {} → {}: {} group(s), needs {} of {} free; about {} (moves run side by side)",
+        "plan {} → {}: {} group(s), needs {} of {} free; about {} ({} side by side, dependencies first)",
         plan.id,
         plan.to,
         plan.groups.len(),
         plan.needed,
         plan.target_free,
-        secs(plan.predicted_ms)
+        secs(plan.predicted_ms),
+        plan.concurrency
     );
     for g in &plan.groups {
         let from = g.from.as_deref().unwrap_or("?");

@@ -348,7 +348,10 @@ impl Operator for OperatorService {
             return Err(Status::invalid_argument("to_site is required"));
         }
         self.fed.read_barrier().await?;
-        let plan = self.plan(&scope, &r.to_site)?;
+        let mut plan = self.plan(&scope, &r.to_site)?;
+        if r.concurrency > 0 {
+            self.fed.shared.read(|s| plan.predict(s, r.concurrency));
+        }
         let plan_json =
             serde_json::to_string(&plan).map_err(|e| Status::internal(format!("cannot render the plan: {e}")))?;
         Ok(Response::new(pb::PlanMovesReply { id: plan.id, go: plan.go, plan_json }))
@@ -665,16 +668,23 @@ impl OperatorService {
     ) -> pb::Operation {
         use switchyard_core::GroupStatus;
         let cfg = &self.fed.config.engine;
-        let mut slowest = 0;
+        let estimates = PlanEstimates::default();
+        let mut moves = Vec::with_capacity(e.groups.len());
         let groups: Vec<pb::GroupProgress> = e
             .groups
             .iter()
             .map(|g| {
                 let status = e.status(s, g);
                 let op = g.operation.as_ref().and_then(|id| s.operations.get(id));
-                if let Some(o) = op {
-                    slowest = slowest.max(self.budgets(s, o).1);
-                }
+                let estimate = match op {
+                    Some(o) => self.budgets(s, o).1,
+                    None => switchyard_core::plan::move_estimate_ms(s, &g.group, cfg, &estimates),
+                };
+                moves.push((
+                    g.group.clone(),
+                    g.after.clone(),
+                    if status.is_settled() && op.is_none() { 0 } else { estimate },
+                ));
                 let detail = match (status, op) {
                     (_, _) if g.not_moved.is_some() => g.not_moved.clone().unwrap_or_default(),
                     (GroupStatus::Pending, _) => {
@@ -689,10 +699,12 @@ impl OperatorService {
                             })
                             .map(String::as_str)
                             .collect();
-                        if waiting.is_empty() {
-                            "waiting for a free slot".to_string()
-                        } else {
+                        if !waiting.is_empty() {
                             format!("waiting for {} to move first", waiting.join(", "))
+                        } else if let Some(held) = switchyard_core::evacuation::held_by(s, e, &g.group, now) {
+                            held
+                        } else {
+                            "waiting for a free slot".to_string()
                         }
                     }
                     (_, Some(o)) => operation_blocker(s, o, now, cfg),
@@ -713,7 +725,7 @@ impl OperatorService {
             .collect();
         let counts = e.counts(s);
         let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        let waves = (e.groups.len() as u64).div_ceil(u64::from(e.concurrency.max(1)));
+        let predicted = switchyard_core::plan::makespan(&moves, e.concurrency);
         let blocker = match &e.paused {
             Some(p) => format!("paused by {}: {}", p.actor, p.reason),
             None if e.is_running() => format!(
@@ -742,8 +754,8 @@ impl OperatorService {
             error: e.error.clone().unwrap_or_default(),
             blocker,
             phase_started_at_ms: e.created_at_ms,
-            predicted_total_ms: waves * slowest.max(1),
-            phase_budget_ms: waves * slowest.max(1),
+            predicted_total_ms: predicted,
+            phase_budget_ms: predicted,
             paused_by: e.paused.as_ref().map(|p| format!("{}: {}", p.actor, p.reason)).unwrap_or_default(),
             groups,
             concurrency: e.concurrency,

@@ -154,6 +154,14 @@ impl FederatorConfig {
             }
             p.extend(validate_group(g));
         }
+        // Groups are registered from this configuration only, so a dependency must name one of
+        // them: a typo would silently order nothing.
+        let declared: BTreeSet<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
+        for g in &self.groups {
+            for d in g.depends_on.iter().filter(|d| !declared.contains(d.as_str())) {
+                p.push(format!("group {:?}: depends_on names {d:?}, which is not a declared group", g.name));
+            }
+        }
         p
     }
 
@@ -214,5 +222,12 @@ resources = { cpu_millis = 100, mem_mib = 64 }
         let err = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap_err();
         let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
         assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_dependency_on_an_undeclared_group_is_refused() {
+        let text = GOOD.replace("home_site = \"site-1\"", "home_site = \"site-1\"\ndepends_on = [\"crm-dbb\"]");
+        let err = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap_err();
+        assert!(err.to_string().contains("depends_on names \"crm-dbb\", which is not a declared group"), "{err}");
     }
 }

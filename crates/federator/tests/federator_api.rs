@@ -247,6 +247,7 @@ async fn refusals_change_nothing_and_state_survives_restart() {
             groups: vec!["crm-web".into()],
             from_site: String::new(),
             to_site: "site-2".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -256,17 +257,24 @@ async fn refusals_change_nothing_and_state_survives_restart() {
     assert_eq!(detail["id"], plan.id.as_str());
     assert!(detail["reasons"][0].as_str().unwrap().contains("no fresh capacity report"), "{detail}");
     let evacuation = api
-        .plan_moves(pb::PlanMovesRequest { groups: vec![], from_site: "site-1".into(), to_site: "site-2".into() })
+        .plan_moves(pb::PlanMovesRequest {
+            from_site: "site-1".into(),
+            to_site: "site-2".into(),
+            concurrency: 1,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     let detail: serde_json::Value = serde_json::from_str(&evacuation.plan_json).unwrap();
     assert_eq!(detail["groups"][0]["group"], "crm-web", "the site's groups are planned");
+    assert_eq!(detail["concurrency"], 1, "the prediction assumes the concurrency asked for");
     let err = api
         .plan_moves(pb::PlanMovesRequest {
             groups: vec!["crm-web".into()],
             from_site: "site-1".into(),
             to_site: "site-2".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

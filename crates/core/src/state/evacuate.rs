@@ -133,7 +133,7 @@ impl State {
         step: &EvacuationStep,
     ) -> Response {
         let evac = self.evacuations.get(id).ok_or_else(|| Refusal::UnknownOperation(id.to_string()))?;
-        if !steps(self, evac).contains(step) {
+        if !steps(self, evac, at).contains(step) {
             return Err(Refusal::StalePhase {
                 id: id.to_string(),
                 expected: format!("{step:?} due"),

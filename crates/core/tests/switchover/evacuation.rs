@@ -304,3 +304,43 @@ fn a_group_waiting_in_an_evacuation_cannot_be_moved_or_scaled_on_its_own() {
     let stale = Action::EvacuationStep { id: id.clone(), step: switchyard_core::EvacuationStep::Finish };
     assert!(matches!(f.propose("system", stale), Err(Refusal::StalePhase { .. })));
 }
+
+#[test]
+fn a_freeze_holds_a_waiting_group_instead_of_failing_it_and_an_aborted_move_is_not_a_failure() {
+    let mut f = Fed::new();
+    groups(&mut f, &[("a", 1, &[]), ("b", 1, &[]), ("c", 1, &["b"])]);
+    cells_follow(&mut f, &CPU);
+    let id = evacuate(&mut f, "site-1", "site-2", 1, 1).unwrap();
+    // b is frozen after the evacuation started: it waits, and so does c, which needs it.
+    f.ok(
+        "dr-admin:dana",
+        Action::SetFreeze { scope: FreezeScope::Group("b".into()), reason: "audit week".into(), until_ms: None },
+    );
+    for _ in 0..200 {
+        f.tick(500);
+        cells_follow(&mut f, &CPU);
+    }
+    let st = statuses(&f, &id);
+    assert_eq!(st.iter().find(|(g, _)| g == "b").unwrap().1, "pending", "{st:?}");
+    assert_eq!(st.iter().find(|(g, _)| g == "c").unwrap().1, "pending", "{st:?}");
+    assert!(f.state.evacuations[&id].is_running());
+    let e = &f.state.evacuations[&id];
+    let why = switchyard_core::evacuation::held_by(&f.state, e, "b", f.now).expect("held");
+    assert!(why.contains("audit week"), "{why}");
+    assert_eq!(e.failures(&f.state), 0, "a held group is not a failure");
+    // The freeze lifts: b moves; an operator aborts its switchover: c, which needs it, is skipped.
+    f.ok("dr-admin:dana", Action::ClearFreeze { scope: FreezeScope::Group("b".into()), reason: "done".into() });
+    f.tick(100);
+    let b_op = f.state.evacuations[&id].groups.iter().find(|g| g.group == "b").unwrap().operation.clone().unwrap();
+    f.ok(OPERATOR, Action::ControlOperation { id: b_op, control: Control::Abort, reason: "not b".into() });
+    for _ in 0..10 {
+        f.tick(500);
+        cells_follow(&mut f, &CPU);
+    }
+    let st = statuses(&f, &id);
+    assert_eq!(st.iter().find(|(g, _)| g == "b").unwrap().1, "aborted", "{st:?}");
+    assert_eq!(st.iter().find(|(g, _)| g == "c").unwrap().1, "skipped", "{st:?}");
+    let e = &f.state.evacuations[&id];
+    assert_eq!(e.failures(&f.state), 0);
+    assert_eq!(e.outcome, Outcome::Failed, "not every group moved");
+}

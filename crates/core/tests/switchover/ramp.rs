@@ -77,6 +77,8 @@ fn the_plan_lists_the_same_phases_the_ramp_records() {
     assert_eq!(planned, ["ScalingUp", "Verifying", "Shifting", "Shifting", "Draining", "ScalingDown"]);
     assert!(p.groups[0].steps[2].detail.contains("site-1 90 / site-2 10"), "{:?}", p.groups[0].steps[2]);
     assert!(p.groups[0].steps[3].detail.contains("site-1 50 / site-2 50"), "{:?}", p.groups[0].steps[3]);
+    let estimate = switchyard_core::plan::move_estimate_ms(&f.state, "crm-web", &f.cfg, &PlanEstimates::default());
+    assert_eq!(p.groups[0].predicted_ms, estimate, "status views estimate a move as the plan does");
 }
 
 #[test]
