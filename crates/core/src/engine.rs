@@ -440,7 +440,8 @@ pub fn rollback_actions(op: &Operation, reason: &str) -> Result<Vec<Action>, Ref
     if reason.trim().is_empty() {
         return Err(Refusal::Invalid("a reason is required to roll back an operation".into()));
     }
-    let traffic_moved = op.traffic_shifted_at_ms.is_some();
+    // Mid-ramp, the abort below puts all traffic back on the source: nothing to move back.
+    let traffic_moved = op.traffic_shifted_at_ms.is_some() && !(op.holds_group() && op.phase == Phase::Shifting);
     let mut out = Vec::new();
     if op.holds_group() {
         out.push(Action::ControlOperation {

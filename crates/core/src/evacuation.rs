@@ -159,9 +159,18 @@ impl Evacuation {
     }
 }
 
-/// The freeze that holds `group` back from moving to the evacuation's target at `now_ms`,
-/// described; a held group waits (it is neither started nor counted as failed).
+/// What holds `group` back from starting at `now_ms` other than its dependencies and the
+/// concurrency limit: a freeze, or no fresh report from the target's cell (a short gap must
+/// not fail the group). A held group waits: it is neither started nor counted as failed.
 pub fn held_by(state: &State, evac: &Evacuation, group: &str, now_ms: u64) -> Option<String> {
+    let age = state.reports.get(&evac.to).map(|r| r.age_ms(now_ms));
+    if age.is_none_or(|a| a > crate::REPORT_FRESH_MS) {
+        return Some(format!(
+            "held until {}'s cell reports again (last {})",
+            evac.to,
+            age.map_or("never".to_string(), |a| format!("{a} ms ago"))
+        ));
+    }
     let g = state.groups.get(group)?;
     let mut sites: Vec<&str> = g.placement.active_sites().into_iter().map(String::as_str).collect();
     sites.push(&evac.to);
@@ -226,7 +235,8 @@ pub fn rollback_actions(state: &State, evac: &Evacuation, reason: &str) -> Resul
         .iter()
         .rev()
         .filter_map(|g| g.operation.as_ref().and_then(|id| state.operations.get(id)))
-        .filter(|o| o.traffic_shifted_at_ms.is_some())
+        // Mid-ramp, the abort below puts all traffic back on the source.
+        .filter(|o| o.traffic_shifted_at_ms.is_some() && !(o.holds_group() && o.phase == Phase::Shifting))
         .collect();
     let mut out = Vec::new();
     if evac.is_running() {

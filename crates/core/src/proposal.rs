@@ -153,6 +153,12 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         rollback_of: String,
     },
+    /// The largest DNS TTL a group may have for a planned move to start (0: no limit): with a
+    /// longer one, clients keep answering the old site too long after the traffic step.
+    SetTtlBudget {
+        max_ttl_s: u32,
+        reason: String,
+    },
     /// Schedule a drill: a switchover of `group` to `to` that starts at leader time `at_ms` (at
     /// once if already past), recorded as a drill with its outcome and recovery time.
     ScheduleDrill {
@@ -297,6 +303,11 @@ pub enum Refusal {
          or have an admin change the windows (fedctl switchover windows)"
     )]
     OutsideChangeWindow { now: String, windows: String },
+    #[error(
+        "group {group:?} has a DNS TTL of {ttl_s}s, above the {budget_s}s budget for planned moves: clients \
+         would keep answering the old site too long; lower its ttl_s first (fedctl group update) and wait one old TTL"
+    )]
+    TtlOverBudget { group: String, ttl_s: u32, budget_s: u32 },
     #[error("unsupported proposal version {0}; upgrade this federator")]
     UnsupportedVersion(u32),
 }

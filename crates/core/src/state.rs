@@ -45,6 +45,9 @@ pub struct State {
     /// Weekly windows in which planned moves may start; empty: any time.
     #[serde(default)]
     pub change_windows: Vec<crate::window::ChangeWindow>,
+    /// The largest DNS TTL a group may have for a planned move to start; 0: no limit.
+    #[serde(default)]
+    pub ttl_budget_s: u32,
     /// Drills, scheduled, running and done, by id (`drill-<log index>`).
     #[serde(default)]
     pub drills: BTreeMap<String, crate::drill::Drill>,
@@ -140,6 +143,7 @@ impl State {
             | Action::EvacuationStep { .. }
             | Action::SetApprovalPolicy { .. }
             | Action::SetChangeWindows { .. }
+            | Action::SetTtlBudget { .. }
             | Action::ScheduleDrill { .. }
             | Action::CancelDrill { .. } => vec![],
             Action::StartDrill { id } => self.drills.get(id).map(|d| d.group.clone()).into_iter().collect(),
@@ -342,10 +346,14 @@ impl State {
             Action::StartSwitchover { group, to, reason, plan, rollback_of } => {
                 if rollback_of.is_empty() {
                     self.check_change_window(at)?;
+                    self.check_ttl_budget(group)?;
+                } else {
+                    self.check_rollback_of(rollback_of, group)?;
                 }
-                self.start_switchover(index, at, actor, group, to, reason, plan, None)
+                self.start_switchover(index, at, actor, group, to, reason, plan, None, rollback_of.is_empty())
             }
             Action::SetChangeWindows { windows, reason } => self.set_change_windows(index, at, actor, windows, reason),
+            Action::SetTtlBudget { max_ttl_s, reason } => self.set_ttl_budget(index, at, actor, *max_ttl_s, reason),
             Action::ScheduleDrill { group, to, at_ms, reason } => {
                 self.schedule_drill(index, at, actor, group, to, *at_ms, reason)
             }
@@ -366,6 +374,7 @@ impl State {
                     plan,
                     *concurrency,
                     *failure_budget,
+                    rollback_of.is_empty(),
                 )
             }
             Action::EvacuationStep { id, step } => self.evacuation_step(index, at, actor, id, step),
@@ -391,11 +400,13 @@ impl State {
         reason: &str,
         plan_id: &str,
         evacuation: Option<&str>,
+        // Subject to the approval policy: not a rollback (the move it undoes was approved), not
+        // an evacuation's own switchover (approved with the evacuation).
+        approval: bool,
     ) -> Response {
         let plan = plan_switchover_for(self, group, to, at, evacuation)?;
         let id = format!("op-{index}");
-        // An evacuation's switchovers were approved with it.
-        let awaiting = evacuation.is_none() && self.approval_tiers.contains(&self.groups[group].spec.tier);
+        let awaiting = approval && self.approval_tiers.contains(&self.groups[group].spec.tier);
         let g = self.groups.get_mut(group).expect("plan_switchover checked the group exists");
         let before = g.placement.clone();
         let target_before = g.placement.share(to);
@@ -536,6 +547,8 @@ impl State {
                 op.traffic_shifted_at_ms = Some(at);
             }
             Phase::ScalingDown => {
+                // Held until now: a ramp reverted from 100 % must still own its capacity.
+                op.reserved = Default::default();
                 if let Some(share) = g.placement.sites.get_mut(&src) {
                     share.instances.values_mut().for_each(|n| *n = 0);
                 }
@@ -990,6 +1003,18 @@ impl State {
 
     pub fn max_epoch(&self) -> u64 {
         self.groups.values().map(|g| g.placement.epoch).max().unwrap_or(0)
+    }
+
+    /// A start that says it rolls back `rollback_of` (and so skips the change windows, the TTL
+    /// budget and approval) must name an operation or evacuation that moved `group`.
+    fn check_rollback_of(&self, rollback_of: &str, group: &str) -> Result<(), Refusal> {
+        let moved = self.operations.get(rollback_of).is_some_and(|o| o.group == group)
+            || self.evacuations.get(rollback_of).is_some_and(|e| e.groups.iter().any(|g| g.group == group));
+        if moved {
+            Ok(())
+        } else {
+            Err(Refusal::Invalid(format!("{rollback_of:?} is not an operation that moved group {group:?}")))
+        }
     }
 
     /// Whether any operation or evacuation may still take a step (the engine has work).

@@ -77,14 +77,24 @@ fn group_endpoints(state: &State, g: &crate::model::AppGroup, out: &mut ServiceE
     }
 }
 
-/// What DNS answers derive from besides placements and specs (service endpoints and placement
-/// health), for `groups` only (`None`: every group). `State::apply` compares it before and
-/// after an action, over the groups the action can touch, to decide whether the routing
-/// version moves.
-pub fn routing_inputs(state: &State, groups: Option<&[String]>) -> (ServiceEndpoints, BTreeSet<(String, String)>) {
+/// Traffic weight per (group, site), sites with weight 0 left out.
+pub type Weights = BTreeMap<(String, String), u32>;
+
+/// What DNS answers derive from (traffic weights, service endpoints and placement health), for
+/// `groups` only (`None`: every group). `State::apply` compares it before and after an action,
+/// over the groups the action can touch, to decide whether the routing version moves: any
+/// action that changes a weight publishes a new version without having to say so.
+pub fn routing_inputs(
+    state: &State,
+    groups: Option<&[String]>,
+) -> (Weights, ServiceEndpoints, BTreeSet<(String, String)>) {
+    let mut weights = BTreeMap::new();
     let mut endpoints = BTreeMap::new();
     let mut unhealthy = BTreeSet::new();
     let mut visit = |g: &crate::model::AppGroup| {
+        for (site, share) in g.placement.sites.iter().filter(|(_, s)| s.weight > 0) {
+            weights.insert((g.spec.name.clone(), site.clone()), share.weight);
+        }
         group_endpoints(state, g, &mut endpoints);
         group_health(state, g, &mut unhealthy);
     };
@@ -92,7 +102,7 @@ pub fn routing_inputs(state: &State, groups: Option<&[String]>) -> (ServiceEndpo
         None => state.groups.values().for_each(&mut visit),
         Some(names) => names.iter().filter_map(|n| state.groups.get(n)).for_each(&mut visit),
     }
-    (endpoints, unhealthy)
+    (weights, endpoints, unhealthy)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

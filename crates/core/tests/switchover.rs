@@ -227,7 +227,7 @@ fn switchover_runs_make_before_break_to_completion() {
     assert_eq!(f.state.groups["crm-web"].placement.active_sites(), vec!["site-1"]);
     f.tick(f.cfg.verify_window_ms);
     assert_eq!(f.op(&id).phase, Phase::Draining);
-    assert_eq!(f.op(&id).reserved, Resources::default(), "reservation released once traffic moved");
+    assert_eq!(f.op(&id).reserved.cpu_millis, 200, "reservation held until the source scales down");
     let g = &f.state.groups["crm-web"];
     assert_eq!(g.placement.active_sites(), vec!["site-2"], "single active site after the shift");
     assert_eq!(f.state.routing_version, f.index);
@@ -243,6 +243,7 @@ fn switchover_runs_make_before_break_to_completion() {
     f.report("site-2", 1000, &[("crm-web", 2, 0)]);
     f.tick(1000);
     assert_eq!(f.op(&id).phase, Phase::ScalingDown);
+    assert_eq!(f.op(&id).reserved, Resources::default(), "reservation released once the source scales down");
     assert_eq!(desired_for_site(&f.state, "site-1", f.now).groups[0].apps[0].instances, 0);
 
     // Done only when the source reports its instances gone at the new epoch.

@@ -1,5 +1,5 @@
 //! `apply` for the rules planned moves follow: two-person approval (which tiers need it, and an
-//! approval) and change windows.
+//! approval), change windows and the DNS TTL budget.
 
 use serde_json::json;
 
@@ -50,6 +50,11 @@ impl State {
         };
         if !waiting {
             return Err(Refusal::Invalid(format!("operation {id} is not waiting for approval")));
+        }
+        if self.operations.get(id).is_some_and(|o| o.paused.is_some())
+            || self.evacuations.get(id).is_some_and(|e| e.paused.is_some())
+        {
+            return Err(Refusal::Invalid(format!("operation {id} is paused; resume it before approving it")));
         }
         if initiator == actor {
             return Err(Refusal::Invalid(format!(
@@ -137,5 +142,43 @@ impl State {
             now: crate::window::describe_instant(at_ms),
             windows: self.change_windows.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("; "),
         })
+    }
+}
+
+impl State {
+    pub(super) fn set_ttl_budget(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        max_ttl_s: u32,
+        reason: &str,
+    ) -> Response {
+        if reason.trim().is_empty() {
+            return Err(Refusal::Invalid("a reason is required to change the TTL budget".into()));
+        }
+        if max_ttl_s == self.ttl_budget_s {
+            return Ok(Applied::Unchanged);
+        }
+        let before = std::mem::replace(&mut self.ttl_budget_s, max_ttl_s);
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "policy.ttl-budget",
+            subject: "ttl-budget",
+            reason,
+            detail: json!({ "before_s": before, "after_s": max_ttl_s }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    /// Refuses a planned move of `group` whose DNS TTL is above the budget (0: none).
+    pub fn check_ttl_budget(&self, group: &str) -> Result<(), Refusal> {
+        let Some(g) = self.groups.get(group) else { return Ok(()) };
+        if self.ttl_budget_s == 0 || g.spec.ttl_s <= self.ttl_budget_s {
+            return Ok(());
+        }
+        Err(Refusal::TtlOverBudget { group: group.to_string(), ttl_s: g.spec.ttl_s, budget_s: self.ttl_budget_s })
     }
 }

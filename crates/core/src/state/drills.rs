@@ -65,11 +65,13 @@ impl State {
                 actual: if d.is_pending() { "scheduled later".into() } else { "started".into() },
             });
         }
-        let (group, to) = (d.group.clone(), d.to.clone());
+        // The switchover is the drill's scheduler's: approval by them is refused like theirs.
+        let (group, to, owner) = (d.group.clone(), d.to.clone(), d.actor.clone());
         let reason = format!("drill {id}: {}", d.reason);
         let started = self
             .check_change_window(at)
-            .and_then(|()| self.start_switchover(index, at, actor, &group, &to, &reason, "", None));
+            .and_then(|()| self.check_ttl_budget(&group))
+            .and_then(|()| self.start_switchover(index, at, &owner, &group, &to, &reason, "", None, true));
         let d = self.drills.get_mut(id).expect("checked above");
         let (action, detail) = match started {
             Ok(Applied::OperationStarted { id: op }) => {

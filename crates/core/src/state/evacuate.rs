@@ -25,6 +25,8 @@ impl State {
         plan: &str,
         concurrency: u32,
         failure_budget: u32,
+        // A planned move (not a rollback): the TTL budget applies.
+        planned: bool,
     ) -> Response {
         if reason.len() > 1024 {
             return Err(Refusal::Invalid("reason is longer than 1024 bytes".into()));
@@ -43,6 +45,11 @@ impl State {
             _ => return Err(Refusal::Invalid("give either a site to evacuate or groups to move, not both".into())),
         };
         let order = scope_order(self, &scope, to)?;
+        if planned {
+            for name in &order {
+                self.check_ttl_budget(name)?;
+            }
+        }
         let id = format!("evac-{index}");
         let mut evac = Evacuation {
             id: id.clone(),
@@ -100,7 +107,8 @@ impl State {
         let reserved = evac.pending_reservation();
         let approval_for: Vec<&String> =
             order.iter().filter(|g| self.approval_tiers.contains(&self.groups[*g].spec.tier)).collect();
-        let awaiting = !approval_for.is_empty();
+        // A rollback is not held for approval: the evacuation it undoes was approved.
+        let awaiting = planned && !approval_for.is_empty();
         self.evacuations.get_mut(&id).expect("inserted above").awaiting_approval = awaiting;
         self.audit.append(Entry {
             time_ms: at,
@@ -147,7 +155,7 @@ impl State {
         let (action, subject, detail) = match step {
             EvacuationStep::Start { group } => {
                 let reason = format!("evacuation {id}: {reason}");
-                match self.start_switchover(index, at, actor, group, &to, &reason, &plan, Some(id)) {
+                match self.start_switchover(index, at, actor, group, &to, &reason, &plan, Some(id), false) {
                     Ok(Applied::OperationStarted { id: op }) => {
                         let e = self.evacuations.get_mut(id).expect("checked above");
                         let i = position(e, group);

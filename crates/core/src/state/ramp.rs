@@ -65,10 +65,6 @@ impl State {
         } else if op.traffic_shifted_at_ms.is_none() {
             op.traffic_shifted_at_ms = Some(at);
         }
-        if phase == Phase::Draining {
-            // Everything is on the target: its instances run, the reservation has done its job.
-            op.reserved = Default::default();
-        }
         if revert {
             op.paused = Some(Pause {
                 at_ms: at,

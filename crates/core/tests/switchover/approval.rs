@@ -95,3 +95,51 @@ fn an_evacuation_with_a_listed_tier_starts_nothing_until_approved() {
     let op = f.state.evacuations[&id].groups[0].operation.clone().unwrap();
     assert_eq!(f.op(&op).phase, Phase::ScalingUp, "an evacuation's switchovers were approved with it");
 }
+
+#[test]
+fn a_drill_is_its_schedulers_move_and_a_paused_one_cannot_be_approved() {
+    let mut f = Fed::new();
+    policy(&mut f, &[1]);
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id: drill } = f.ok(
+        OPERATOR,
+        Action::ScheduleDrill { group: "crm-web".into(), to: "site-2".into(), at_ms: 0, reason: "drill".into() },
+    ) else {
+        panic!()
+    };
+    f.tick(100);
+    let op = f.state.drills[&drill].operation.clone().expect("started");
+    assert_eq!(f.op(&op).actor, OPERATOR, "the scheduler's move, not the system's");
+    assert!(approve(&mut f, OPERATOR, &op).unwrap_err().to_string().contains("cannot also approve"));
+    f.ok(SECOND, Action::ControlOperation { id: op.clone(), control: Control::Pause, reason: "hold".into() });
+    assert!(approve(&mut f, SECOND, &op).unwrap_err().to_string().contains("resume it before approving"));
+}
+
+#[test]
+fn a_rollback_needs_no_second_approval_but_must_name_a_move_of_its_group() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    let Applied::OperationStarted { id } = f.start("crm-web", "site-2").unwrap() else { panic!() };
+    for _ in 0..20 {
+        f.report("site-2", 1000, &[("crm-web", 2, 0)]);
+        let on_source = if f.op(&id).phase >= Phase::ScalingDown { 0 } else { 2 };
+        f.report("site-1", 1000, &[("crm-web", on_source, 0)]);
+        f.tick(1_000);
+    }
+    assert_eq!(f.op(&id).outcome, Outcome::Succeeded);
+    policy(&mut f, &[1]);
+    f.report("site-1", 1000, &[]);
+    let forged = Action::StartSwitchover {
+        group: "crm-web".into(),
+        to: "site-1".into(),
+        reason: "x".into(),
+        plan: String::new(),
+        rollback_of: "op-1".into(),
+    };
+    assert!(f.propose(OPERATOR, forged).unwrap_err().to_string().contains("not an operation that moved group"));
+    for action in switchyard_core::engine::rollback_actions(f.op(&id), "bad release").unwrap() {
+        f.ok(OPERATOR, action);
+    }
+    let back = f.state.groups["crm-web"].operation.clone().unwrap();
+    assert_eq!(f.op(&back).phase, Phase::ScalingUp, "not held for approval");
+}

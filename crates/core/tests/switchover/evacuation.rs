@@ -344,3 +344,67 @@ fn a_freeze_holds_a_waiting_group_instead_of_failing_it_and_an_aborted_move_is_n
     assert_eq!(e.failures(&f.state), 0);
     assert_eq!(e.outcome, Outcome::Failed, "not every group moved");
 }
+
+#[test]
+fn a_gap_in_the_targets_reports_holds_groups_instead_of_failing_them() {
+    let mut f = Fed::new();
+    groups(&mut f, &[("a", 1, &[]), ("b", 1, &[])]);
+    cells_follow(&mut f, &CPU);
+    let id = evacuate(&mut f, "site-1", "site-2", 1, 1).unwrap();
+    // site-2's cell goes quiet for 30 s; site-1 keeps reporting.
+    for _ in 0..30 {
+        f.tick(1_000);
+        cells_follow(&mut f, &[("site-1", 10_000)]);
+    }
+    let e = &f.state.evacuations[&id];
+    assert_eq!(e.failures(&f.state), 0, "{:?}", statuses(&f, &id));
+    assert!(e.is_running());
+    let pending = e.groups.iter().find(|g| g.operation.is_none()).expect("a group still waits");
+    let why = switchyard_core::evacuation::held_by(&f.state, e, &pending.group, f.now).unwrap();
+    assert!(why.starts_with("held until site-2's cell reports again"), "{why}");
+    // The cell is back: everything moves.
+    for _ in 0..200 {
+        f.tick(500);
+        cells_follow(&mut f, &CPU);
+        if !f.state.evacuations[&id].is_running() {
+            break;
+        }
+    }
+    assert_eq!(f.state.evacuations[&id].outcome, Outcome::Succeeded, "{:?}", statuses(&f, &id));
+}
+
+#[test]
+fn rolling_an_evacuation_back_moves_what_had_moved_back_in_reverse_order() {
+    let mut f = Fed::new();
+    groups(&mut f, &[("db", 1, &[]), ("web", 1, &["db"])]);
+    cells_follow(&mut f, &CPU);
+    let id = evacuate(&mut f, "site-1", "site-2", 2, 1).unwrap();
+    for _ in 0..400 {
+        f.tick(500);
+        cells_follow(&mut f, &CPU);
+        if !f.state.evacuations[&id].is_running() {
+            break;
+        }
+    }
+    assert_eq!(f.state.evacuations[&id].outcome, Outcome::Succeeded);
+    let e = f.state.evacuations[&id].clone();
+    let actions = switchyard_core::evacuation::rollback_actions(&f.state, &e, "power work cancelled").unwrap();
+    let [Action::StartEvacuation { groups, to, rollback_of, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    assert_eq!((to.as_str(), rollback_of.as_str()), ("site-1", id.as_str()));
+    assert_eq!(groups, &["web", "db", "crm-web"].map(String::from), "reverse order");
+    let Applied::OperationStarted { id: back } = f.ok(OPERATOR, actions[0].clone()) else { panic!() };
+    for _ in 0..400 {
+        f.tick(500);
+        cells_follow(&mut f, &CPU);
+        if !f.state.evacuations[&back].is_running() {
+            break;
+        }
+    }
+    assert_eq!(f.state.evacuations[&back].outcome, Outcome::Succeeded, "{:?}", statuses(&f, &back));
+    // Dependencies still first: db moved back before web.
+    let order: Vec<String> = f.state.evacuations[&back].groups.iter().map(|g| g.group.clone()).collect();
+    assert!(order.iter().position(|g| g == "db") < order.iter().position(|g| g == "web"), "{order:?}");
+    for g in f.state.groups.values() {
+        assert_eq!(g.placement.active_sites(), vec!["site-1"], "{}", g.spec.name);
+    }
+}

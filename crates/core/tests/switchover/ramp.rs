@@ -162,3 +162,38 @@ fn abort_mid_ramp_puts_all_traffic_back_on_the_source() {
     assert!(!g.placement.sites.contains_key("site-2"));
     assert!(switchyard_core::engine::rollback_actions(f.op(&id), "undo").is_err(), "nothing left to roll back");
 }
+
+#[test]
+fn abort_mid_ramp_back_to_a_site_that_keeps_a_share_publishes_the_new_weights() {
+    // The target keeps an (empty) share from an earlier move, so nothing but the weights
+    // changes on abort: the routing version must still move, or DNS keeps the split.
+    let (mut f, id) = verified(&[10, 50, 100], 0);
+    f.state.groups.get_mut("crm-web").unwrap().placement.sites.insert("site-3".into(), Default::default());
+    run(&mut f, &id, 2, 10_000);
+    let before = f.state.routing_version;
+    f.ok(OPERATOR, Action::ControlOperation { id: id.clone(), control: Control::Abort, reason: "stop".into() });
+    assert_eq!(weights(&f), (100, 0));
+    assert!(f.state.routing_version > before, "the weights changed: a new routing version");
+}
+
+#[test]
+fn rollback_mid_ramp_is_the_abort_alone() {
+    let (mut f, id) = verified(&[10, 50, 100], 0);
+    run(&mut f, &id, 2, 10_000);
+    let actions = switchyard_core::engine::rollback_actions(f.op(&id), "undo").unwrap();
+    assert_eq!(actions.len(), 1, "the abort puts traffic back; nothing to move back: {actions:?}");
+    for a in actions {
+        f.ok(OPERATOR, a);
+    }
+    assert_eq!(weights(&f), (100, 0));
+}
+
+#[test]
+fn a_revert_from_full_traffic_keeps_the_capacity_reserved() {
+    let (mut f, id) = verified(&[100], 0);
+    run(&mut f, &id, 2, 10_000);
+    assert_eq!(f.op(&id).phase, Phase::Draining);
+    assert_eq!(f.op(&id).reserved.cpu_millis, 200, "held until the source scales down");
+    run(&mut f, &id, 0, 10_000);
+    assert_eq!((f.op(&id).phase, f.op(&id).reserved.cpu_millis), (Phase::Verifying, 200));
+}

@@ -75,3 +75,25 @@ fn windows_need_a_reason_and_clearing_them_allows_any_time() {
     f.report("site-1", 1000, &[("crm-web", 2, 0)]);
     assert!(f.start("crm-web", "site-2").is_ok());
 }
+
+#[test]
+fn a_group_whose_ttl_is_over_the_budget_cannot_start_a_planned_move() {
+    let mut f = Fed::new();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    // crm-web's TTL is 5 s.
+    f.ok("dr-admin:dana", Action::SetTtlBudget { max_ttl_s: 3, reason: "convergence budget".into() });
+    let before = f.state.clone();
+    let err = f.start("crm-web", "site-2").unwrap_err();
+    assert!(matches!(err, Refusal::TtlOverBudget { ttl_s: 5, budget_s: 3, .. }), "{err}");
+    assert!(err.to_string().contains("lower its ttl_s first"), "{err}");
+    assert!(same_except_index(&before, &f.state));
+    let scope = switchyard_core::plan::MoveScope::Site("site-1".into());
+    let p = switchyard_core::plan::plan_moves(&f.state, &scope, "site-2", f.now, &f.cfg, &Default::default()).unwrap();
+    assert!(!p.go && p.reasons[0].contains("budget for planned moves"), "{:?}", p.reasons);
+    // Lowered in advance, it starts.
+    let mut spec = f.state.groups["crm-web"].spec.clone();
+    spec.ttl_s = 3;
+    update(&mut f, spec).unwrap();
+    f.report("site-1", 1000, &[("crm-web", 2, 0)]);
+    assert!(f.start("crm-web", "site-2").is_ok());
+}
