@@ -8,6 +8,7 @@
 //! state from the same log. Maps are `BTreeMap` so that iteration order is deterministic.
 
 pub mod audit;
+pub mod dr;
 pub mod drill;
 pub mod engine;
 pub mod evacuation;

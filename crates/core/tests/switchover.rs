@@ -1398,3 +1398,6 @@ mod windows;
 
 #[path = "switchover/drills.rs"]
 mod drills;
+
+#[path = "switchover/dr.rs"]
+mod dr;

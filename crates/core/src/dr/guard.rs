@@ -1,0 +1,294 @@
+//! What automatic failover of a failed site may do, rule by rule: the global brake, freezes,
+//! per-group cooldown, rate limits (slower when many sites are sick), and capacity on the
+//! survivors, reserved as the groups are taken in tier order. A group with nowhere to go keeps
+//! its placement (never all sites off). Every refusal names its rule. Pure: the committed state, the declared and suspect sites, the
+//! automation history and the time come in as arguments.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::REPORT_FRESH_MS;
+use crate::engine::{fits_on_nodes, reserved_on};
+use crate::model::{AppName, Resources, SiteState};
+use crate::state::State;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// The brake trips when more than this percentage of sites is declared down at once.
+    pub brake_sites_percent: u32,
+    /// The brake trips when more than this many automatic failovers would have happened
+    /// within `failover_window_ms`.
+    pub max_failovers: u32,
+    pub failover_window_ms: u64,
+    /// After an automatic action on a group, no further automatic action on it for this long.
+    pub cooldown_ms: u64,
+    /// Automatic failovers started per minute.
+    pub rate_per_minute: u32,
+    /// The slower rate once `sick_sites_for_secondary` or more sites are down or suspect.
+    pub secondary_rate_per_minute: u32,
+    pub sick_sites_for_secondary: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            brake_sites_percent: 50,
+            max_failovers: 50,
+            failover_window_ms: 600_000,
+            cooldown_ms: 600_000,
+            rate_per_minute: 60,
+            secondary_rate_per_minute: 10,
+            sick_sites_for_secondary: 2,
+        }
+    }
+}
+
+/// The rule that stopped (or held back) a group's failover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    Brake,
+    Freeze,
+    Cooldown,
+    RateLimit,
+    Capacity,
+    NoFeasibleTarget,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Brake => "brake",
+            Rule::Freeze => "freeze",
+            Rule::Cooldown => "cooldown",
+            Rule::RateLimit => "rate-limit",
+            Rule::Capacity => "capacity",
+            Rule::NoFeasibleTarget => "no-feasible-target",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub group: String,
+    pub rule: Rule,
+    pub detail: String,
+}
+
+/// One group's failover: traffic to `to` (first, when it is a warm standby already running
+/// instances; after scaling up, when cold), the failed site fenced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverMove {
+    pub group: String,
+    pub tier: u32,
+    pub from: String,
+    pub to: String,
+    /// The target already runs all the instances it needs.
+    pub warm: bool,
+    /// Capacity reserved on the target for the instances it still has to start.
+    pub reserved: Resources,
+}
+
+/// Automatic actions taken so far, as the committed history records them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutomationHistory {
+    /// Why the brake holds, when it does (only a human releases it).
+    pub brake: Option<String>,
+    /// (time, group) of every automatic failover started.
+    pub failovers: Vec<(u64, String)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverDecision {
+    pub moves: Vec<FailoverMove>,
+    pub held: Vec<Held>,
+    /// Set when this decision trips the brake: nothing moves, and the reason is recorded.
+    pub trip_brake: Option<String>,
+}
+
+/// What automatic failover of `failed` may do at `now_ms`. `down` are the sites declared down
+/// (including `failed`), `suspect` the sites some observer sees unhealthy: neither is a target.
+pub fn decide(
+    state: &State,
+    failed: &str,
+    down: &BTreeSet<String>,
+    suspect: &BTreeSet<String>,
+    history: &AutomationHistory,
+    now_ms: u64,
+    cfg: &GuardConfig,
+) -> FailoverDecision {
+    let mut out = FailoverDecision::default();
+    let mut groups: Vec<&crate::model::AppGroup> =
+        state.groups.values().filter(|g| g.placement.active_sites().iter().any(|s| *s == failed)).collect();
+    groups.sort_by(|a, b| (a.spec.tier, &a.spec.name).cmp(&(b.spec.tier, &b.spec.name)));
+    let hold_all = |rule: Rule, detail: &str, out: &mut FailoverDecision| {
+        out.held.extend(groups.iter().map(|g| Held { group: g.spec.name.clone(), rule, detail: detail.to_string() }));
+    };
+    if let Some(why) = &history.brake {
+        hold_all(
+            Rule::Brake,
+            &format!("automation is braked ({why}); a human must run fedctl brake release"),
+            &mut out,
+        );
+        return out;
+    }
+    let sites = state.sites.len().max(1);
+    if down.len() * 100 > sites * cfg.brake_sites_percent as usize {
+        let why = format!(
+            "{} of {} sites declared down at once ({}), more than {}%",
+            down.len(),
+            sites,
+            down.iter().cloned().collect::<Vec<_>>().join(", "),
+            cfg.brake_sites_percent
+        );
+        hold_all(Rule::Brake, &why, &mut out);
+        out.trip_brake = Some(why);
+        return out;
+    }
+    let recent = |window: u64| history.failovers.iter().filter(|(t, _)| now_ms.saturating_sub(*t) < window).count();
+    if recent(cfg.failover_window_ms) + groups.len() > cfg.max_failovers as usize {
+        let why = format!(
+            "{} automatic failovers in the last {} s plus {} more wanted, more than {}",
+            recent(cfg.failover_window_ms),
+            cfg.failover_window_ms / 1000,
+            groups.len(),
+            cfg.max_failovers
+        );
+        hold_all(Rule::Brake, &why, &mut out);
+        out.trip_brake = Some(why);
+        return out;
+    }
+    let sick = down.union(suspect).count() as u32;
+    let rate = if sick >= cfg.sick_sites_for_secondary { cfg.secondary_rate_per_minute } else { cfg.rate_per_minute };
+    let mut budget = (rate as usize).saturating_sub(recent(60_000));
+    let last_action: BTreeMap<&str, u64> = history.failovers.iter().map(|(t, g)| (g.as_str(), *t)).collect();
+    // Capacity taken by the moves decided so far, per target: totals and instances.
+    let mut taken: BTreeMap<String, (Resources, Vec<Resources>)> = BTreeMap::new();
+    for g in groups {
+        let name = g.spec.name.as_str();
+        let held = |rule: Rule, detail: String| Held { group: name.to_string(), rule, detail };
+        if let Some((scope, f)) = state.freeze_on(name, &[failed], now_ms) {
+            out.held.push(held(Rule::Freeze, format!("frozen ({scope}, by {}: {})", f.actor, f.reason)));
+            continue;
+        }
+        if let Some(t) = last_action.get(name).filter(|t| now_ms.saturating_sub(**t) < cfg.cooldown_ms) {
+            let left = cfg.cooldown_ms - now_ms.saturating_sub(*t);
+            out.held.push(held(
+                Rule::Cooldown,
+                format!("failed over {} s ago; cooldown has {} s left", (now_ms - t) / 1000, left / 1000),
+            ));
+            continue;
+        }
+        if g.operation.is_some() {
+            out.held.push(held(
+                Rule::Cooldown,
+                format!("operation {} holds the group; resolve it first", g.operation.as_deref().unwrap_or("")),
+            ));
+            continue;
+        }
+        // Another site already takes its traffic: fencing the failed one is all it needs.
+        let others: Vec<&String> = g.placement.active_sites().into_iter().filter(|s| *s != failed).collect();
+        if let Some(other) = others.iter().find(|s| !down.contains(s.as_str())) {
+            out.moves.push(FailoverMove {
+                group: name.to_string(),
+                tier: g.spec.tier,
+                from: failed.to_string(),
+                to: other.to_string(),
+                warm: true,
+                reserved: Resources::default(),
+            });
+            continue;
+        }
+        let source = g.placement.share(failed);
+        let candidates: Vec<&String> = state
+            .sites
+            .iter()
+            .filter(|(n, s)| {
+                *n != failed && s.state == SiteState::Active && !down.contains(*n) && !suspect.contains(*n)
+            })
+            .map(|(n, _)| n)
+            .collect();
+        if candidates.is_empty() {
+            out.held.push(held(
+                Rule::NoFeasibleTarget,
+                format!(
+                    "no surviving site can take it (down: {}; suspect: {}); it keeps its placement, never all sites off",
+                    list(down),
+                    list(suspect)
+                ),
+            ));
+            continue;
+        }
+        // Warm standbys first, then the site with the most free CPU, then by name.
+        let mut fits: Vec<(bool, u64, &String, Resources, Vec<Resources>)> = Vec::new();
+        let mut why_not = Vec::new();
+        for site in candidates {
+            let Some(report) = state.reports.get(site).filter(|r| r.age_ms(now_ms) <= REPORT_FRESH_MS) else {
+                why_not.push(format!("{site}: no fresh report"));
+                continue;
+            };
+            let target = g.placement.share(site);
+            let missing: BTreeMap<AppName, u32> = g
+                .spec
+                .apps
+                .iter()
+                .map(|a| {
+                    let want = source.instances.get(&a.name).copied().unwrap_or(0);
+                    (a.name.clone(), want.saturating_sub(target.instances.get(&a.name).copied().unwrap_or(0)))
+                })
+                .collect();
+            let needed = g.demand(&missing);
+            let (taken_total, taken_instances) = taken.get(site.as_str()).cloned().unwrap_or_default();
+            let free = report.report.free().saturating_sub(reserved_on(state, site, "")).saturating_sub(taken_total);
+            let mut instances = taken_instances.clone();
+            instances.extend(g.instances_of(&missing));
+            let nodes: Vec<Resources> = report
+                .report
+                .nodes
+                .iter()
+                .filter(|n| n.healthy && !n.unschedulable)
+                .map(|n| n.capacity.saturating_sub(n.allocated))
+                .collect();
+            if !needed.fits_in(free) || fits_on_nodes(nodes, instances.clone()).is_err() {
+                why_not.push(format!("{site}: needs {needed}, has {free} free"));
+                continue;
+            }
+            let warm = missing.values().all(|n| *n == 0);
+            fits.push((warm, free.cpu_millis, site, needed, g.instances_of(&missing)));
+        }
+        fits.sort_by(|a, b| (!a.0, std::cmp::Reverse(a.1), a.2).cmp(&(!b.0, std::cmp::Reverse(b.1), b.2)));
+        let Some((warm, _, site, needed, instances)) = fits.into_iter().next() else {
+            out.held.push(held(
+                Rule::Capacity,
+                format!("no survivor has room ({}); it keeps its placement", why_not.join("; ")),
+            ));
+            continue;
+        };
+        if budget == 0 {
+            out.held.push(held(
+                Rule::RateLimit,
+                format!("at most {rate} automatic failovers a minute ({sick} sites sick)"),
+            ));
+            continue;
+        }
+        budget -= 1;
+        let entry = taken.entry(site.clone()).or_default();
+        entry.0 = entry.0.plus(needed);
+        entry.1.extend(instances);
+        out.moves.push(FailoverMove {
+            group: name.to_string(),
+            tier: g.spec.tier,
+            from: failed.to_string(),
+            to: site.clone(),
+            warm,
+            reserved: needed,
+        });
+    }
+    out
+}
+
+fn list(sites: &BTreeSet<String>) -> String {
+    if sites.is_empty() { "none".into() } else { sites.iter().cloned().collect::<Vec<_>>().join(", ") }
+}
