@@ -68,6 +68,14 @@ fn approval_windows_and_drills_with_real_processes() {
     assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.2.1"]);
     admin(&["switchover", "approval-policy", "--reason", "CAB rule lifted"]);
 
+    // A TTL over the budget: refused, saying to lower it first (the demo groups' TTL is 5 s).
+    admin(&["switchover", "ttl-budget", "--max-ttl-s", "2", "--reason", "convergence budget"]);
+    let refused = fedctl(&dir, &["switchover", "start", "mobile-app", "--to", "site-3", "--reason", "CHG-6"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("above the 2s budget") && stderr.contains("lower its ttl_s first"), "{stderr}");
+    admin(&["switchover", "ttl-budget", "--max-ttl-s", "0", "--reason", "budget lifted"]);
+
     // A frozen group is refused with the freeze's reason, and nothing is created.
     admin(&["freeze", "set", "group:mobile-app", "--reason", "audit week"]);
     let before = fedctl_json(&dir, &["switchover", "status"]).as_array().map_or(0, Vec::len);

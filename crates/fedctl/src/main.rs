@@ -416,6 +416,14 @@ enum SwitchoverCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Set the largest DNS TTL a group may have for a planned move to start (0: no limit):
+    /// with a longer one, clients keep answering the old site too long after the switch.
+    TtlBudget {
+        #[arg(long)]
+        max_ttl_s: u32,
+        #[arg(long)]
+        reason: String,
+    },
     /// Continue a paused operation where it stopped.
     Resume {
         id: String,
@@ -647,6 +655,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let op = api(&cfg_path).await?.approve_operation(pb::ApproveOperationRequest { id, reason }).await?;
             let op = op.into_inner();
             println!("{}: approved; {} in {}", op.id, op.group, op.phase);
+            Ok(())
+        }
+        Cmd::Switchover(SwitchoverCmd::TtlBudget { max_ttl_s, reason }) => {
+            let request = pb::SetTtlBudgetRequest { max_ttl_s, reason };
+            let set = api(&cfg_path).await?.set_ttl_budget(request).await?.into_inner();
+            match set.max_ttl_s {
+                0 => println!("no TTL budget: planned moves start whatever a group's TTL"),
+                s => println!("planned moves start only for groups whose DNS TTL is at most {s}s"),
+            }
             Ok(())
         }
         Cmd::Switchover(SwitchoverCmd::Windows { windows, reason }) => {

@@ -552,6 +552,22 @@ impl Operator for OperatorService {
         Ok(Response::new(pb::ListDrillsReply { drills }))
     }
 
+    async fn set_ttl_budget(
+        &self,
+        req: Request<pb::SetTtlBudgetRequest>,
+    ) -> Result<Response<pb::SetTtlBudgetRequest>, Status> {
+        let who = authorise(&req, Role::can_freeze, "set the TTL budget")?;
+        let r = req.into_inner();
+        self.fed
+            .propose(&who.to_string(), Action::SetTtlBudget { max_ttl_s: r.max_ttl_s, reason: r.reason.clone() })
+            .await?;
+        tracing::info!(max_ttl_s = r.max_ttl_s, actor = %who, "TTL budget set");
+        Ok(Response::new(pb::SetTtlBudgetRequest {
+            max_ttl_s: self.fed.shared.read(|s| s.ttl_budget_s),
+            reason: r.reason,
+        }))
+    }
+
     async fn set_freeze(&self, req: Request<pb::SetFreezeRequest>) -> Result<Response<pb::Freeze>, Status> {
         let id = authorise(&req, Role::can_freeze, "set freezes")?;
         let r = req.into_inner();
