@@ -24,11 +24,19 @@ pub struct EngineConfig {
     pub scale_up_timeout_ms: u64,
     /// The source must report its instances stopped within this, or the operation needs attention.
     pub scale_down_timeout_ms: u64,
+    /// The guard rails of automatic failover.
+    pub guard: crate::dr::guard::GuardConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { verify_window_ms: 3_000, drain_ms: 1_000, scale_up_timeout_ms: 180_000, scale_down_timeout_ms: 120_000 }
+        Self {
+            verify_window_ms: 3_000,
+            drain_ms: 1_000,
+            scale_up_timeout_ms: 180_000,
+            scale_down_timeout_ms: 120_000,
+            guard: Default::default(),
+        }
     }
 }
 
@@ -378,6 +386,17 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
         format!("weights {} {} / {} {p}", op.from, 100 - p, op.to)
     };
     let in_phase_ms = now_ms.saturating_sub(op.phase_started_at_ms);
+    if op.kind == crate::operation::OperationKind::Failover {
+        // No verify window or ramp: the source is down, the target takes over once it runs.
+        let scale_up_ms = now_ms.saturating_sub(op.scale_up_started_at_ms);
+        return match (op.phase, target_progress(state, op, now_ms)) {
+            (Phase::ScalingUp, Progress::Ready(detail)) => Some(advance(Phase::Done, detail)),
+            (Phase::ScalingUp, Progress::Waiting(why)) if scale_up_ms >= cfg.scale_up_timeout_ms && op.is_running() => {
+                Some(fail(format!("target not healthy after {scale_up_ms} ms: {why}")))
+            }
+            _ => None,
+        };
+    }
     match op.phase {
         Phase::ScalingUp | Phase::Verifying => {
             let progress = target_progress(state, op, now_ms);
@@ -480,6 +499,7 @@ pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
         .filter_map(|op| next_step(state, op, now_ms, cfg))
         .collect();
     out.extend(crate::drill::due(state, now_ms).into_iter().map(|id| Action::StartDrill { id }));
+    out.extend(crate::dr::decide(state, &Default::default(), now_ms, &cfg.guard));
     for evac in state.evacuations.values().filter(|e| e.is_running()) {
         out.extend(
             crate::evacuation::steps(state, evac, now_ms)

@@ -10,6 +10,8 @@ use crate::model::{AppName, GroupName, Resources, SiteName, SiteShare};
 pub enum OperationKind {
     Switchover,
     Evacuation,
+    /// Disaster recovery: moving a group off a site declared down.
+    Failover,
 }
 
 impl OperationKind {
@@ -17,6 +19,7 @@ impl OperationKind {
         match self {
             OperationKind::Switchover => "switchover",
             OperationKind::Evacuation => "evacuation",
+            OperationKind::Failover => "failover",
         }
     }
 }

@@ -153,6 +153,29 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         rollback_of: String,
     },
+    /// Declare `site` down on the evidence of independent observers, which `apply` checks
+    /// against `detect` (observers in a quorum of failure domains, fresh, unhealthy for the
+    /// window). Its groups then fail over under the guard rails.
+    DeclareSiteDown {
+        site: String,
+        evidence: Vec<crate::dr::detect::Evidence>,
+        detect: crate::dr::detect::DetectConfig,
+    },
+    /// Fail `group` over from the declared-down site `from` to `to`, as `dr::guard::decide`
+    /// chose: a warm standby takes the traffic at once, a cold one after it has scaled up; the
+    /// failed site is fenced (weight 0) and nothing there is deleted.
+    StartFailover {
+        group: String,
+        from: String,
+        to: String,
+    },
+    /// Automation halts, with the guard rail's reason, until a human releases it.
+    TripBrake {
+        reason: String,
+    },
+    ReleaseBrake {
+        reason: String,
+    },
     /// The largest DNS TTL a group may have for a planned move to start (0: no limit): with a
     /// longer one, clients keep answering the old site too long after the traffic step.
     SetTtlBudget {

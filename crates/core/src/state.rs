@@ -14,6 +14,7 @@ use crate::proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, 
 use crate::report::ReportRecord;
 
 mod approve;
+mod dr;
 mod drills;
 mod evacuate;
 mod ramp;
@@ -45,6 +46,16 @@ pub struct State {
     /// Weekly windows in which planned moves may start; empty: any time.
     #[serde(default)]
     pub change_windows: Vec<crate::window::ChangeWindow>,
+    /// Sites declared down, with the evidence of the declaration.
+    #[serde(default)]
+    pub down_sites: BTreeMap<String, crate::dr::Declaration>,
+    /// Set while automation is halted; only a human releases it.
+    #[serde(default)]
+    pub brake: Option<crate::dr::Brake>,
+    /// (time, group) of the automatic failovers started, the latest 1,000 (rate limits,
+    /// cooldowns and the brake look back at most that far).
+    #[serde(default)]
+    pub automatic_failovers: Vec<(u64, String)>,
     /// The largest DNS TTL a group may have for a planned move to start; 0: no limit.
     #[serde(default)]
     pub ttl_budget_s: u32,
@@ -121,7 +132,9 @@ impl State {
     fn routing_scope(&self, action: &Action) -> Option<Vec<String>> {
         let op_group = |id: &str| self.operations.get(id).map(|o| o.group.clone()).into_iter().collect();
         Some(match action {
-            Action::RegisterSite(_) => return None,
+            Action::RegisterSite(_) | Action::DeclareSiteDown { .. } => return None,
+            Action::StartFailover { group, .. } => vec![group.clone()],
+            Action::TripBrake { .. } | Action::ReleaseBrake { .. } => vec![],
             Action::RegisterGroup(spec) | Action::UpdateGroup { spec, .. } => vec![spec.name.clone()],
             Action::RollbackGroup { group, .. }
             | Action::ScaleApp { group, .. }
@@ -354,6 +367,12 @@ impl State {
             }
             Action::SetChangeWindows { windows, reason } => self.set_change_windows(index, at, actor, windows, reason),
             Action::SetTtlBudget { max_ttl_s, reason } => self.set_ttl_budget(index, at, actor, *max_ttl_s, reason),
+            Action::DeclareSiteDown { site, evidence, detect } => {
+                self.declare_site_down(index, at, actor, site, evidence, detect)
+            }
+            Action::StartFailover { group, from, to } => self.start_failover(index, at, actor, group, from, to),
+            Action::TripBrake { reason } => self.set_brake(index, at, actor, reason, true),
+            Action::ReleaseBrake { reason } => self.set_brake(index, at, actor, reason, false),
             Action::ScheduleDrill { group, to, at_ms, reason } => {
                 self.schedule_drill(index, at, actor, group, to, *at_ms, reason)
             }
@@ -509,6 +528,17 @@ impl State {
         detail: &str,
     ) -> Response {
         let op = self.running_op(id, from)?;
+        if op.kind == OperationKind::Failover {
+            return match (from, to) {
+                // Also from needs-attention: a target that came up late still takes over.
+                (Phase::ScalingUp, Phase::Done) => self.finish_failover(index, at, actor, id, detail),
+                _ => Err(Refusal::Invalid(format!(
+                    "failover {id}: no transition from {} to {}",
+                    from.as_str(),
+                    to.as_str()
+                ))),
+            };
+        }
         let allowed = matches!(
             (from, to),
             (Phase::ScalingUp, Phase::Verifying)
@@ -708,7 +738,8 @@ impl State {
         let g = self.groups.get_mut(&group_name).expect("an operation's group is never removed");
         let before = g.placement.clone();
         let op = self.operations.get_mut(id).expect("checked above");
-        let rolled_back = phase.before_traffic_shift();
+        // A failover has nowhere to roll back to: its source is down.
+        let rolled_back = phase.before_traffic_shift() && op.kind != OperationKind::Failover;
         if rolled_back {
             restore_target(&mut g.placement, op, index);
             g.operation = None;

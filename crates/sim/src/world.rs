@@ -203,6 +203,7 @@ impl World {
                 drain_ms: 300,
                 scale_up_timeout_ms: 8_000,
                 scale_down_timeout_ms: 8_000,
+                guard: Default::default(),
             },
             sites,
             groups,

@@ -172,13 +172,7 @@ impl Detector {
                 detail: t.detail.clone(),
             })
             .collect();
-        // Evidence of down: fresh, unhealthy now, and for the whole window.
-        let agreeing: BTreeSet<&str> = evidence
-            .iter()
-            .filter(|e| e.health == Health::Unhealthy)
-            .filter(|e| e.unhealthy_since_ms.is_some_and(|since| now_ms.saturating_sub(since) >= cfg.window_ms))
-            .map(|e| e.domain.as_str())
-            .collect();
+        let agreeing = agreeing_domains(&evidence, now_ms, cfg);
         let seeing: BTreeSet<&str> =
             evidence.iter().filter(|e| e.health == Health::Unhealthy).map(|e| e.domain.as_str()).collect();
         if agreeing.len() >= cfg.quorum.max(1) {
@@ -197,6 +191,33 @@ impl Detector {
             Verdict::Suspect { evidence, why }
         }
     }
+}
+
+/// The failure domains whose observers, in `evidence`, report the subject unhealthy at
+/// `at_ms`, freshly, and have for the whole window.
+pub fn agreeing_domains<'a>(evidence: &'a [Evidence], at_ms: u64, cfg: &DetectConfig) -> BTreeSet<&'a str> {
+    evidence
+        .iter()
+        .filter(|e| e.health == Health::Unhealthy && at_ms.saturating_sub(e.last_at_ms) <= cfg.stale_ms)
+        .filter(|e| e.unhealthy_since_ms.is_some_and(|since| at_ms.saturating_sub(since) >= cfg.window_ms))
+        .map(|e| e.domain.as_str())
+        .collect()
+}
+
+/// Whether `evidence` proves its subject down at `at_ms` under `cfg` (what `apply` checks of a
+/// declaration, whoever proposed it). Err: why not.
+pub fn check_evidence(evidence: &[Evidence], at_ms: u64, cfg: &DetectConfig) -> Result<(), String> {
+    let agreeing = agreeing_domains(evidence, at_ms, cfg);
+    if agreeing.len() >= cfg.quorum.max(1) {
+        return Ok(());
+    }
+    Err(format!(
+        "the evidence shows {} failure domain(s) ({}) seeing it unhealthy, fresh, for {} ms; {} are needed",
+        agreeing.len(),
+        agreeing.iter().copied().collect::<Vec<_>>().join(", "),
+        cfg.window_ms,
+        cfg.quorum.max(1)
+    ))
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub enum Rule {
     Freeze,
     Cooldown,
     RateLimit,
+    /// Another operation holds the group.
+    Busy,
     Capacity,
     NoFeasibleTarget,
 }
@@ -64,6 +66,7 @@ impl Rule {
             Rule::Freeze => "freeze",
             Rule::Cooldown => "cooldown",
             Rule::RateLimit => "rate-limit",
+            Rule::Busy => "busy",
             Rule::Capacity => "capacity",
             Rule::NoFeasibleTarget => "no-feasible-target",
         }
@@ -182,10 +185,8 @@ pub fn decide(
             continue;
         }
         if g.operation.is_some() {
-            out.held.push(held(
-                Rule::Cooldown,
-                format!("operation {} holds the group; resolve it first", g.operation.as_deref().unwrap_or("")),
-            ));
+            out.held
+                .push(held(Rule::Busy, format!("operation {} holds the group", g.operation.as_deref().unwrap_or(""))));
             continue;
         }
         // Another site already takes its traffic: fencing the failed one is all it needs.
@@ -201,7 +202,6 @@ pub fn decide(
             });
             continue;
         }
-        let source = g.placement.share(failed);
         let candidates: Vec<&String> = state
             .sites
             .iter()
@@ -225,38 +225,11 @@ pub fn decide(
         let mut fits: Vec<(bool, u64, &String, Resources, Vec<Resources>)> = Vec::new();
         let mut why_not = Vec::new();
         for site in candidates {
-            let Some(report) = state.reports.get(site).filter(|r| r.age_ms(now_ms) <= REPORT_FRESH_MS) else {
-                why_not.push(format!("{site}: no fresh report"));
-                continue;
-            };
-            let target = g.placement.share(site);
-            let missing: BTreeMap<AppName, u32> = g
-                .spec
-                .apps
-                .iter()
-                .map(|a| {
-                    let want = source.instances.get(&a.name).copied().unwrap_or(0);
-                    (a.name.clone(), want.saturating_sub(target.instances.get(&a.name).copied().unwrap_or(0)))
-                })
-                .collect();
-            let needed = g.demand(&missing);
             let (taken_total, taken_instances) = taken.get(site.as_str()).cloned().unwrap_or_default();
-            let free = report.report.free().saturating_sub(reserved_on(state, site, "")).saturating_sub(taken_total);
-            let mut instances = taken_instances.clone();
-            instances.extend(g.instances_of(&missing));
-            let nodes: Vec<Resources> = report
-                .report
-                .nodes
-                .iter()
-                .filter(|n| n.healthy && !n.unschedulable)
-                .map(|n| n.capacity.saturating_sub(n.allocated))
-                .collect();
-            if !needed.fits_in(free) || fits_on_nodes(nodes, instances.clone()).is_err() {
-                why_not.push(format!("{site}: needs {needed}, has {free} free"));
-                continue;
+            match fit(state, g, failed, site, now_ms, taken_total, &taken_instances) {
+                Ok(f) => fits.push((f.warm, f.free.cpu_millis, site, f.needed, f.instances)),
+                Err(why) => why_not.push(why),
             }
-            let warm = missing.values().all(|n| *n == 0);
-            fits.push((warm, free.cpu_millis, site, needed, g.instances_of(&missing)));
         }
         fits.sort_by(|a, b| (!a.0, std::cmp::Reverse(a.1), a.2).cmp(&(!b.0, std::cmp::Reverse(b.1), b.2)));
         let Some((warm, _, site, needed, instances)) = fits.into_iter().next() else {
@@ -287,6 +260,55 @@ pub fn decide(
         });
     }
     out
+}
+
+/// Whether `site` can take over `g` from `failed` now, next to what other failovers decided in
+/// the same round have `taken` there.
+pub(crate) struct Fit {
+    pub warm: bool,
+    pub free: Resources,
+    pub needed: Resources,
+    pub instances: Vec<Resources>,
+}
+
+pub(crate) fn fit(
+    state: &State,
+    g: &crate::model::AppGroup,
+    failed: &str,
+    site: &str,
+    now_ms: u64,
+    taken_total: Resources,
+    taken_instances: &[Resources],
+) -> Result<Fit, String> {
+    let Some(report) = state.reports.get(site).filter(|r| r.age_ms(now_ms) <= REPORT_FRESH_MS) else {
+        return Err(format!("{site}: no fresh report"));
+    };
+    let source = g.placement.share(failed);
+    let target = g.placement.share(site);
+    let missing: BTreeMap<AppName, u32> = g
+        .spec
+        .apps
+        .iter()
+        .map(|a| {
+            let want = source.instances.get(&a.name).copied().unwrap_or(0);
+            (a.name.clone(), want.saturating_sub(target.instances.get(&a.name).copied().unwrap_or(0)))
+        })
+        .collect();
+    let needed = g.demand(&missing);
+    let free = report.report.free().saturating_sub(reserved_on(state, site, "")).saturating_sub(taken_total);
+    let mut instances = taken_instances.to_vec();
+    instances.extend(g.instances_of(&missing));
+    let nodes: Vec<Resources> = report
+        .report
+        .nodes
+        .iter()
+        .filter(|n| n.healthy && !n.unschedulable)
+        .map(|n| n.capacity.saturating_sub(n.allocated))
+        .collect();
+    if !needed.fits_in(free) || fits_on_nodes(nodes, instances).is_err() {
+        return Err(format!("{site}: needs {needed}, has {free} free"));
+    }
+    Ok(Fit { warm: missing.values().all(|n| *n == 0), free, needed, instances: g.instances_of(&missing) })
 }
 
 fn list(sites: &BTreeSet<String>) -> String {

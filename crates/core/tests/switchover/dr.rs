@@ -151,3 +151,176 @@ fn a_warm_standby_is_preferred_and_needs_no_new_capacity() {
         d.moves.iter().filter(|m| m.group != "crm-web").map(|m| (m.to.as_str(), m.warm)).collect();
     assert_eq!(cold, [("site-2", false), ("site-3", false)]);
 }
+
+mod committed {
+    //! The committed side: a declaration checked against its evidence, failovers the engine
+    //! proposes and `apply` starts, and the brake.
+
+    use super::*;
+    use switchyard_core::OperationKind;
+    use switchyard_core::dr::detect::{DetectConfig, Evidence, Health};
+
+    fn evidence(observers: &[(&str, &str)], since: u64, last: u64) -> Vec<Evidence> {
+        observers
+            .iter()
+            .map(|(observer, domain)| Evidence {
+                observer: observer.to_string(),
+                domain: domain.to_string(),
+                health: Health::Unhealthy,
+                unhealthy_since_ms: Some(since),
+                last_at_ms: last,
+                detail: "connect: connection refused".into(),
+            })
+            .collect()
+    }
+
+    fn declare(f: &mut Fed, site: &str, evidence: Vec<Evidence>) -> Result<Applied, Refusal> {
+        f.propose("system", Action::DeclareSiteDown { site: site.into(), evidence, detect: DetectConfig::default() })
+    }
+
+    /// The survivors report what their placements ask, all healthy; the failed site is silent.
+    fn survivors_follow(f: &mut Fed) {
+        for site in ["site-2", "site-3"] {
+            if f.state.down_sites.contains_key(site) {
+                continue;
+            }
+            let on: Vec<(String, u32)> = f
+                .state
+                .groups
+                .values()
+                .filter_map(|g| g.placement.sites.get(site).map(|s| (g.spec.name.clone(), s.total_instances())))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            let refs: Vec<(&str, u32, u32)> = on.iter().map(|(g, n)| (g.as_str(), *n, 0)).collect();
+            f.report(site, 10_000, &refs);
+        }
+    }
+
+    #[test]
+    fn a_declaration_needs_fresh_evidence_from_a_quorum_of_failure_domains() {
+        let mut f = failed_site_1(10_000, 10_000);
+        let now = f.now;
+        let before = f.state.clone();
+        // Two observers, one failure domain: not a quorum.
+        let err =
+            declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("dns-site-2", "site-2")], now - 20_000, now))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("1 failure domain(s) (site-2)") && err.contains("2 are needed"), "{err}");
+        // Two domains, but not for the whole window, or no longer fresh.
+        assert!(
+            declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 5_000, now)).is_err()
+        );
+        assert!(
+            declare(
+                &mut f,
+                "site-1",
+                evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 60_000, now - 30_000)
+            )
+            .is_err()
+        );
+        assert!(same_except_index(&before, &f.state), "a refused declaration changes nothing");
+        declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 10_000, now)).unwrap();
+        assert_eq!(f.state.sites["site-1"].state, switchyard_core::SiteState::Down);
+        let record = f.state.audit.records().last().unwrap();
+        assert_eq!(record.action, "site.declared-down");
+        assert!(record.detail_json.contains("connection refused") && record.detail_json.contains("fed-3"));
+        assert!(matches!(
+            declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 10_000, now)),
+            Ok(Applied::Unchanged)
+        ));
+    }
+
+    #[test]
+    fn a_declared_site_fails_over_warm_at_once_cold_after_scale_up_and_keeps_everything() {
+        let mut f = failed_site_1(10_000, 10_000);
+        f.state.groups.get_mut("crm-web").unwrap().placement.sites.insert(
+            "site-3".into(),
+            switchyard_core::SiteShare { instances: [("web".to_string(), 2)].into(), weight: 0 },
+        );
+        survivors_follow(&mut f);
+        let now = f.now;
+        declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 10_000, now)).unwrap();
+        let started = f.tick(100);
+        let froms: Vec<&Action> = started.iter().filter(|a| matches!(a, Action::StartFailover { .. })).collect();
+        assert_eq!(froms.len(), 3, "{started:?}");
+        let crm = f.state.groups["crm-web"].placement.clone();
+        assert_eq!((crm.share("site-1").weight, crm.share("site-3").weight), (0, 100), "warm: traffic first");
+        let a = f.state.groups["a"].placement.clone();
+        assert_eq!(a.active_sites(), vec!["site-1"], "cold: the target scales up first");
+        assert_eq!(a.share("site-2").total_instances() + a.share("site-3").total_instances(), 1);
+        // The survivors run what they are asked; the cold ones then take the traffic.
+        for _ in 0..5 {
+            survivors_follow(&mut f);
+            f.tick(1_000);
+        }
+        for g in f.state.groups.values() {
+            let active = g.placement.active_sites();
+            assert_eq!(active.len(), 1, "{}", g.spec.name);
+            assert_ne!(active[0], "site-1", "{} serves from a survivor", g.spec.name);
+            assert_eq!(
+                g.placement.share("site-1").total_instances(),
+                g.spec.apps[0].instances,
+                "nothing deleted on site-1"
+            );
+            assert!(g.operation.is_none());
+        }
+        let failovers: Vec<_> = f.state.operations.values().filter(|o| o.kind == OperationKind::Failover).collect();
+        assert_eq!(failovers.len(), 3);
+        assert!(failovers.iter().all(|o| o.outcome == Outcome::Succeeded));
+        assert_eq!(f.state.automatic_failovers.len(), 3);
+        let actions: Vec<&str> = f.state.audit.records().iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions.iter().filter(|a| **a == "failover.complete").count(), 3);
+        assert!(f.tick(1_000).is_empty(), "nothing left to do");
+        verify_chain(f.state.audit.records()).unwrap();
+    }
+
+    #[test]
+    fn two_of_three_sites_declared_down_brake_automation_until_a_human_releases_it() {
+        let mut f = failed_site_1(10_000, 10_000);
+        let now = f.now;
+        let both = |f: &mut Fed, site: &str, a: (&str, &str), b: (&str, &str)| {
+            declare(f, site, evidence(&[a, b], now - 10_000, now)).unwrap();
+        };
+        both(&mut f, "site-1", ("fed-2", "site-2"), ("fed-3", "site-3"));
+        both(&mut f, "site-2", ("fed-1", "site-1"), ("fed-3", "site-3"));
+        let proposed = f.tick(100);
+        assert!(matches!(proposed.as_slice(), [Action::TripBrake { .. }]), "{proposed:?}");
+        assert!(f.state.brake.as_ref().unwrap().reason.contains("2 of 3 sites declared down"));
+        assert!(f.tick(1_000).is_empty(), "braked: nothing moves");
+        assert!(f.state.operations.values().all(|o| o.kind != OperationKind::Failover));
+        // A failover proposed anyway is refused while braked.
+        let forced = Action::StartFailover { group: "a".into(), from: "site-1".into(), to: "site-3".into() };
+        assert!(f.propose("system", forced).unwrap_err().to_string().contains("braked"));
+        f.ok("dr-admin:dana", Action::ReleaseBrake { reason: "reviewed, site-2 is a monitoring fault".into() });
+        assert!(f.state.brake.is_none());
+        let actions: Vec<&str> = f.state.audit.records().iter().map(|r| r.action.as_str()).collect();
+        assert!(actions.ends_with(&["brake.engaged", "brake.released"]), "{actions:?}");
+        // Still two of three down: the next decision trips it again.
+        assert!(matches!(f.tick(100).as_slice(), [Action::TripBrake { .. }]));
+    }
+
+    #[test]
+    fn a_failover_whose_target_never_comes_up_needs_attention_and_finishes_when_it_does() {
+        let mut f = failed_site_1(10_000, 10_000);
+        let now = f.now;
+        declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 10_000, now)).unwrap();
+        f.tick(100);
+        let id = f.state.groups["a"].operation.clone().unwrap();
+        // The target reports the group but never a healthy instance.
+        for _ in 0..200 {
+            for site in ["site-2", "site-3"] {
+                f.report(site, 10_000, &[]);
+            }
+            f.tick(1_000);
+        }
+        let op = f.op(&id);
+        assert_eq!(op.outcome, Outcome::NeedsAttention, "{op:?}");
+        assert!(f.state.groups["a"].operation.is_some(), "still locked for a human");
+        assert_eq!(f.state.groups["a"].placement.active_sites(), vec!["site-1"], "no rollback: nowhere to go back to");
+        survivors_follow(&mut f);
+        f.tick(1_000);
+        assert_eq!(f.op(&id).outcome, Outcome::Succeeded);
+        assert_ne!(f.state.groups["a"].placement.active_sites(), vec!["site-1"]);
+    }
+}

@@ -1,0 +1,235 @@
+//! `apply` for disaster recovery: a site declared down (its evidence checked here), a group's
+//! failover (started, then routed when a cold target is ready), and the brake.
+
+use serde_json::json;
+
+use super::{FULL_WEIGHT, State, scale_up_target};
+use crate::audit::Entry;
+use crate::dr::detect::{DetectConfig, Evidence, check_evidence};
+use crate::dr::{Brake, Declaration, HISTORY};
+use crate::model::SiteState;
+use crate::operation::{Operation, OperationKind, Outcome, Phase, Step};
+use crate::proposal::{Applied, Refusal, Response};
+
+impl State {
+    pub(super) fn declare_site_down(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        site: &str,
+        evidence: &[Evidence],
+        detect: &DetectConfig,
+    ) -> Response {
+        let s = self.sites.get(site).ok_or_else(|| Refusal::UnknownSite(site.to_string()))?;
+        if self.down_sites.contains_key(site) {
+            return Ok(Applied::Unchanged);
+        }
+        check_evidence(evidence, at, detect)
+            .map_err(|why| Refusal::Invalid(format!("site {site:?} cannot be declared down: {why}")))?;
+        let before = s.state;
+        self.sites.get_mut(site).expect("checked above").state = SiteState::Down;
+        self.down_sites
+            .insert(site.to_string(), Declaration { at_ms: at, actor: actor.to_string(), evidence: evidence.to_vec() });
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "site.declared-down",
+            subject: site,
+            reason: "observers in a quorum of failure domains see it unhealthy",
+            detail: json!({ "before": before.as_str(), "evidence": evidence, "detect": detect }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    pub(super) fn set_brake(&mut self, index: u64, at: u64, actor: &str, reason: &str, engage: bool) -> Response {
+        if reason.trim().is_empty() {
+            return Err(Refusal::Invalid("the brake needs a reason".into()));
+        }
+        match (&self.brake, engage) {
+            (Some(_), true) => return Ok(Applied::Unchanged),
+            (None, false) => return Err(Refusal::Invalid("the brake is not engaged".into())),
+            _ => {}
+        }
+        let before = self.brake.take();
+        if engage {
+            self.brake = Some(Brake { at_ms: at, actor: actor.to_string(), reason: reason.to_string() });
+        }
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: if engage { "brake.engaged" } else { "brake.released" },
+            subject: "automation",
+            reason,
+            detail: json!({ "engaged_before": before.map(|b| json!({ "at_ms": b.at_ms, "by": b.actor, "reason": b.reason })) }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    /// Starts a group's failover. The leader chose it under every guard rail; this checks
+    /// again what must hold whoever proposed it: the source declared down, no brake, the
+    /// group free and not frozen, the target active, not down, with room.
+    pub(super) fn start_failover(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        group: &str,
+        from: &str,
+        to: &str,
+    ) -> Response {
+        let invalid = |why: String| Refusal::Invalid(format!("failover of {group} from {from} to {to}: {why}"));
+        if !self.down_sites.contains_key(from) {
+            return Err(invalid(format!("{from} is not declared down")));
+        }
+        if let Some(b) = &self.brake {
+            return Err(invalid(format!("automation is braked ({}); release the brake first", b.reason)));
+        }
+        let g = self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
+        if let Some(op) = &g.operation {
+            return Err(Refusal::GroupBusy { group: group.to_string(), operation: op.clone() });
+        }
+        if !g.placement.active_sites().iter().any(|s| *s == from) {
+            return Err(invalid(format!("its traffic is not on {from}")));
+        }
+        self.check_not_frozen(group, &[from], at)?;
+        match self.sites.get(to) {
+            None => return Err(Refusal::UnknownSite(to.to_string())),
+            Some(s) if s.state != SiteState::Active || self.down_sites.contains_key(to) => {
+                return Err(Refusal::SiteNotActive { site: to.to_string(), state: s.state.as_str().to_string() });
+            }
+            Some(_) => {}
+        }
+        let fit = crate::dr::guard::fit(self, g, from, to, at, Default::default(), &[]).map_err(invalid)?;
+        let id = format!("op-{index}");
+        let source = g.placement.share(from);
+        let target_instances = source.instances.clone();
+        let g = self.groups.get_mut(group).expect("checked above");
+        let before = g.placement.clone();
+        let target_before = g.placement.share(to);
+        scale_up_target(&mut g.placement, to, &target_instances, index);
+        if fit.warm {
+            route(&mut g.placement, from, to);
+        }
+        g.operation = Some(id.clone());
+        let detail = if fit.warm {
+            format!("warm standby on {to} takes the traffic; {from} fenced (weight 0, nothing deleted)")
+        } else {
+            format!("cold standby: scale {to} up, then route; {from} keeps its instances")
+        };
+        let op = Operation {
+            id: id.clone(),
+            kind: OperationKind::Failover,
+            group: group.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            actor: actor.to_string(),
+            reason: format!("{from} declared down"),
+            phase: Phase::ScalingUp,
+            outcome: Outcome::Running,
+            created_at_ms: at,
+            updated_at_ms: at,
+            phase_started_at_ms: at,
+            scale_up_started_at_ms: at,
+            finished_at_ms: None,
+            error: None,
+            steps: vec![Step {
+                phase: Phase::ScalingUp,
+                started_at_ms: at,
+                finished_at_ms: None,
+                detail: detail.clone(),
+            }],
+            target_instances,
+            target_before,
+            reserved: fit.needed,
+            traffic_shifted_at_ms: fit.warm.then_some(at),
+            paused: None,
+            ramp: vec![100],
+            ramp_step: u32::from(fit.warm),
+            approved_by: None,
+            evacuation: None,
+        };
+        self.operations.insert(id.clone(), op);
+        if actor == crate::SYSTEM_ACTOR {
+            self.automatic_failovers.push((at, group.to_string()));
+            let excess = self.automatic_failovers.len().saturating_sub(HISTORY);
+            self.automatic_failovers.drain(..excess);
+        }
+        let g = &self.groups[group];
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "failover.start",
+            subject: group,
+            reason: &format!("{from} declared down"),
+            detail: json!({
+                "operation": id,
+                "from": from,
+                "to": to,
+                "warm": fit.warm,
+                "step": detail,
+                "reserved": fit.needed,
+                "placement_before": before,
+                "placement_after": g.placement,
+            }),
+            raft_index: index,
+        });
+        Ok(Applied::OperationStarted { id })
+    }
+
+    /// A failover's target is ready: a cold one now takes the traffic; either way it is done.
+    pub(super) fn finish_failover(&mut self, index: u64, at: u64, actor: &str, id: &str, detail: &str) -> Response {
+        let op = self.running_op(id, Phase::ScalingUp)?;
+        let (group, from, to, cold) =
+            (op.group.clone(), op.from.clone(), op.to.clone(), op.traffic_shifted_at_ms.is_none());
+        let g = self.groups.get_mut(&group).expect("an operation's group is never removed");
+        let before = g.placement.clone();
+        if cold {
+            route(&mut g.placement, &from, &to);
+            g.placement.epoch = index;
+        }
+        g.operation = None;
+        let op = self.operations.get_mut(id).expect("checked above");
+        if cold {
+            op.traffic_shifted_at_ms = Some(at);
+            op.ramp_step = 1;
+        }
+        op.reserved = Default::default();
+        op.outcome = Outcome::Succeeded;
+        op.error = None;
+        op.phase = Phase::Done;
+        op.finished_at_ms = Some(at);
+        op.updated_at_ms = at;
+        if let Some(step) = op.steps.last_mut() {
+            step.finished_at_ms = Some(at);
+            step.detail = format!("{}; {detail}", step.detail);
+        }
+        let rto = at.saturating_sub(op.created_at_ms);
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "failover.complete",
+            subject: &group,
+            reason: &format!("{from} declared down"),
+            detail: json!({
+                "operation": id,
+                "step": detail,
+                "duration_ms": rto,
+                "placement_before": before,
+                "placement_after": self.groups[&group].placement,
+            }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+}
+
+/// All traffic to `to`; `from` fenced with weight 0, its instances kept (nothing deleted).
+fn route(placement: &mut crate::model::Placement, from: &str, to: &str) {
+    for (site, share) in placement.sites.iter_mut() {
+        share.weight = if site == to { FULL_WEIGHT } else { 0 };
+    }
+    debug_assert!(placement.sites.contains_key(from) || from.is_empty());
+}
