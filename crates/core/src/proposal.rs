@@ -161,6 +161,15 @@ pub enum Action {
         evidence: Vec<crate::dr::detect::Evidence>,
         detect: crate::dr::detect::DetectConfig,
     },
+    /// A human declares `site` down (`fedctl failover --site`), knowing before the detector
+    /// does. Its groups fail over under the same guard rails; with `break_glass`, the brake,
+    /// cooldowns and rate limits are overridden for it (named in the audit record), never
+    /// freezes or capacity.
+    DeclareSiteDownManually {
+        site: String,
+        reason: String,
+        break_glass: bool,
+    },
     /// Fail `group` over from the declared-down site `from` to `to`, as `dr::guard::decide`
     /// chose: a warm standby takes the traffic at once, a cold one after it has scaled up; the
     /// failed site is fenced (weight 0) and nothing there is deleted.

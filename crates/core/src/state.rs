@@ -132,7 +132,9 @@ impl State {
     fn routing_scope(&self, action: &Action) -> Option<Vec<String>> {
         let op_group = |id: &str| self.operations.get(id).map(|o| o.group.clone()).into_iter().collect();
         Some(match action {
-            Action::RegisterSite(_) | Action::DeclareSiteDown { .. } => return None,
+            Action::RegisterSite(_) | Action::DeclareSiteDown { .. } | Action::DeclareSiteDownManually { .. } => {
+                return None;
+            }
             Action::StartFailover { group, .. } => vec![group.clone()],
             Action::TripBrake { .. } | Action::ReleaseBrake { .. } => vec![],
             Action::RegisterGroup(spec) | Action::UpdateGroup { spec, .. } => vec![spec.name.clone()],
@@ -369,6 +371,9 @@ impl State {
             Action::SetTtlBudget { max_ttl_s, reason } => self.set_ttl_budget(index, at, actor, *max_ttl_s, reason),
             Action::DeclareSiteDown { site, evidence, detect } => {
                 self.declare_site_down(index, at, actor, site, evidence, detect)
+            }
+            Action::DeclareSiteDownManually { site, reason, break_glass } => {
+                self.declare_site_down_manually(index, at, actor, site, reason, *break_glass)
             }
             Action::StartFailover { group, from, to } => self.start_failover(index, at, actor, group, from, to),
             Action::TripBrake { reason } => self.set_brake(index, at, actor, reason, true),
@@ -1050,7 +1055,9 @@ impl State {
 
     /// Whether any operation or evacuation may still take a step (the engine has work).
     pub fn has_work(&self) -> bool {
-        self.operations.values().any(|o| o.holds_group()) || self.evacuations.values().any(|e| e.is_running())
+        self.operations.values().any(|o| o.holds_group())
+            || self.evacuations.values().any(|e| e.is_running())
+            || self.groups.values().any(|g| g.placement.active_sites().iter().any(|s| self.down_sites.contains_key(*s)))
     }
 
     pub fn operations_in_flight(&self) -> usize {

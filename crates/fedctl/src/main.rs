@@ -132,6 +132,27 @@ enum Cmd {
     /// Drills: switchovers scheduled on purpose, with outcome and recovery time recorded.
     #[command(subcommand)]
     Drill(DrillCmd),
+    /// Declare a site down by hand (you know it is gone before the detector does): its groups
+    /// fail over to the survivors under the guard rails (dr-admin, admin).
+    Failover {
+        #[arg(long)]
+        site: String,
+        /// Why; recorded in the audit history. Required.
+        #[arg(long)]
+        reason: String,
+        /// Override the brake, cooldowns and rate limits for this site (named in the audit
+        /// record); freezes and capacity still hold.
+        #[arg(long)]
+        break_glass: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// The automation brake.
+    #[command(subcommand)]
+    Brake(BrakeCmd),
+    /// Disaster recovery: sites declared down, the brake, and what the guard rails hold back.
+    #[command(subcommand)]
+    Dr(DrCmd),
     /// The federator replicas: each one's view of the leader, term and applied index.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -290,6 +311,24 @@ enum FreezeCmd {
     },
     /// The freezes in force.
     List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrakeCmd {
+    /// Let automation act again after a guard rail halted it (dr-admin, admin).
+    Release {
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrCmd {
+    /// Sites declared down (by whom, on what evidence), the brake, groups held and why.
+    Status {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -749,6 +788,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Drill(DrillCmd::List { output }) => drill_list(&cfg_path, output).await,
+        Cmd::Failover { site, reason, break_glass, output } => {
+            let request = pb::DeclareSiteDownRequest { site, reason, break_glass };
+            let status = api(&cfg_path).await?.declare_site_down(request).await?.into_inner();
+            print_dr(&status, output);
+            Ok(())
+        }
+        Cmd::Brake(BrakeCmd::Release { reason }) => {
+            let status = api(&cfg_path).await?.release_brake(pb::ReleaseBrakeRequest { reason }).await?.into_inner();
+            print_dr(&status, Format::Table);
+            Ok(())
+        }
+        Cmd::Dr(DrCmd::Status { output }) => {
+            let status = api(&cfg_path).await?.get_dr_status(pb::GetDrStatusRequest {}).await?.into_inner();
+            print_dr(&status, output);
+            Ok(())
+        }
         Cmd::Freeze(FreezeCmd::Set { scope, reason, for_s }) => {
             let f = api(&cfg_path)
                 .await?
@@ -1325,6 +1380,42 @@ async fn switchover_status(cfg: &Path, id: Option<String>, output: Format) -> Re
         }
     }
     Ok(())
+}
+
+fn print_dr(s: &pb::DrStatus, output: Format) {
+    if output == Format::Json {
+        println!("{}", json(s));
+        return;
+    }
+    if s.brake.is_empty() {
+        println!("automation: running ({} automatic failovers in the last 10 min)", s.recent_failovers);
+    } else {
+        println!("automation: BRAKED by {} at {}: {}", s.brake_by, time(s.brake_at_ms), s.brake);
+        println!("  release it with: fedctl brake release --reason \"...\"");
+    }
+    if s.down_sites.is_empty() {
+        println!("no site is declared down");
+    }
+    for d in &s.down_sites {
+        let how = if d.manual_reason.is_empty() {
+            format!("on the evidence of {}", d.observers.join(", "))
+        } else {
+            format!("by hand: {}", d.manual_reason)
+        };
+        let glass = if d.break_glass.is_empty() {
+            String::new()
+        } else {
+            format!(" [break-glass: {}]", d.break_glass.join(", "))
+        };
+        println!("site {} declared down at {} by {} {how}{glass}", d.site, time(d.at_ms), d.actor);
+    }
+    if !s.held.is_empty() {
+        let mut t = table(&["site", "group", "held by", "detail"]);
+        for h in &s.held {
+            t.add_row(vec![h.site.clone(), h.group.clone(), h.rule.clone(), h.detail.clone()]);
+        }
+        println!("{t}");
+    }
 }
 
 async fn drill_list(cfg: &Path, output: Format) -> Result<(), CliError> {

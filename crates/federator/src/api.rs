@@ -568,6 +568,34 @@ impl Operator for OperatorService {
         }))
     }
 
+    async fn declare_site_down(
+        &self,
+        req: Request<pb::DeclareSiteDownRequest>,
+    ) -> Result<Response<pb::DrStatus>, Status> {
+        let who = authorise(&req, Role::can_freeze, "declare a site down")?;
+        let r = req.into_inner();
+        let action =
+            Action::DeclareSiteDownManually { site: r.site.clone(), reason: r.reason, break_glass: r.break_glass };
+        self.fed.propose(&who.to_string(), action).await?;
+        tracing::warn!(site = %r.site, actor = %who, break_glass = r.break_glass, "site declared down by hand");
+        metrics::counter!("federator_sites_declared_down_total", "by" => "human").increment(1);
+        Ok(Response::new(self.dr_status()))
+    }
+
+    async fn release_brake(&self, req: Request<pb::ReleaseBrakeRequest>) -> Result<Response<pb::DrStatus>, Status> {
+        let who = authorise(&req, Role::can_freeze, "release the brake")?;
+        let r = req.into_inner();
+        self.fed.propose(&who.to_string(), Action::ReleaseBrake { reason: r.reason }).await?;
+        tracing::warn!(actor = %who, "automation brake released");
+        Ok(Response::new(self.dr_status()))
+    }
+
+    async fn get_dr_status(&self, req: Request<pb::GetDrStatusRequest>) -> Result<Response<pb::DrStatus>, Status> {
+        authorise(&req, Role::can_view, "read the disaster-recovery status")?;
+        self.fed.read_barrier().await?;
+        Ok(Response::new(self.dr_status()))
+    }
+
     async fn set_freeze(&self, req: Request<pb::SetFreezeRequest>) -> Result<Response<pb::Freeze>, Status> {
         let id = authorise(&req, Role::can_freeze, "set freezes")?;
         let r = req.into_inner();
@@ -650,6 +678,55 @@ impl Operator for OperatorService {
 }
 
 impl OperatorService {
+    /// The brake, the sites declared down, and what the guard rails hold back now.
+    fn dr_status(&self) -> pb::DrStatus {
+        use switchyard_core::dr::{guard, history};
+        let now = now_ms();
+        let cfg = &self.fed.config.engine.guard;
+        self.fed.shared.read(|s| {
+            let down: std::collections::BTreeSet<String> = s.down_sites.keys().cloned().collect();
+            let mut held = Vec::new();
+            for (site, d) in &s.down_sites {
+                let decision = guard::decide(
+                    s,
+                    site,
+                    &down,
+                    &Default::default(),
+                    &history(s),
+                    now,
+                    cfg,
+                    !d.break_glass.is_empty(),
+                );
+                held.extend(decision.held.into_iter().map(|h| pb::HeldGroup {
+                    site: site.clone(),
+                    group: h.group,
+                    rule: h.rule.as_str().to_string(),
+                    detail: h.detail,
+                }));
+            }
+            pb::DrStatus {
+                brake: s.brake.as_ref().map(|b| b.reason.clone()).unwrap_or_default(),
+                brake_by: s.brake.as_ref().map(|b| b.actor.clone()).unwrap_or_default(),
+                brake_at_ms: s.brake.as_ref().map_or(0, |b| b.at_ms),
+                down_sites: s
+                    .down_sites
+                    .iter()
+                    .map(|(site, d)| pb::DownSite {
+                        site: site.clone(),
+                        at_ms: d.at_ms,
+                        actor: d.actor.clone(),
+                        manual_reason: d.manual.clone().unwrap_or_default(),
+                        break_glass: d.break_glass.clone(),
+                        observers: d.evidence.iter().map(|e| format!("{} ({})", e.observer, e.domain)).collect(),
+                    })
+                    .collect(),
+                held,
+                recent_failovers: s.automatic_failovers.iter().filter(|(t, _)| now.saturating_sub(*t) < 600_000).count()
+                    as u32,
+            }
+        })
+    }
+
     fn drill(&self, id: &str) -> Result<pb::Drill, Status> {
         self.fed.shared.read(|s| {
             s.drills

@@ -113,6 +113,9 @@ pub struct FailoverDecision {
 
 /// What automatic failover of `failed` may do at `now_ms`. `down` are the sites declared down
 /// (including `failed`), `suspect` the sites some observer sees unhealthy: neither is a target.
+/// With `break_glass` (a human's audited override) the brake, cooldowns and rate limits do not
+/// apply; freezes and capacity still do.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     state: &State,
     failed: &str,
@@ -121,6 +124,7 @@ pub fn decide(
     history: &AutomationHistory,
     now_ms: u64,
     cfg: &GuardConfig,
+    break_glass: bool,
 ) -> FailoverDecision {
     let mut out = FailoverDecision::default();
     let mut groups: Vec<&crate::model::AppGroup> =
@@ -129,7 +133,7 @@ pub fn decide(
     let hold_all = |rule: Rule, detail: &str, out: &mut FailoverDecision| {
         out.held.extend(groups.iter().map(|g| Held { group: g.spec.name.clone(), rule, detail: detail.to_string() }));
     };
-    if let Some(why) = &history.brake {
+    if let Some(why) = history.brake.as_ref().filter(|_| !break_glass) {
         hold_all(
             Rule::Brake,
             &format!("automation is braked ({why}); a human must run fedctl brake release"),
@@ -138,7 +142,7 @@ pub fn decide(
         return out;
     }
     let sites = state.sites.len().max(1);
-    if down.len() * 100 > sites * cfg.brake_sites_percent as usize {
+    if !break_glass && down.len() * 100 > sites * cfg.brake_sites_percent as usize {
         let why = format!(
             "{} of {} sites declared down at once ({}), more than {}%",
             down.len(),
@@ -151,7 +155,7 @@ pub fn decide(
         return out;
     }
     let recent = |window: u64| history.failovers.iter().filter(|(t, _)| now_ms.saturating_sub(*t) < window).count();
-    if recent(cfg.failover_window_ms) + groups.len() > cfg.max_failovers as usize {
+    if !break_glass && recent(cfg.failover_window_ms) + groups.len() > cfg.max_failovers as usize {
         let why = format!(
             "{} automatic failovers in the last {} s plus {} more wanted, more than {}",
             recent(cfg.failover_window_ms),
@@ -165,7 +169,7 @@ pub fn decide(
     }
     let sick = down.union(suspect).count() as u32;
     let rate = if sick >= cfg.sick_sites_for_secondary { cfg.secondary_rate_per_minute } else { cfg.rate_per_minute };
-    let mut budget = (rate as usize).saturating_sub(recent(60_000));
+    let mut budget = if break_glass { usize::MAX } else { (rate as usize).saturating_sub(recent(60_000)) };
     let last_action: BTreeMap<&str, u64> = history.failovers.iter().map(|(t, g)| (g.as_str(), *t)).collect();
     // Capacity taken by the moves decided so far, per target: totals and instances.
     let mut taken: BTreeMap<String, (Resources, Vec<Resources>)> = BTreeMap::new();
@@ -176,7 +180,8 @@ pub fn decide(
             out.held.push(held(Rule::Freeze, format!("frozen ({scope}, by {}: {})", f.actor, f.reason)));
             continue;
         }
-        if let Some(t) = last_action.get(name).filter(|t| now_ms.saturating_sub(**t) < cfg.cooldown_ms) {
+        if let Some(t) = last_action.get(name).filter(|t| !break_glass && now_ms.saturating_sub(**t) < cfg.cooldown_ms)
+        {
             let left = cfg.cooldown_ms - now_ms.saturating_sub(*t);
             out.held.push(held(
                 Rule::Cooldown,

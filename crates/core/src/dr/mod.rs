@@ -18,7 +18,17 @@ pub struct Declaration {
     pub at_ms: u64,
     pub actor: String,
     pub evidence: Vec<detect::Evidence>,
+    /// A human's declaration (`fedctl failover --site`): their reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual: Option<String>,
+    /// Break-glass: the guard rails this site's failovers override (brake, cooldown, rate
+    /// limit); never capacity or freezes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub break_glass: Vec<String>,
 }
+
+/// The guard rails a break-glass declaration overrides, by name.
+pub const BREAK_GLASS_OVERRIDES: [guard::Rule; 3] = [guard::Rule::Brake, guard::Rule::Cooldown, guard::Rule::RateLimit];
 
 /// Automation halted: by which rule (or person) and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +58,8 @@ pub fn decide(state: &State, suspect: &BTreeSet<String>, now_ms: u64, cfg: &guar
     let history = history(state);
     let mut out = Vec::new();
     for site in &down {
-        let d = guard::decide(state, site, &down, suspect, &history, now_ms, cfg);
+        let break_glass = state.down_sites.get(site).is_some_and(|d| !d.break_glass.is_empty());
+        let d = guard::decide(state, site, &down, suspect, &history, now_ms, cfg, break_glass);
         if let Some(reason) = d.trip_brake {
             return vec![Action::TripBrake { reason }];
         }

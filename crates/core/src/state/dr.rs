@@ -29,8 +29,16 @@ impl State {
             .map_err(|why| Refusal::Invalid(format!("site {site:?} cannot be declared down: {why}")))?;
         let before = s.state;
         self.sites.get_mut(site).expect("checked above").state = SiteState::Down;
-        self.down_sites
-            .insert(site.to_string(), Declaration { at_ms: at, actor: actor.to_string(), evidence: evidence.to_vec() });
+        self.down_sites.insert(
+            site.to_string(),
+            Declaration {
+                at_ms: at,
+                actor: actor.to_string(),
+                evidence: evidence.to_vec(),
+                manual: None,
+                break_glass: vec![],
+            },
+        );
         self.audit.append(Entry {
             time_ms: at,
             actor,
@@ -38,6 +46,54 @@ impl State {
             subject: site,
             reason: "observers in a quorum of failure domains see it unhealthy",
             detail: json!({ "before": before.as_str(), "evidence": evidence, "detect": detect }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
+    pub(super) fn declare_site_down_manually(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        site: &str,
+        reason: &str,
+        break_glass: bool,
+    ) -> Response {
+        let s = self.sites.get(site).ok_or_else(|| Refusal::UnknownSite(site.to_string()))?;
+        if reason.trim().is_empty() {
+            return Err(Refusal::Invalid(format!("declaring {site:?} down needs a reason")));
+        }
+        if let Some(d) = self.down_sites.get(site) {
+            return Err(Refusal::Invalid(format!(
+                "site {site:?} was already declared down by {} at {} ms",
+                d.actor, d.at_ms
+            )));
+        }
+        let before = s.state;
+        let overrides: Vec<String> = if break_glass {
+            crate::dr::BREAK_GLASS_OVERRIDES.iter().map(|r| r.as_str().to_string()).collect()
+        } else {
+            vec![]
+        };
+        self.sites.get_mut(site).expect("checked above").state = SiteState::Down;
+        self.down_sites.insert(
+            site.to_string(),
+            Declaration {
+                at_ms: at,
+                actor: actor.to_string(),
+                evidence: vec![],
+                manual: Some(reason.to_string()),
+                break_glass: overrides.clone(),
+            },
+        );
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: if break_glass { "site.declared-down.break-glass" } else { "site.declared-down" },
+            subject: site,
+            reason,
+            detail: json!({ "before": before.as_str(), "manual": true, "overrides": overrides }),
             raft_index: index,
         });
         Ok(Applied::Changed)
@@ -84,7 +140,8 @@ impl State {
         if !self.down_sites.contains_key(from) {
             return Err(invalid(format!("{from} is not declared down")));
         }
-        if let Some(b) = &self.brake {
+        let break_glass = self.down_sites.get(from).is_some_and(|d| !d.break_glass.is_empty());
+        if let Some(b) = self.brake.as_ref().filter(|_| !break_glass) {
             return Err(invalid(format!("automation is braked ({}); release the brake first", b.reason)));
         }
         let g = self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;

@@ -35,8 +35,16 @@ fn held(d: &switchyard_core::dr::guard::FailoverDecision) -> Vec<(&str, Rule)> {
 fn groups_fail_over_by_tier_to_survivors_with_room_reserved_as_they_go() {
     // site-2 has room for 300 (a, then crm-web's 200), site-3 for 100 (b).
     let f = failed_site_1(300, 100);
-    let d =
-        decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &GuardConfig::default());
+    let d = decide(
+        &f.state,
+        "site-1",
+        &set(&["site-1"]),
+        &set(&[]),
+        &Default::default(),
+        f.now,
+        &GuardConfig::default(),
+        false,
+    );
     let moves: Vec<(&str, &str)> = d.moves.iter().map(|m| (m.group.as_str(), m.to.as_str())).collect();
     assert_eq!(moves, [("a", "site-2"), ("crm-web", "site-2"), ("b", "site-3")]);
     assert!(d.held.is_empty() && d.trip_brake.is_none());
@@ -44,8 +52,16 @@ fn groups_fail_over_by_tier_to_survivors_with_room_reserved_as_they_go() {
     // Not enough anywhere for everything: taken in tier order, what fits goes (b's one
     // instance still fits after crm-web's two did not), the rest is held with the reason.
     let f = failed_site_1(200, 0);
-    let d =
-        decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &GuardConfig::default());
+    let d = decide(
+        &f.state,
+        "site-1",
+        &set(&["site-1"]),
+        &set(&[]),
+        &Default::default(),
+        f.now,
+        &GuardConfig::default(),
+        false,
+    );
     let moves: Vec<&str> = d.moves.iter().map(|m| m.group.as_str()).collect();
     assert_eq!(moves, ["a", "b"], "{d:?}");
     assert_eq!(held(&d), [("crm-web", Rule::Capacity)]);
@@ -63,6 +79,7 @@ fn no_surviving_target_is_no_feasible_target_never_all_healthy() {
         &Default::default(),
         f.now,
         &GuardConfig { brake_sites_percent: 100, ..Default::default() },
+        false,
     );
     assert!(d.moves.is_empty());
     assert_eq!(
@@ -76,20 +93,20 @@ fn no_surviving_target_is_no_feasible_target_never_all_healthy() {
 fn two_of_three_sites_down_trips_the_brake_and_a_braked_federation_moves_nothing() {
     let f = failed_site_1(10_000, 10_000);
     let down = set(&["site-1", "site-2"]);
-    let d = decide(&f.state, "site-1", &down, &set(&[]), &Default::default(), f.now, &GuardConfig::default());
+    let d = decide(&f.state, "site-1", &down, &set(&[]), &Default::default(), f.now, &GuardConfig::default(), false);
     assert!(d.moves.is_empty());
     let why = d.trip_brake.clone().expect("the brake trips");
     assert!(why.contains("2 of 3 sites declared down"), "{why}");
     assert!(held(&d).iter().all(|(_, r)| *r == Rule::Brake));
     // Once braked, even one failed site moves nothing until a human releases it.
     let history = AutomationHistory { brake: Some(why), failovers: vec![] };
-    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now, &GuardConfig::default());
+    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now, &GuardConfig::default(), false);
     assert!(d.moves.is_empty() && d.trip_brake.is_none());
     assert!(d.held[0].detail.contains("fedctl brake release"), "{}", d.held[0].detail);
     // Too many automatic failovers in the window trips it too.
     let busy =
         AutomationHistory { brake: None, failovers: (0..49).map(|i| (f.now - 1_000, format!("x{i}"))).collect() };
-    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &busy, f.now, &GuardConfig::default());
+    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &busy, f.now, &GuardConfig::default(), false);
     assert!(d.trip_brake.unwrap().contains("49 automatic failovers"));
 }
 
@@ -97,12 +114,12 @@ fn two_of_three_sites_down_trips_the_brake_and_a_braked_federation_moves_nothing
 fn a_flapping_site_fails_a_group_over_at_most_once_per_cooldown() {
     let f = failed_site_1(10_000, 10_000);
     let cfg = GuardConfig::default();
-    let first = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &cfg);
+    let first = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &cfg, false);
     assert_eq!(first.moves.len(), 3);
     // The site came back, flapped, and is declared down again a minute later.
     let history =
         AutomationHistory { brake: None, failovers: first.moves.iter().map(|m| (f.now, m.group.clone())).collect() };
-    let again = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now + 60_000, &cfg);
+    let again = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now + 60_000, &cfg, false);
     assert!(again.moves.is_empty(), "{again:?}");
     assert!(held(&again).iter().all(|(_, r)| *r == Rule::Cooldown));
     assert!(again.held[0].detail.contains("cooldown has 540 s left"), "{}", again.held[0].detail);
@@ -110,7 +127,7 @@ fn a_flapping_site_fails_a_group_over_at_most_once_per_cooldown() {
     f.now += cfg.cooldown_ms;
     f.report("site-2", 10_000, &[]);
     f.report("site-3", 10_000, &[]);
-    let later = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now, &cfg);
+    let later = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now, &cfg, false);
     assert_eq!(later.moves.len(), 3, "eligible again after the cooldown");
 }
 
@@ -122,12 +139,12 @@ fn freezes_and_rate_limits_hold_groups_naming_the_rule() {
         Action::SetFreeze { scope: FreezeScope::Group("b".into()), reason: "audit week".into(), until_ms: None },
     );
     let cfg = GuardConfig { rate_per_minute: 1, secondary_rate_per_minute: 0, ..Default::default() };
-    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &cfg);
+    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &cfg, false);
     assert_eq!(d.moves.len(), 1);
     assert_eq!(held(&d), [("crm-web", Rule::RateLimit), ("b", Rule::Freeze)]);
     assert!(d.held[1].detail.contains("audit week"));
     // With a second site sick, the slower rate applies: nothing this minute.
-    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&["site-3"]), &Default::default(), f.now, &cfg);
+    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&["site-3"]), &Default::default(), f.now, &cfg, false);
     assert!(d.moves.is_empty(), "{d:?}");
     assert!(d.held[0].detail.contains("at most 0 automatic failovers a minute (2 sites sick)"), "{}", d.held[0].detail);
 }
@@ -143,7 +160,8 @@ fn a_warm_standby_is_preferred_and_needs_no_new_capacity() {
         .placement
         .sites
         .insert("site-3".into(), switchyard_core::SiteShare { instances: [("web".to_string(), 2)].into(), weight: 0 });
-    let d = decide(&st, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &GuardConfig::default());
+    let d =
+        decide(&st, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &GuardConfig::default(), false);
     let crm = d.moves.iter().find(|m| m.group == "crm-web").unwrap();
     assert_eq!((crm.to.as_str(), crm.warm, crm.reserved), ("site-3", true, Resources::default()));
     // The others, cold, go where there is the most room left (a tie: by name).
@@ -322,5 +340,54 @@ mod committed {
         f.tick(1_000);
         assert_eq!(f.op(&id).outcome, Outcome::Succeeded);
         assert_ne!(f.state.groups["a"].placement.active_sites(), vec!["site-1"]);
+    }
+
+    #[test]
+    fn a_human_declares_a_site_down_under_the_same_rules_and_break_glass_names_what_it_overrides() {
+        let mut f = failed_site_1(10_000, 10_000);
+        survivors_follow(&mut f);
+        let manual = |break_glass: bool, reason: &str| Action::DeclareSiteDownManually {
+            site: "site-1".into(),
+            reason: reason.into(),
+            break_glass,
+        };
+        assert!(f.propose("dr-admin:dana", manual(false, " ")).unwrap_err().to_string().contains("needs a reason"));
+        // Automation is braked: a plain manual declaration moves nothing.
+        f.ok("dr-admin:dana", Action::TripBrake { reason: "storm".into() });
+        f.ok(
+            "dr-admin:dana",
+            Action::SetFreeze { scope: FreezeScope::Group("b".into()), reason: "audit week".into(), until_ms: None },
+        );
+        f.ok("dr-admin:dana", manual(false, "site-1 lost power"));
+        assert!(f.tick(100).is_empty(), "braked");
+        assert!(
+            f.propose("dr-admin:dana", manual(true, "again")).unwrap_err().to_string().contains("already declared")
+        );
+        // Break-glass overrides the brake (not the freeze): a fresh declaration on another
+        // federation state shows it.
+        let mut g = failed_site_1(10_000, 10_000);
+        survivors_follow(&mut g);
+        g.ok("dr-admin:dana", Action::TripBrake { reason: "storm".into() });
+        g.ok(
+            "dr-admin:dana",
+            Action::SetFreeze { scope: FreezeScope::Group("b".into()), reason: "audit week".into(), until_ms: None },
+        );
+        g.ok("dr-admin:dana", manual(true, "site-1 lost power; CAB on the phone"));
+        let record = g.state.audit.records().last().unwrap();
+        assert_eq!(record.action, "site.declared-down.break-glass");
+        assert!(
+            record.detail_json.contains("brake") && record.detail_json.contains("rate-limit"),
+            "{}",
+            record.detail_json
+        );
+        let started = g.tick(100);
+        let groups: Vec<&str> = started
+            .iter()
+            .filter_map(|a| match a {
+                Action::StartFailover { group, .. } => Some(group.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(groups, ["a", "crm-web"], "b stays frozen: {started:?}");
     }
 }
