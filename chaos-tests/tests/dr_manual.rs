@@ -79,6 +79,7 @@ fn an_operator_fails_a_dead_site_over_and_a_second_failure_brakes_automation() {
         let kept: u64 = on_1["instances"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
         assert!(kept > 0, "nothing deleted on the dead site: {g}");
         assert_eq!(on_1["weight"].as_u64().unwrap_or(0), 0, "fenced: {g}");
+        assert_eq!(on_1["health"], "unknown", "a dead site's instances are unknown, never ready: {g}");
     }
 
     // A second site declared down: two of three at once trips the brake.

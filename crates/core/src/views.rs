@@ -328,6 +328,32 @@ pub fn group_counts_on(state: &State, group: &str, site: &str) -> (u32, u32) {
     state.reports.get(site).and_then(|r| r.report.groups.get(group)).map_or((0, 0), |g| (g.running(), g.healthy()))
 }
 
+/// What is known of a group's instances on a site at `now_ms`: `unknown` when the site is
+/// declared down or its cell has no fresh report (never `healthy` on old news), otherwise
+/// `healthy` (every desired instance healthy), `degraded`, `unhealthy` (none), or `idle`
+/// (none desired).
+pub fn placement_health(state: &State, group: &str, site: &str, now_ms: u64) -> &'static str {
+    let desired = state.groups.get(group).map_or(0, |g| g.placement.share(site).total_instances());
+    let fresh = state.reports.get(site).filter(|r| r.age_ms(now_ms) <= crate::REPORT_FRESH_MS);
+    let down = state.down_sites.contains_key(site)
+        || state.sites.get(site).is_some_and(|s| matches!(s.state, crate::model::SiteState::Down));
+    match fresh {
+        _ if down => "unknown",
+        None => "unknown",
+        Some(_) if desired == 0 => "idle",
+        Some(r) => {
+            let healthy = r.report.groups.get(group).map_or(0, |g| g.healthy());
+            if healthy >= desired {
+                "healthy"
+            } else if healthy == 0 {
+                "unhealthy"
+            } else {
+                "degraded"
+            }
+        }
+    }
+}
+
 /// Instances per app of a group on each site it is placed on.
 pub fn placement_instances(state: &State, group: &str) -> BTreeMap<SiteName, BTreeMap<String, u32>> {
     state

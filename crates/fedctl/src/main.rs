@@ -1088,7 +1088,7 @@ async fn groups(cfg: &Path, output: Format) -> Result<(), CliError> {
                 "dns name",
                 "ttl",
                 "active",
-                "placement (site: healthy/running, weight)",
+                "placement (site: health, healthy/running of desired, weight)",
                 "epoch",
                 "operation",
             ]);
@@ -1098,7 +1098,7 @@ async fn groups(cfg: &Path, output: Format) -> Result<(), CliError> {
                     .iter()
                     .map(|p| {
                         let want: u32 = p.instances.values().sum();
-                        format!("{}: {}/{} of {want}, w{}", p.site, p.healthy, p.running, p.weight)
+                        format!("{}: {}, {}/{} of {want}, w{}", p.site, p.health, p.healthy, p.running, p.weight)
                     })
                     .collect();
                 t.add_row(vec![

@@ -190,6 +190,7 @@ impl Operator for OperatorService {
         authorise(&req, Role::can_view, "list groups")?;
         self.fed.read_barrier().await?;
         let zone = self.fed.config.zone.clone();
+        let now = now_ms();
         let groups = self.fed.shared.read(|s| {
             s.groups
                 .values()
@@ -212,6 +213,8 @@ impl Operator for OperatorService {
                                 weight: share.weight,
                                 running,
                                 healthy,
+                                health: switchyard_core::views::placement_health(s, &g.spec.name, site, now)
+                                    .to_string(),
                             }
                         })
                         .collect(),

@@ -390,4 +390,20 @@ mod committed {
             .collect();
         assert_eq!(groups, ["a", "crm-web"], "b stays frozen: {started:?}");
     }
+
+    #[test]
+    fn a_group_on_a_silent_or_declared_site_is_unknown_never_healthy() {
+        use switchyard_core::views::placement_health;
+        let mut f = failed_site_1(10_000, 10_000);
+        assert_eq!(placement_health(&f.state, "crm-web", "site-1", f.now), "healthy");
+        f.report("site-1", 1000, &[("crm-web", 1, 1), ("a", 1, 0), ("b", 1, 0)]);
+        assert_eq!(placement_health(&f.state, "crm-web", "site-1", f.now), "degraded");
+        assert_eq!(placement_health(&f.state, "crm-web", "site-2", f.now), "idle");
+        // The cell's last report said healthy, but it is old news now.
+        f.report("site-1", 1000, &[("crm-web", 2, 0), ("a", 1, 0), ("b", 1, 0)]);
+        assert_eq!(placement_health(&f.state, "crm-web", "site-1", f.now + 11_000), "unknown");
+        let now = f.now;
+        declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 10_000, now)).unwrap();
+        assert_eq!(placement_health(&f.state, "crm-web", "site-1", f.now), "unknown", "declared down");
+    }
 }
