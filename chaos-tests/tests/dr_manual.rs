@@ -1,8 +1,9 @@
 //! Manual disaster recovery with the real binaries: site-1 dies at once (kill -9 of its cell,
 //! nodes, instances and ingress proxy); an operator who knows declares it down with
 //! `fedctl failover --site site-1`; every group serves from a survivor, DNS answers the
-//! survivor, nothing was needed from the dead site. Declaring a second of three sites down
-//! trips the brake, which holds until a human releases it.
+//! survivor, nothing was needed from the dead site. The site returns: its groups stay fenced,
+//! nothing deleted, until it is reclaimed by hand. Two of three sites declared down at once
+//! trip the brake, which holds until a human releases it.
 
 use std::time::Duration;
 
@@ -82,9 +83,52 @@ fn an_operator_fails_a_dead_site_over_and_a_second_failure_brakes_automation() {
         assert_eq!(on_1["health"], "unknown", "a dead site's instances are unknown, never ready: {g}");
     }
 
-    // A second site declared down: two of three at once trips the brake.
-    let out = as_dana(&["failover", "--site", "site-2", "--reason", "site-2 unreachable too?"]);
+    // site-1 returns: its cell and nodes restart, learn the new epoch, and the groups stay
+    // fenced there (no traffic) with nothing deleted.
+    let site_1: Vec<String> = fed.cluster["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["site"] == "site-1")
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in &site_1 {
+        let out = fedctl(&dir, &["restart", name, "--dir", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
+    wait_for(Duration::from_secs(60), "site-1's cell to report again", || {
+        let sites = fedctl_json(&dir, &["sites"]);
+        let s1 = sites.as_array().unwrap().iter().find(|s| s["name"] == "site-1").cloned().unwrap();
+        (s1["report_age_ms"].as_u64().is_some_and(|a| a < 5_000)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    for name in ["crm-web.fed.local.", "mobile-app.fed.local."] {
+        assert_ne!(dig_a(&dns, name), ["127.0.1.1"], "{name} stays off the returned site");
+    }
+    let groups = fedctl_json(&dir, &["groups"]);
+    for g in groups.as_array().unwrap() {
+        let on_1 = g["placement"].as_array().unwrap().iter().find(|p| p["site"] == "site-1").expect("kept");
+        assert_eq!(on_1["weight"].as_u64().unwrap_or(0), 0, "still fenced: {g}");
+        assert!(on_1["instances"].as_object().unwrap().values().any(|n| n.as_u64() > Some(0)), "{g}");
+    }
+    // Reclaimed by hand: the fenced instances on site-1 stop, the site is active again.
+    let out = as_dana(&["site", "reclaim", "site-1", "--reason", "power restored (INC-77)"]);
     assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(60), "site-1's fenced instances to stop", || {
+        let left = task_processes(&dir)
+            .into_iter()
+            .filter(|t| t.env.get("SWITCHYARD_SITE").map(String::as_str) == Some("site-1"))
+            .count();
+        (left == 0).then_some(())
+    });
+    let status = fedctl_json(&dir, &["dr", "status"]);
+    assert!(status["down_sites"].as_array().is_none_or(|d| d.is_empty()), "{status}");
+
+    // Two of three sites declared down at once trips the brake.
+    for site in ["site-2", "site-3"] {
+        let out = as_dana(&["failover", "--site", site, "--reason", "unreachable?"]);
+        assert!(out.status.success(), "{out:?}");
+    }
     let braked = wait_for(Duration::from_secs(30), "the brake", || {
         let s = fedctl_json(&dir, &["dr", "status"]);
         (!s["brake"].as_str().unwrap_or_default().is_empty()).then_some(s)

@@ -178,6 +178,13 @@ pub enum Action {
         from: String,
         to: String,
     },
+    /// A human takes a site declared down back into service once it has returned: the
+    /// instances of groups that failed over away from it (fenced there, weight 0) are stopped,
+    /// and the site is active again. Groups still served there keep their instances.
+    ReclaimSite {
+        site: String,
+        reason: String,
+    },
     /// Automation halts, with the guard rail's reason, until a human releases it.
     TripBrake {
         reason: String,

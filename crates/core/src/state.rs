@@ -132,7 +132,10 @@ impl State {
     fn routing_scope(&self, action: &Action) -> Option<Vec<String>> {
         let op_group = |id: &str| self.operations.get(id).map(|o| o.group.clone()).into_iter().collect();
         Some(match action {
-            Action::RegisterSite(_) | Action::DeclareSiteDown { .. } | Action::DeclareSiteDownManually { .. } => {
+            Action::RegisterSite(_)
+            | Action::DeclareSiteDown { .. }
+            | Action::DeclareSiteDownManually { .. }
+            | Action::ReclaimSite { .. } => {
                 return None;
             }
             Action::StartFailover { group, .. } => vec![group.clone()],
@@ -376,6 +379,7 @@ impl State {
                 self.declare_site_down_manually(index, at, actor, site, reason, *break_glass)
             }
             Action::StartFailover { group, from, to } => self.start_failover(index, at, actor, group, from, to),
+            Action::ReclaimSite { site, reason } => self.reclaim_site(index, at, actor, site, reason),
             Action::TripBrake { reason } => self.set_brake(index, at, actor, reason, true),
             Action::ReleaseBrake { reason } => self.set_brake(index, at, actor, reason, false),
             Action::ScheduleDrill { group, to, at_ms, reason } => {

@@ -150,6 +150,9 @@ enum Cmd {
     /// The automation brake.
     #[command(subcommand)]
     Brake(BrakeCmd),
+    /// A site declared down.
+    #[command(subcommand)]
+    Site(SiteCmd),
     /// Disaster recovery: sites declared down, the brake, and what the guard rails hold back.
     #[command(subcommand)]
     Dr(DrCmd),
@@ -313,6 +316,17 @@ enum FreezeCmd {
     List {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Take a returned site back into service (dr-admin, admin): the fenced instances of the
+    /// groups that failed over away from it are stopped; groups still served there stay.
+    Reclaim {
+        site: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -792,6 +806,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let request = pb::DeclareSiteDownRequest { site, reason, break_glass };
             let status = api(&cfg_path).await?.declare_site_down(request).await?.into_inner();
             print_dr(&status, output);
+            Ok(())
+        }
+        Cmd::Site(SiteCmd::Reclaim { site, reason }) => {
+            let status =
+                api(&cfg_path).await?.reclaim_site(pb::ReclaimSiteRequest { site, reason }).await?.into_inner();
+            print_dr(&status, Format::Table);
             Ok(())
         }
         Cmd::Brake(BrakeCmd::Release { reason }) => {

@@ -593,6 +593,14 @@ impl Operator for OperatorService {
         Ok(Response::new(self.dr_status()))
     }
 
+    async fn reclaim_site(&self, req: Request<pb::ReclaimSiteRequest>) -> Result<Response<pb::DrStatus>, Status> {
+        let who = authorise(&req, Role::can_freeze, "reclaim a site")?;
+        let r = req.into_inner();
+        self.fed.propose(&who.to_string(), Action::ReclaimSite { site: r.site.clone(), reason: r.reason }).await?;
+        tracing::warn!(site = %r.site, actor = %who, "site reclaimed");
+        Ok(Response::new(self.dr_status()))
+    }
+
     async fn get_dr_status(&self, req: Request<pb::GetDrStatusRequest>) -> Result<Response<pb::DrStatus>, Status> {
         authorise(&req, Role::can_view, "read the disaster-recovery status")?;
         self.fed.read_barrier().await?;

@@ -99,6 +99,49 @@ impl State {
         Ok(Applied::Changed)
     }
 
+    pub(super) fn reclaim_site(&mut self, index: u64, at: u64, actor: &str, site: &str, reason: &str) -> Response {
+        if !self.sites.contains_key(site) {
+            return Err(Refusal::UnknownSite(site.to_string()));
+        }
+        if reason.trim().is_empty() {
+            return Err(Refusal::Invalid(format!("reclaiming {site:?} needs a reason")));
+        }
+        let Some(declaration) = self.down_sites.get(site) else {
+            return Err(Refusal::Invalid(format!("site {site:?} is not declared down; there is nothing to reclaim")));
+        };
+        if let Some(op) =
+            self.operations.values().find(|o| o.holds_group() && o.from == site && o.kind == OperationKind::Failover)
+        {
+            return Err(Refusal::Invalid(format!(
+                "failover {} of {} from {site} has not finished; reclaim once it has",
+                op.id, op.group
+            )));
+        }
+        let declared_by = declaration.actor.clone();
+        let mut cleaned = Vec::new();
+        for g in self.groups.values_mut() {
+            let moved_away = g.placement.sites.get(site).is_some_and(|s| s.weight == 0)
+                && g.placement.active_sites().iter().any(|s| *s != site);
+            if moved_away && g.operation.is_none() {
+                g.placement.sites.remove(site);
+                g.placement.epoch = index;
+                cleaned.push(g.spec.name.clone());
+            }
+        }
+        self.down_sites.remove(site);
+        self.sites.get_mut(site).expect("checked above").state = SiteState::Active;
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "site.reclaimed",
+            subject: site,
+            reason,
+            detail: json!({ "declared_down_by": declared_by, "stopped_groups": cleaned }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
     pub(super) fn set_brake(&mut self, index: u64, at: u64, actor: &str, reason: &str, engage: bool) -> Response {
         if reason.trim().is_empty() {
             return Err(Refusal::Invalid("the brake needs a reason".into()));

@@ -406,4 +406,41 @@ mod committed {
         declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 10_000, now)).unwrap();
         assert_eq!(placement_health(&f.state, "crm-web", "site-1", f.now), "unknown", "declared down");
     }
+
+    #[test]
+    fn a_returned_site_is_reclaimed_by_hand_stopping_only_what_moved_away() {
+        let mut f = failed_site_1(10_000, 200);
+        survivors_follow(&mut f);
+        let reclaim = |f: &mut Fed, reason: &str| {
+            f.propose("dr-admin:dana", Action::ReclaimSite { site: "site-1".into(), reason: reason.into() })
+        };
+        assert!(reclaim(&mut f, "back").unwrap_err().to_string().contains("not declared down"));
+        let now = f.now;
+        declare(&mut f, "site-1", evidence(&[("fed-2", "site-2"), ("fed-3", "site-3")], now - 10_000, now)).unwrap();
+        // `b` is frozen: it does not fail over, and site-1 still serves it.
+        f.ok(
+            "dr-admin:dana",
+            Action::SetFreeze { scope: FreezeScope::Group("b".into()), reason: "audit week".into(), until_ms: None },
+        );
+        for _ in 0..5 {
+            survivors_follow(&mut f);
+            f.tick(1_000);
+        }
+        assert_eq!(f.state.groups["b"].placement.active_sites(), vec!["site-1"]);
+        assert!(reclaim(&mut f, " ").unwrap_err().to_string().contains("needs a reason"));
+        let before: Vec<u32> =
+            ["a", "crm-web"].iter().map(|g| f.state.groups[*g].placement.share("site-1").total_instances()).collect();
+        assert!(before.iter().all(|n| *n > 0), "nothing was deleted while it was down");
+        reclaim(&mut f, "site-1 power restored (INC-77)").unwrap();
+        assert_eq!(f.state.sites["site-1"].state, switchyard_core::SiteState::Active);
+        assert!(f.state.down_sites.is_empty());
+        for g in ["a", "crm-web"] {
+            assert!(!f.state.groups[g].placement.sites.contains_key("site-1"), "{g}'s fenced instances are stopped");
+        }
+        assert_eq!(f.state.groups["b"].placement.share("site-1").total_instances(), 1, "b is still served there");
+        let record = f.state.audit.records().last().unwrap();
+        assert_eq!(record.action, "site.reclaimed");
+        assert!(record.detail_json.contains("\"stopped_groups\":[\"a\",\"crm-web\"]"), "{}", record.detail_json);
+        assert!(reclaim(&mut f, "again").is_err());
+    }
 }
