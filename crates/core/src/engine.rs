@@ -492,6 +492,17 @@ pub fn rollback_actions(op: &Operation, reason: &str) -> Result<Vec<Action>, Ref
 /// it looks only at the committed state, so calling it twice proposes the same steps, and
 /// `apply` ignores a step whose phase has already moved on.
 pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
+    decide_with(state, now_ms, cfg, &Default::default())
+}
+
+/// [`decide`], knowing the sites some observer currently sees unhealthy (never a failover
+/// target).
+pub fn decide_with(
+    state: &State,
+    now_ms: u64,
+    cfg: &EngineConfig,
+    suspect: &std::collections::BTreeSet<String>,
+) -> Vec<Action> {
     let mut out: Vec<Action> = state
         .operations
         .values()
@@ -499,7 +510,7 @@ pub fn decide(state: &State, now_ms: u64, cfg: &EngineConfig) -> Vec<Action> {
         .filter_map(|op| next_step(state, op, now_ms, cfg))
         .collect();
     out.extend(crate::drill::due(state, now_ms).into_iter().map(|id| Action::StartDrill { id }));
-    out.extend(crate::dr::decide(state, &Default::default(), now_ms, &cfg.guard));
+    out.extend(crate::dr::decide(state, suspect, now_ms, &cfg.guard));
     for evac in state.evacuations.values().filter(|e| e.is_running()) {
         out.extend(
             crate::evacuation::steps(state, evac, now_ms)

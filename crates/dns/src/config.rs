@@ -63,6 +63,13 @@ pub struct Args {
     /// every routing table to (see runbooks/dns-and-lb.md).
     #[arg(long)]
     pub push_config: Option<PathBuf>,
+    /// Observe a site for failure detection: `SITE=HOST:PORT` (its ingress), probed each second
+    /// and reported to every federator replica. May be repeated.
+    #[arg(long)]
+    pub observe: Vec<String>,
+    /// This server's failure domain as an observer (where it runs); default `dns-<server-id>`.
+    #[arg(long)]
+    pub observer_domain: Option<String>,
 }
 
 /// Most UDP worker threads accepted.
@@ -118,6 +125,9 @@ pub struct Config {
     pub udp_workers: usize,
     /// Push targets (`--push-config`); empty when none.
     pub push: crate::push::PushConfig,
+    /// Sites to observe (`--observe`): (site, `host:port`).
+    pub observe: Vec<(String, String)>,
+    pub observer_domain: String,
 }
 
 /// Every problem found in the flags, one per line.
@@ -221,8 +231,23 @@ impl Config {
             _ => crate::push::PushConfig::default(),
         };
 
+        let mut observe = Vec::new();
+        for text in &args.observe {
+            match text.split_once('=') {
+                Some((site, addr))
+                    if !site.is_empty() && addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+                {
+                    observe.push((site.to_string(), addr.to_string()));
+                }
+                _ => problem(format!("--observe {text:?} is not SITE=HOST:PORT")),
+            }
+        }
+        let observer_domain = args.observer_domain.clone().unwrap_or_else(|| format!("dns-{}", args.server_id));
+
         match (origin, listen, federator, ns_name) {
             (Some(origin), Some(listen), Some(federator), Some(ns_name)) if problems.is_empty() => Ok(Self {
+                observe,
+                observer_domain,
                 zone: ZoneConfig {
                     all_unhealthy: args.all_unhealthy,
                     ..ZoneConfig::new(origin, ns_name, ns_addresses)
@@ -305,6 +330,8 @@ mod tests {
             all_unhealthy: AllUnhealthy::FailOpen,
             udp_workers: None,
             push_config: None,
+            observe: vec![],
+            observer_domain: None,
         }
     }
 

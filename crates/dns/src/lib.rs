@@ -16,6 +16,7 @@ pub mod config;
 pub mod handler;
 pub mod metric_names;
 mod names;
+mod observe;
 pub mod push;
 pub mod store;
 pub mod table;
@@ -176,6 +177,13 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
         .map_err(|e| DnsError::Server(format!("cannot start the UDP workers: {e}")))?;
 
     let applier = Applier::new(table.clone(), config.zone.origin.clone(), config.state_dir.clone());
+    if !config.observe.is_empty() {
+        tokio::spawn(observe::observe_forever(
+            endpoints.clone(),
+            config.observe.clone(),
+            config.observer_domain.clone(),
+        ));
+    }
     let watch = tokio::spawn(watch::watch_forever(endpoints, config.server_id.clone(), applier));
     let push_status = Arc::new(push::StatusBoard::new(&config.state_dir));
     let pushers = push::start(config.push.clone(), table.clone(), push_status.clone());

@@ -113,3 +113,44 @@ async fn answers_follow_the_routing_stream_and_survive_a_restart() -> anyhow::Re
     restarted.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_sites_are_reported_to_the_federator_with_this_servers_identity() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path(), "switchyard test ca")?;
+    let federator = FakeFederator::start(&pki.federator, table(1, 1, "127.0.1.1")).await?;
+    // site-a's ingress listens; site-b's port is closed.
+    let up = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let down = free_port();
+    let mut argv = dns_args(&pki, federator.addr, &state_dir(dir.path()), false);
+    argv.extend([
+        "--observe".into(),
+        format!("site-a={}", up.local_addr()?),
+        "--observe".into(),
+        format!("site-b=127.0.0.1:{down}"),
+        "--observer-domain".into(),
+        "rack-9".into(),
+    ]);
+    let dns = start_dns(&argv).await?;
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    let (peer, batch) = loop {
+        if let Some(b) = federator.observations().into_iter().next() {
+            break b;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no observations reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(peer, "dns:dns-1", "reported under this server's certificate");
+    assert_eq!(batch.domain, "rack-9");
+    let seen: Vec<(&str, &str)> = batch.sites.iter().map(|s| (s.site.as_str(), s.health.as_str())).collect();
+    assert_eq!(seen, [("site-a", "healthy"), ("site-b", "unhealthy")], "{batch:?}");
+    assert!(batch.sites[1].detail.contains("refused"), "{:?}", batch.sites[1]);
+    // Bad flags are refused before anything starts.
+    let mut bad = dns_args(&pki, federator.addr, &state_dir(dir.path()), false);
+    bad.extend(["--observe".into(), "site-a".into()]);
+    let err = Config::from_args(&Args::try_parse_from(&bad)?).unwrap_err().to_string();
+    assert!(err.contains("--observe \"site-a\" is not SITE=HOST:PORT"), "{err}");
+    dns.shutdown().await?;
+    federator.stop().await?;
+    Ok(())
+}

@@ -212,10 +212,23 @@ struct FederatorToml<'a> {
     zone: &'a str,
     tls: &'a TlsFiles,
     engine: EngineConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dr: Option<DrToml>,
     sites: &'a [SiteSpec],
     groups: &'a [GroupSpec],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     peers: Vec<PeerToml>,
+}
+
+/// The federator's failure-detection probes: each site's ingress.
+#[derive(Serialize)]
+struct DrToml {
+    probes: BTreeMap<String, String>,
+}
+
+/// What observers probe of each site: its ingress proxy, when it has one.
+fn site_probes(sites: &[SiteInfo]) -> BTreeMap<String, String> {
+    sites.iter().filter_map(|s| s.ingress_port.map(|p| (s.name.clone(), format!("{}:{p}", s.ingress[0])))).collect()
 }
 
 #[derive(Serialize)]
@@ -691,6 +704,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                 zone: ZONE,
                 tls: &fed_tls,
                 engine: EngineConfig { verify_window_ms: 2_000, drain_ms: 500, ..EngineConfig::default() },
+                dr: Some(DrToml { probes: site_probes(&sites) }).filter(|d| !d.probes.is_empty()),
                 sites: &site_specs,
                 groups: &groups,
                 peers,
@@ -849,6 +863,11 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             "--metrics-listen".into(),
             metrics.to_string(),
         ];
+        // The DNS server is the federation's second observer, in its own failure domain.
+        for (site, addr) in site_probes(&sites) {
+            argv.extend(["--observe".to_string(), format!("{site}={addr}")]);
+        }
+        argv.extend(["--observer-domain".to_string(), "dns".to_string()]);
         argv.extend(tls_args(&tls));
         let (pid, log) = spawn("dns-1", &bins.join("fed-dns"), &argv, &logs)?;
         cluster.processes.push(Proc {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchyard_core::EngineConfig;
 use switchyard_core::model::{GroupSpec, SiteSpec, validate_group, validate_site};
 use switchyard_tls::TlsFiles;
@@ -32,6 +32,8 @@ pub struct FederatorConfig {
     pub engine: EngineConfig,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub dr: DrConfig,
     #[serde(default)]
     pub sites: Vec<SiteSpec>,
     #[serde(default)]
@@ -84,6 +86,33 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("configuration {path} has {} problem(s):\n  - {}", .problems.len(), .problems.join("\n  - "))]
     Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+/// Failure detection as this replica takes part in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrConfig {
+    /// Site name → `host:port` this replica probes (TCP connect, each second): the site's
+    /// ingress. Sites not listed are not probed by this replica.
+    pub probes: std::collections::BTreeMap<String, String>,
+    /// This replica's failure domain as an observer. Every replica of one federation is one
+    /// observer together by default (`federator`): a federation cut off from a site that still
+    /// serves its users must not be able to declare it down on its own.
+    pub domain: Option<String>,
+    /// Detection window, quorum and staleness of observations.
+    pub detect: switchyard_core::dr::detect::DetectConfig,
+    /// Whether the leader declares sites down on the observers' evidence (default on).
+    pub automatic: Option<bool>,
+}
+
+impl DrConfig {
+    pub fn domain(&self) -> &str {
+        self.domain.as_deref().unwrap_or("federator")
+    }
+
+    pub fn automatic(&self) -> bool {
+        self.automatic.unwrap_or(true)
+    }
 }
 
 impl FederatorConfig {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_core::engine::decide;
+use switchyard_core::engine::decide_with;
 use switchyard_core::{Action, Refusal, SYSTEM_ACTOR};
 
 use crate::node::{Federator, ProposeError, now_ms};
@@ -30,8 +30,9 @@ pub async fn run(fed: Arc<Federator>) {
                 }
             }
         }
+        let (declarations, suspect) = fed.detection_round(now_ms());
         let due = fed.shared.read(|s| s.has_work() || !switchyard_core::drill::due(s, now_ms()).is_empty());
-        if !due {
+        if !due && declarations.is_empty() {
             continue;
         }
         // Confirm leadership with a quorum and wait until everything committed is applied
@@ -41,8 +42,19 @@ pub async fn run(fed: Arc<Federator>) {
             tracing::info!(error = %e, "leadership not confirmed; skipping this round");
             continue;
         }
+        for action in declarations {
+            if let Action::DeclareSiteDown { site, evidence, .. } = &action {
+                let observers: Vec<String> =
+                    evidence.iter().map(|e| format!("{} ({})", e.observer, e.domain)).collect();
+                tracing::warn!(%site, ?observers, "observers in a quorum of failure domains see the site down; declaring it");
+            }
+            match fed.propose(SYSTEM_ACTOR, action).await {
+                Ok(_) => metrics::counter!("federator_sites_declared_down_total", "by" => "observers").increment(1),
+                Err(e) => tracing::warn!(error = %e, "declaring a site down was not committed"),
+            }
+        }
         let now = now_ms();
-        let actions = fed.shared.read(|s| decide(s, now, &fed.config.engine));
+        let actions = fed.shared.read(|s| decide_with(s, now, &fed.config.engine, &suspect));
         for action in actions {
             let what = describe(&action);
             match fed.propose(SYSTEM_ACTOR, action).await {

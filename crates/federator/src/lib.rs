@@ -13,6 +13,7 @@ pub mod config;
 pub mod convert;
 pub mod executor;
 pub mod node;
+pub mod observe;
 pub mod raft;
 pub mod routing;
 

@@ -68,6 +68,8 @@ pub struct Federator {
     /// The link to the leader (its node id and address), shared by every forwarded request;
     /// each call clones it, so calls run concurrently.
     leader_client: std::sync::Mutex<Option<(u64, String, RaftPeerClient<tonic::transport::Channel>)>>,
+    /// What the observers (this replica's own probes, the DNS servers) report of each site.
+    pub observations: std::sync::Mutex<switchyard_core::dr::detect::Detector>,
 }
 
 /// A write a follower hands to the leader.
@@ -563,6 +565,7 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         config: config.clone(),
         tls: tls.clone(),
         leader_client: std::sync::Mutex::new(None),
+        observations: std::sync::Mutex::new(Default::default()),
     });
     let max = switchyard_proto::MAX_MESSAGE_BYTES;
     let router = tonic::transport::Server::builder()
@@ -611,6 +614,7 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
     };
 
     let executor = tokio::spawn(executor::run(federator.clone()));
+    tokio::spawn(crate::observe::probe_forever(federator.clone()));
 
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {

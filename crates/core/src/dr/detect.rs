@@ -193,6 +193,19 @@ impl Detector {
     }
 }
 
+/// What a failed TCP probe of a site says: refused, reset or unreachable is the site's
+/// answer (unhealthy); anything else, a timeout included, is the observer's own trouble
+/// (unknown: labelled, never resets a timer).
+pub fn connect_error_health(kind: std::io::ErrorKind) -> Health {
+    use std::io::ErrorKind::*;
+    match kind {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | HostUnreachable | NetworkUnreachable => {
+            Health::Unhealthy
+        }
+        _ => Health::Unknown,
+    }
+}
+
 /// The failure domains whose observers, in `evidence`, report the subject unhealthy at
 /// `at_ms`, freshly, and have for the whole window.
 pub fn agreeing_domains<'a>(evidence: &'a [Evidence], at_ms: u64, cfg: &DetectConfig) -> BTreeSet<&'a str> {

@@ -111,6 +111,7 @@ pub fn table(version: u64, epoch: u64, crm_address: &str) -> RoutingTable {
 struct FakeRouting {
     tables: watch::Receiver<RoutingTable>,
     calls: Arc<Mutex<Vec<(String, WatchRequest)>>>,
+    observations: Arc<Mutex<Vec<(String, switchyard_proto::routing::v1::ObservationBatch)>>>,
 }
 
 #[tonic::async_trait]
@@ -122,6 +123,15 @@ impl Routing for FakeRouting {
         self.calls.lock().unwrap().push((peer, request.into_inner()));
         Ok(Response::new(Box::pin(WatchStream::new(self.tables.clone()).map(Ok))))
     }
+
+    async fn report_observations(
+        &self,
+        request: Request<switchyard_proto::routing::v1::ObservationBatch>,
+    ) -> Result<Response<switchyard_proto::routing::v1::ObservationAck>, Status> {
+        let peer = peer_identity(&request)?.to_string();
+        self.observations.lock().unwrap().push((peer, request.into_inner()));
+        Ok(Response::new(switchyard_proto::routing::v1::ObservationAck {}))
+    }
 }
 
 /// A federator that streams whatever table the test publishes, current one first.
@@ -129,6 +139,7 @@ pub struct FakeFederator {
     pub addr: SocketAddr,
     tables: watch::Sender<RoutingTable>,
     calls: Arc<Mutex<Vec<(String, WatchRequest)>>>,
+    observations: Arc<Mutex<Vec<(String, switchyard_proto::routing::v1::ObservationBatch)>>>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -140,7 +151,8 @@ impl FakeFederator {
         let addr = listener.local_addr()?;
         let (tables, rx) = watch::channel(initial);
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let service = FakeRouting { tables: rx, calls: calls.clone() };
+        let observations = Arc::new(Mutex::new(Vec::new()));
+        let service = FakeRouting { tables: rx, calls: calls.clone(), observations: observations.clone() };
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .tls_config(bundle.server_tls())?
@@ -152,7 +164,7 @@ impl FakeFederator {
                 })
                 .await
         });
-        Ok(Self { addr, tables, calls, shutdown, task })
+        Ok(Self { addr, tables, calls, observations, shutdown, task })
     }
 
     pub fn publish(&self, table: RoutingTable) {
@@ -160,6 +172,11 @@ impl FakeFederator {
     }
 
     /// `(peer identity, request)` of every `Watch` call received.
+    /// Observation batches received, with the reporter's certificate identity.
+    pub fn observations(&self) -> Vec<(String, switchyard_proto::routing::v1::ObservationBatch)> {
+        self.observations.lock().unwrap().clone()
+    }
+
     pub fn calls(&self) -> Vec<(String, WatchRequest)> {
         self.calls.lock().unwrap().clone()
     }

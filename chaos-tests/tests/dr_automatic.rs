@@ -1,0 +1,117 @@
+//! Automatic disaster recovery with the real binaries. The federator probes each site's
+//! ingress (failure domain `federator`) and so does the DNS server (domain `dns`). Killing a
+//! whole site makes both see it refused: it is declared down on their evidence and its groups
+//! fail over with no human involved. Cutting only the federator's path to a site that still
+//! serves (the DNS server still reaches it) declares nothing.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchyard_chaos_tests::{Federation, dig_a, fedctl, fedctl_json, task_processes, wait_for};
+
+fn kill_site(fed: &Federation, site: &str) {
+    let mut pids: Vec<u32> = fed.cluster["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["site"] == site)
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
+    pids.extend(
+        task_processes(&fed.dir)
+            .into_iter()
+            .filter(|t| t.env.get("SWITCHYARD_SITE").map(String::as_str) == Some(site))
+            .map(|t| t.pid),
+    );
+    for pid in pids {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+}
+
+fn audit_actions(dir: &std::path::Path) -> Vec<Value> {
+    fedctl_json(dir, &["audit", "list"]).as_array().unwrap().clone()
+}
+
+#[test]
+fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automatically() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("fed");
+    let fed = Federation::up(&dir, &[]);
+    let dns = fed.dns();
+    assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"]);
+    // Both observers see every site healthy for a while: nothing happens.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(fedctl_json(&dir, &["dr", "status"])["down_sites"].as_array().is_none_or(|d| d.is_empty()));
+
+    let killed = Instant::now();
+    kill_site(&fed, "site-1");
+    let status = wait_for(Duration::from_secs(60), "site-1 declared down by the observers", || {
+        let s = fedctl_json(&dir, &["dr", "status"]);
+        s["down_sites"].as_array().filter(|d| !d.is_empty()).map(|_| s.clone())
+    });
+    let detected = killed.elapsed();
+    let down = &status["down_sites"][0];
+    assert_eq!(down["site"], "site-1", "{status}");
+    assert_eq!(down["actor"], "system", "no human declared it");
+    let observers: Vec<&str> = down["observers"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(observers.iter().any(|o| o.ends_with("(federator)")), "{observers:?}");
+    assert!(observers.iter().any(|o| o.ends_with("(dns)")), "{observers:?}");
+    assert!(detected >= Duration::from_secs(10), "not before the 10 s detection window: {detected:?}");
+    eprintln!("site-1 declared down {} ms after it died", detected.as_millis());
+
+    for name in ["crm-web.fed.local.", "mobile-app.fed.local."] {
+        wait_for(Duration::from_secs(60), &format!("{name} to answer from a survivor"), || {
+            let a = dig_a(&dns, name);
+            (a.len() == 1 && a[0] != "127.0.1.1").then_some(())
+        });
+    }
+    let records = audit_actions(&dir);
+    let declared = records.iter().find(|r| r["action"] == "site.declared-down").expect("audited");
+    assert_eq!(declared["actor"], "system");
+    assert!(declared["detail_json"].as_str().unwrap().contains("refused"), "the evidence is kept: {declared}");
+    let failovers = records.iter().filter(|r| r["action"] == "failover.complete").count();
+    assert_eq!(failovers, 2, "each group failed over once");
+}
+
+#[test]
+fn cutting_only_the_federator_from_a_site_that_still_serves_declares_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("fed");
+    let fed = Federation::up(&dir, &[]);
+    let dns = fed.dns();
+    // The federator's path to site-1 is cut (its probe now goes nowhere); the DNS server, in
+    // another failure domain, still reaches site-1, which still serves.
+    let config_path = dir.join("federator.toml");
+    let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let dead_end = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config["dr"]["probes"].as_table_mut().unwrap().insert("site-1".into(), dead_end.to_string().into());
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let out = fedctl(&dir, &["restart", "federator", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // Three detection windows later: nothing declared, nothing moved.
+    let cut = Instant::now();
+    while cut.elapsed() < Duration::from_secs(30) {
+        if let Some(s) = fedctl_json_quiet(&dir) {
+            assert!(s["down_sites"].as_array().is_none_or(|d| d.is_empty()), "declared on one domain's view: {s}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"], "still served from site-1");
+    let records = audit_actions(&dir);
+    assert!(records.iter().all(|r| r["action"] != "site.declared-down" && r["action"] != "failover.start"));
+    // The federator did see it as unreachable (so nothing was declared for want of looking).
+    let metrics = fed.process("federator")["listen"]["metrics"].as_str().unwrap().to_string();
+    let body = switchyard_chaos_tests::http_get(&metrics, "/metrics").expect("metrics").1;
+    let unhealthy = body
+        .lines()
+        .filter(|l| l.starts_with("federator_probes_total") && l.contains("site=\"site-1\"") && l.contains("unhealthy"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(unhealthy >= 20.0, "the federator probed site-1 and found it cut: {unhealthy}");
+}
+
+/// `fedctl dr status -o json` while the federator may be restarting (None when unreachable).
+fn fedctl_json_quiet(dir: &std::path::Path) -> Option<Value> {
+    let out = fedctl(dir, &["dr", "status", "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
