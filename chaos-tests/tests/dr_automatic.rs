@@ -115,3 +115,37 @@ fn fedctl_json_quiet(dir: &std::path::Path) -> Option<Value> {
     let out = fedctl(dir, &["dr", "status", "-o", "json"]);
     out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
 }
+
+#[test]
+fn two_of_three_sites_dying_at_once_brake_automation_until_released() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("fed");
+    let fed = Federation::up(&dir, &[]);
+    kill_site(&fed, "site-1");
+    kill_site(&fed, "site-2");
+    let braked = wait_for(Duration::from_secs(60), "the brake", || {
+        let s = fedctl_json(&dir, &["dr", "status"]);
+        (!s["brake"].as_str().unwrap_or_default().is_empty()).then_some(s)
+    });
+    assert!(braked["brake"].as_str().unwrap().contains("2 of 3 sites declared down"), "{braked}");
+    assert_eq!(braked["brake_by"], "system");
+    // Held: nothing fails over while braked.
+    std::thread::sleep(Duration::from_secs(5));
+    let records = audit_actions(&dir);
+    assert!(records.iter().all(|r| r["action"] != "failover.start"), "no failover while braked");
+    let metrics = fed.process("federator")["listen"]["metrics"].as_str().unwrap().to_string();
+    assert_eq!(switchyard_chaos_tests::metric_value(&metrics, "federator_brake_engaged"), Some(1.0));
+    let table = String::from_utf8_lossy(&fedctl(&dir, &["dr", "status"]).stdout).to_string();
+    assert!(table.contains("BRAKED by system"), "{table}");
+    // Only a human releases it; with two of three sites still down, it trips again at once.
+    let dana = switchyard_chaos_tests::client_config_as(&dir, "dr-admin", "dana");
+    let out = fedctl(&dir, &["--config", dana.to_str().unwrap(), "brake", "release", "--reason", "reviewed"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(30), "the brake to trip again", || {
+        let actions: Vec<String> =
+            audit_actions(&dir).iter().filter_map(|r| r["action"].as_str().map(String::from)).collect();
+        let released = actions.iter().position(|a| a == "brake.released")?;
+        actions[released..].iter().any(|a| a == "brake.engaged").then_some(())
+    });
+    assert!(audit_actions(&dir).iter().all(|r| r["action"] != "failover.start"));
+}

@@ -46,6 +46,11 @@ pub async fn run(fed: Arc<Federator>) {
             if let Action::DeclareSiteDown { site, evidence, .. } = &action {
                 let observers: Vec<String> =
                     evidence.iter().map(|e| format!("{} ({})", e.observer, e.domain)).collect();
+                // From the first observer's first unhealthy sight to the declaration.
+                if let Some(first) = evidence.iter().filter_map(|e| e.unhealthy_since_ms).min() {
+                    metrics::histogram!("federator_detection_latency_seconds")
+                        .record(now_ms().saturating_sub(first) as f64 / 1000.0);
+                }
                 tracing::warn!(%site, ?observers, "observers in a quorum of failure domains see the site down; declaring it");
             }
             match fed.propose(SYSTEM_ACTOR, action).await {
@@ -57,9 +62,17 @@ pub async fn run(fed: Arc<Federator>) {
         let actions = fed.shared.read(|s| decide_with(s, now, &fed.config.engine, &suspect));
         for action in actions {
             let what = describe(&action);
+            let automatic = match &action {
+                Action::StartFailover { .. } => Some("failover"),
+                Action::TripBrake { .. } => Some("brake"),
+                _ => None,
+            };
             match fed.propose(SYSTEM_ACTOR, action).await {
                 Ok(_) => {
                     metrics::counter!("federator_operation_steps_total").increment(1);
+                    if let Some(kind) = automatic {
+                        metrics::counter!("federator_automatic_actions_total", "action" => kind).increment(1);
+                    }
                     tracing::info!(step = %what, "operation step committed");
                 }
                 Err(ProposeError::Refused(Refusal::StalePhase { .. })) => {}
@@ -75,8 +88,18 @@ fn publish_gauges(fed: &Federator) {
     metrics::gauge!("federator_is_leader").set(if m.current_leader == Some(fed.id) { 1.0 } else { 0.0 });
     metrics::gauge!("federator_raft_term").set(m.current_term as f64);
     metrics::gauge!("federator_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-    let (applied, in_flight, routing, audit) =
-        fed.shared.read(|s| (s.last_applied, s.operations_in_flight(), s.routing_version, s.audit.len()));
+    let (applied, in_flight, routing, audit, braked, down) = fed.shared.read(|s| {
+        (
+            s.last_applied,
+            s.operations_in_flight(),
+            s.routing_version,
+            s.audit.len(),
+            s.brake.is_some(),
+            s.down_sites.len(),
+        )
+    });
+    metrics::gauge!("federator_brake_engaged").set(if braked { 1.0 } else { 0.0 });
+    metrics::gauge!("federator_sites_declared_down").set(down as f64);
     metrics::gauge!("federator_last_applied_index").set(applied as f64);
     metrics::gauge!("federator_operations_in_flight").set(in_flight as f64);
     metrics::gauge!("federator_routing_version").set(routing as f64);
