@@ -149,3 +149,47 @@ fn two_of_three_sites_dying_at_once_brake_automation_until_released() {
     });
     assert!(audit_actions(&dir).iter().all(|r| r["action"] != "failover.start"));
 }
+
+#[test]
+fn a_flapping_site_fails_over_once_and_then_holds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("fed");
+    let mut fed = Federation::up(&dir, &[]);
+    let dns = fed.dns();
+    // site-1's ingress blinks for less than the detection window: nothing happens.
+    for _ in 0..2 {
+        let pid = fed.process("haproxy-site-1")["pid"].as_u64().unwrap().to_string();
+        let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
+        std::thread::sleep(Duration::from_secs(4));
+        let out = fedctl(&dir, &["restart", "haproxy-site-1", "--dir", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        fed.reload();
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    assert!(audit_actions(&dir).iter().all(|r| r["action"] != "site.declared-down"), "short blinks declare nothing");
+    // Then it stays away past the window: one failover per group.
+    let pid = fed.process("haproxy-site-1")["pid"].as_u64().unwrap().to_string();
+    let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
+    wait_for(Duration::from_secs(60), "the groups to fail over", || {
+        let done = audit_actions(&dir).iter().filter(|r| r["action"] == "failover.complete").count();
+        (done == 2).then_some(())
+    });
+    // It comes back and goes away again: the groups stay where they are, fenced off site-1.
+    for _ in 0..2 {
+        let out = fedctl(&dir, &["restart", "haproxy-site-1", "--dir", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        fed.reload();
+        std::thread::sleep(Duration::from_secs(6));
+        let pid = fed.process("haproxy-site-1")["pid"].as_u64().unwrap().to_string();
+        let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
+        std::thread::sleep(Duration::from_secs(6));
+    }
+    let records = audit_actions(&dir);
+    assert_eq!(
+        records.iter().filter(|r| r["action"] == "failover.start").count(),
+        2,
+        "one failover per group, then held"
+    );
+    assert_eq!(records.iter().filter(|r| r["action"] == "site.declared-down").count(), 1);
+    assert_ne!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"]);
+}
