@@ -46,6 +46,16 @@ fn an_operator_fails_a_dead_site_over_and_a_second_failure_brakes_automation() {
     };
     assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"]);
 
+    // One group broken on site-1 only: moved off by hand, the site stays in service.
+    let out = as_dana(&["failover", "--group", "mobile-app", "--reason", "mobile-app broken on site-1 (INC-76)"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(90), "mobile-app to answer from a survivor", || {
+        let a = dig_a(&dns, "mobile-app.fed.local.");
+        (a.len() == 1 && a[0] != "127.0.1.1").then_some(())
+    });
+    assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"], "the site keeps its other groups");
+    assert!(fedctl_json(&dir, &["dr", "status"])["down_sites"].as_array().is_none_or(|d| d.is_empty()));
+
     kill_site(&fed, "site-1");
     // An operator without the dr-admin role may not declare it.
     let denied = fedctl(&dir, &["failover", "--site", "site-1", "--reason", "power lost"]);

@@ -170,6 +170,13 @@ pub enum Action {
         reason: String,
         break_glass: bool,
     },
+    /// A human fails one group over off its active site (`fedctl failover --group`), to the
+    /// target the guard rails choose; the site stays in service for its other groups.
+    FailoverGroup {
+        group: String,
+        reason: String,
+        break_glass: bool,
+    },
     /// Fail `group` over from the declared-down site `from` to `to`, as `dr::guard::decide`
     /// chose: a warm standby takes the traffic at once, a cold one after it has scaled up; the
     /// failed site is fenced (weight 0) and nothing there is deleted.

@@ -138,7 +138,7 @@ impl State {
             | Action::ReclaimSite { .. } => {
                 return None;
             }
-            Action::StartFailover { group, .. } => vec![group.clone()],
+            Action::StartFailover { group, .. } | Action::FailoverGroup { group, .. } => vec![group.clone()],
             Action::TripBrake { .. } | Action::ReleaseBrake { .. } => vec![],
             Action::RegisterGroup(spec) | Action::UpdateGroup { spec, .. } => vec![spec.name.clone()],
             Action::RollbackGroup { group, .. }
@@ -380,6 +380,9 @@ impl State {
             }
             Action::StartFailover { group, from, to } => self.start_failover(index, at, actor, group, from, to),
             Action::ReclaimSite { site, reason } => self.reclaim_site(index, at, actor, site, reason),
+            Action::FailoverGroup { group, reason, break_glass } => {
+                self.failover_group(index, at, actor, group, reason, *break_glass)
+            }
             Action::TripBrake { reason } => self.set_brake(index, at, actor, reason, true),
             Action::ReleaseBrake { reason } => self.set_brake(index, at, actor, reason, false),
             Action::ScheduleDrill { group, to, at_ms, reason } => {

@@ -135,8 +135,12 @@ enum Cmd {
     /// Declare a site down by hand (you know it is gone before the detector does): its groups
     /// fail over to the survivors under the guard rails (dr-admin, admin).
     Failover {
+        /// The site that is gone: all its groups.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        site: Option<String>,
+        /// One group to move off its site, which stays in service for its other groups.
         #[arg(long)]
-        site: String,
+        group: Option<String>,
         /// Why; recorded in the audit history. Required.
         #[arg(long)]
         reason: String,
@@ -802,12 +806,27 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Drill(DrillCmd::List { output }) => drill_list(&cfg_path, output).await,
-        Cmd::Failover { site, reason, break_glass, output } => {
-            let request = pb::DeclareSiteDownRequest { site, reason, break_glass };
-            let status = api(&cfg_path).await?.declare_site_down(request).await?.into_inner();
-            print_dr(&status, output);
-            Ok(())
-        }
+        Cmd::Failover { site, group, reason, break_glass, output } => match (site, group) {
+            (Some(site), _) => {
+                let request = pb::DeclareSiteDownRequest { site, reason, break_glass };
+                let status = api(&cfg_path).await?.declare_site_down(request).await?.into_inner();
+                print_dr(&status, output);
+                Ok(())
+            }
+            (None, Some(group)) => {
+                let request = pb::FailoverGroupRequest { group, reason, break_glass };
+                let op = api(&cfg_path).await?.failover_group(request).await?.into_inner();
+                match output {
+                    Format::Json => println!("{}", json(&op)),
+                    Format::Table => println!(
+                        "started {}: {} {} -> {}; follow it with: fedctl switchover status {}",
+                        op.id, op.group, op.from_site, op.to_site, op.id
+                    ),
+                }
+                Ok(())
+            }
+            (None, None) => Err(CliError::Usage("give --site or --group".into())),
+        },
         Cmd::Site(SiteCmd::Reclaim { site, reason }) => {
             let status =
                 api(&cfg_path).await?.reclaim_site(pb::ReclaimSiteRequest { site, reason }).await?.into_inner();

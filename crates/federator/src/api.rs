@@ -585,6 +585,17 @@ impl Operator for OperatorService {
         Ok(Response::new(self.dr_status()))
     }
 
+    async fn failover_group(&self, req: Request<pb::FailoverGroupRequest>) -> Result<Response<pb::Operation>, Status> {
+        let who = authorise(&req, Role::can_freeze, "fail a group over")?;
+        let r = req.into_inner();
+        let action = Action::FailoverGroup { group: r.group.clone(), reason: r.reason, break_glass: r.break_glass };
+        let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), action).await? else {
+            return Err(Status::internal("failover committed without an operation id"));
+        };
+        tracing::warn!(group = %r.group, operation = %id, actor = %who, "group failed over by hand");
+        self.operation(&id).map(Response::new)
+    }
+
     async fn release_brake(&self, req: Request<pb::ReleaseBrakeRequest>) -> Result<Response<pb::DrStatus>, Status> {
         let who = authorise(&req, Role::can_freeze, "release the brake")?;
         let r = req.into_inner();

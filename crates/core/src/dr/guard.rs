@@ -207,43 +207,14 @@ pub fn decide(
             });
             continue;
         }
-        let candidates: Vec<&String> = state
-            .sites
-            .iter()
-            .filter(|(n, s)| {
-                *n != failed && s.state == SiteState::Active && !down.contains(*n) && !suspect.contains(*n)
-            })
-            .map(|(n, _)| n)
-            .collect();
-        if candidates.is_empty() {
-            out.held.push(held(
-                Rule::NoFeasibleTarget,
-                format!(
-                    "no surviving site can take it (down: {}; suspect: {}); it keeps its placement, never all sites off",
-                    list(down),
-                    list(suspect)
-                ),
-            ));
-            continue;
-        }
-        // Warm standbys first, then the site with the most free CPU, then by name.
-        let mut fits: Vec<(bool, u64, &String, Resources, Vec<Resources>)> = Vec::new();
-        let mut why_not = Vec::new();
-        for site in candidates {
-            let (taken_total, taken_instances) = taken.get(site.as_str()).cloned().unwrap_or_default();
-            match fit(state, g, failed, site, now_ms, taken_total, &taken_instances) {
-                Ok(f) => fits.push((f.warm, f.free.cpu_millis, site, f.needed, f.instances)),
-                Err(why) => why_not.push(why),
-            }
-        }
-        fits.sort_by(|a, b| (!a.0, std::cmp::Reverse(a.1), a.2).cmp(&(!b.0, std::cmp::Reverse(b.1), b.2)));
-        let Some((warm, _, site, needed, instances)) = fits.into_iter().next() else {
-            out.held.push(held(
-                Rule::Capacity,
-                format!("no survivor has room ({}); it keeps its placement", why_not.join("; ")),
-            ));
-            continue;
-        };
+        let Target { warm, site, fit: Fit { needed, instances, .. } } =
+            match choose_target(state, g, failed, down, suspect, now_ms, &taken) {
+                Ok(target) => target,
+                Err((rule, detail)) => {
+                    out.held.push(held(rule, detail));
+                    continue;
+                }
+            };
         if budget == 0 {
             out.held.push(held(
                 Rule::RateLimit,
@@ -314,6 +285,56 @@ pub(crate) fn fit(
         return Err(format!("{site}: needs {needed}, has {free} free"));
     }
     Ok(Fit { warm: missing.values().all(|n| *n == 0), free, needed, instances: g.instances_of(&missing) })
+}
+
+/// Where a group leaving `failed` goes: a warm standby first, then the site with the most
+/// free CPU left, then by name; among active sites that are neither down nor suspect and have
+/// room next to what this round has `taken`. Err: the rule that holds it, and why.
+pub(crate) struct Target {
+    pub warm: bool,
+    pub site: String,
+    pub fit: Fit,
+}
+
+pub(crate) fn choose_target(
+    state: &State,
+    g: &crate::model::AppGroup,
+    failed: &str,
+    down: &BTreeSet<String>,
+    suspect: &BTreeSet<String>,
+    now_ms: u64,
+    taken: &BTreeMap<String, (Resources, Vec<Resources>)>,
+) -> Result<Target, (Rule, String)> {
+    let candidates: Vec<&String> = state
+        .sites
+        .iter()
+        .filter(|(n, s)| *n != failed && s.state == SiteState::Active && !down.contains(*n) && !suspect.contains(*n))
+        .map(|(n, _)| n)
+        .collect();
+    if candidates.is_empty() {
+        return Err((
+            Rule::NoFeasibleTarget,
+            format!(
+                "no surviving site can take it (down: {}; suspect: {}); it keeps its placement, never all sites off",
+                list(down),
+                list(suspect)
+            ),
+        ));
+    }
+    let mut fits: Vec<(bool, u64, &String, Fit)> = Vec::new();
+    let mut why_not = Vec::new();
+    for site in candidates {
+        let (taken_total, taken_instances) = taken.get(site.as_str()).cloned().unwrap_or_default();
+        match fit(state, g, failed, site, now_ms, taken_total, &taken_instances) {
+            Ok(f) => fits.push((f.warm, f.free.cpu_millis, site, f)),
+            Err(why) => why_not.push(why),
+        }
+    }
+    fits.sort_by(|a, b| (!a.0, std::cmp::Reverse(a.1), a.2).cmp(&(!b.0, std::cmp::Reverse(b.1), b.2)));
+    let Some((warm, _, site, fit)) = fits.into_iter().next() else {
+        return Err((Rule::Capacity, format!("no survivor has room ({}); it keeps its placement", why_not.join("; "))));
+    };
+    Ok(Target { warm, site: site.clone(), fit })
 }
 
 fn list(sites: &BTreeSet<String>) -> String {

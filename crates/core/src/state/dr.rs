@@ -203,6 +203,66 @@ impl State {
             Some(_) => {}
         }
         let fit = crate::dr::guard::fit(self, g, from, to, at, Default::default(), &[]).map_err(invalid)?;
+        self.create_failover(index, at, actor, group, from, to, fit, &format!("{from} declared down"))
+    }
+
+    /// A human fails one group over off its site (which stays in service for its other
+    /// groups): to the target the guard rails would choose, unless frozen, busy, or braked
+    /// (break-glass overrides the brake, named in the audit record).
+    pub(super) fn failover_group(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        group: &str,
+        reason: &str,
+        break_glass: bool,
+    ) -> Response {
+        if reason.trim().is_empty() {
+            return Err(Refusal::Invalid(format!("failing {group:?} over needs a reason")));
+        }
+        let g = self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
+        if let Some(op) = &g.operation {
+            return Err(Refusal::GroupBusy { group: group.to_string(), operation: op.clone() });
+        }
+        let active = g.placement.active_sites();
+        let [from] = active.as_slice() else {
+            return Err(Refusal::NoSingleSource {
+                group: group.to_string(),
+                active: active.into_iter().cloned().collect(),
+            });
+        };
+        let from = from.to_string();
+        self.check_not_frozen(group, &[from.as_str()], at)?;
+        if let Some(b) = self.brake.as_ref().filter(|_| !break_glass) {
+            return Err(Refusal::Invalid(format!(
+                "automation is braked ({}); release the brake or pass --break-glass",
+                b.reason
+            )));
+        }
+        let down: std::collections::BTreeSet<String> = self.down_sites.keys().cloned().collect();
+        let target =
+            crate::dr::guard::choose_target(self, g, &from, &down, &Default::default(), at, &Default::default())
+                .map_err(|(rule, why)| {
+                    Refusal::Invalid(format!("failover of {group} refused by {}: {why}", rule.as_str()))
+                })?;
+        let why = if break_glass { format!("{reason} (break-glass: brake overridden)") } else { reason.to_string() };
+        self.create_failover(index, at, actor, group, &from, &target.site, target.fit, &why)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_failover(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        group: &str,
+        from: &str,
+        to: &str,
+        fit: crate::dr::guard::Fit,
+        reason: &str,
+    ) -> Response {
+        let g = &self.groups[group];
         let id = format!("op-{index}");
         let source = g.placement.share(from);
         let target_instances = source.instances.clone();
@@ -226,7 +286,7 @@ impl State {
             from: from.to_string(),
             to: to.to_string(),
             actor: actor.to_string(),
-            reason: format!("{from} declared down"),
+            reason: reason.to_string(),
             phase: Phase::ScalingUp,
             outcome: Outcome::Running,
             created_at_ms: at,
@@ -263,7 +323,7 @@ impl State {
             actor,
             action: "failover.start",
             subject: group,
-            reason: &format!("{from} declared down"),
+            reason,
             detail: json!({
                 "operation": id,
                 "from": from,
@@ -282,8 +342,8 @@ impl State {
     /// A failover's target is ready: a cold one now takes the traffic; either way it is done.
     pub(super) fn finish_failover(&mut self, index: u64, at: u64, actor: &str, id: &str, detail: &str) -> Response {
         let op = self.running_op(id, Phase::ScalingUp)?;
-        let (group, from, to, cold) =
-            (op.group.clone(), op.from.clone(), op.to.clone(), op.traffic_shifted_at_ms.is_none());
+        let (group, from, to, cold, reason) =
+            (op.group.clone(), op.from.clone(), op.to.clone(), op.traffic_shifted_at_ms.is_none(), op.reason.clone());
         let g = self.groups.get_mut(&group).expect("an operation's group is never removed");
         let before = g.placement.clone();
         if cold {
@@ -312,7 +372,7 @@ impl State {
             actor,
             action: "failover.complete",
             subject: &group,
-            reason: &format!("{from} declared down"),
+            reason: &reason,
             detail: json!({
                 "operation": id,
                 "step": detail,

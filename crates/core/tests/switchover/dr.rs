@@ -443,4 +443,43 @@ mod committed {
         assert!(record.detail_json.contains("\"stopped_groups\":[\"a\",\"crm-web\"]"), "{}", record.detail_json);
         assert!(reclaim(&mut f, "again").is_err());
     }
+
+    #[test]
+    fn a_human_fails_one_group_over_off_a_site_that_stays_in_service() {
+        let mut f = failed_site_1(10_000, 10_000);
+        survivors_follow(&mut f);
+        let failover = |f: &mut Fed, group: &str, break_glass: bool| {
+            f.propose(
+                "dr-admin:dana",
+                Action::FailoverGroup {
+                    group: group.into(),
+                    reason: "crm-web broken on site-1 (INC-80)".into(),
+                    break_glass,
+                },
+            )
+        };
+        f.ok("dr-admin:dana", Action::TripBrake { reason: "storm".into() });
+        assert!(failover(&mut f, "crm-web", false).unwrap_err().to_string().contains("pass --break-glass"));
+        let Applied::OperationStarted { id } = failover(&mut f, "crm-web", true).unwrap() else { panic!() };
+        assert_eq!(f.op(&id).kind, OperationKind::Failover);
+        assert!(f.op(&id).reason.contains("break-glass"), "{}", f.op(&id).reason);
+        assert!(f.state.down_sites.is_empty(), "the site stays in service");
+        for _ in 0..5 {
+            survivors_follow(&mut f);
+            f.tick(1_000);
+        }
+        let crm = &f.state.groups["crm-web"].placement;
+        assert_eq!(crm.active_sites(), vec!["site-2"]);
+        assert_eq!(crm.share("site-1").total_instances(), 2, "fenced, nothing deleted");
+        assert_eq!(f.state.groups["a"].placement.active_sites(), vec!["site-1"], "other groups untouched");
+        // Refusals change nothing.
+        f.ok(
+            "dr-admin:dana",
+            Action::SetFreeze { scope: FreezeScope::Group("b".into()), reason: "audit week".into(), until_ms: None },
+        );
+        assert!(failover(&mut f, "b", true).unwrap_err().to_string().contains("audit week"));
+        assert!(matches!(failover(&mut f, "nope", true), Err(Refusal::UnknownGroup(_))));
+        let blank = Action::FailoverGroup { group: "a".into(), reason: " ".into(), break_glass: true };
+        assert!(f.propose("dr-admin:dana", blank).unwrap_err().to_string().contains("needs a reason"));
+    }
 }
