@@ -128,4 +128,17 @@ fn approval_windows_and_drills_with_real_processes() {
     for a in ["policy.approval", "operation.approved", "policy.change-windows", "drill.schedule", "drill.start"] {
         assert!(actions.contains(&a), "{a} missing from the audit history");
     }
+    // A reader that stops early closes the pipe: fedctl stops quietly.
+    let mut child = std::process::Command::new(switchyard_chaos_tests::bin_dir().join("fedctl"))
+        .args(["audit", "list"])
+        .env("FEDCTL_CONFIG", dir.join("fedctl.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fedctl runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("fedctl ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
 }
