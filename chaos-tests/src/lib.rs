@@ -367,6 +367,28 @@ pub fn soa_serial(server: &str, zone: &str) -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).lines().next()?.split_whitespace().nth(2)?.parse().ok()
 }
 
+/// `kill -9` of every process of `site`: its cell, nodes and ingress proxy (from
+/// `cluster.json`) and its app instances. Returns how many processes were signalled.
+pub fn kill_site(fed: &Federation, site: &str) -> usize {
+    let mut pids: Vec<u32> = fed.cluster["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["site"] == site)
+        .map(|p| p["pid"].as_u64().expect("pid") as u32)
+        .collect();
+    pids.extend(
+        task_processes(&fed.dir)
+            .into_iter()
+            .filter(|t| t.env.get("SWITCHYARD_SITE").map(String::as_str) == Some(site))
+            .map(|t| t.pid),
+    );
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    pids.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,26 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchyard_chaos_tests::{Federation, dig_a, fedctl, fedctl_json, task_processes, wait_for};
-
-fn kill_site(fed: &Federation, site: &str) {
-    let mut pids: Vec<u32> = fed.cluster["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["site"] == site)
-        .map(|p| p["pid"].as_u64().unwrap() as u32)
-        .collect();
-    pids.extend(
-        task_processes(&fed.dir)
-            .into_iter()
-            .filter(|t| t.env.get("SWITCHYARD_SITE").map(String::as_str) == Some(site))
-            .map(|t| t.pid),
-    );
-    for pid in pids {
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
-}
+use switchyard_chaos_tests::{Federation, dig_a, fedctl, fedctl_json, kill_site, wait_for};
 
 fn audit_actions(dir: &std::path::Path) -> Vec<Value> {
     fedctl_json(dir, &["audit", "list"]).as_array().unwrap().clone()

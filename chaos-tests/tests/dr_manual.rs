@@ -9,28 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_chaos_tests::{
-    Federation, client_config_as, dig_a, fedctl, fedctl_json, http_get_host, task_processes, wait_for,
+    Federation, client_config_as, dig_a, fedctl, fedctl_json, http_get_host, kill_site, task_processes, wait_for,
 };
-
-fn kill_site(fed: &Federation, site: &str) {
-    let mut pids: Vec<u32> = fed.cluster["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["site"] == site)
-        .map(|p| p["pid"].as_u64().unwrap() as u32)
-        .collect();
-    pids.extend(
-        task_processes(&fed.dir)
-            .into_iter()
-            .filter(|t| t.env.get("SWITCHYARD_SITE").map(String::as_str) == Some(site))
-            .map(|t| t.pid),
-    );
-    assert!(pids.len() >= 4, "the site's cell, nodes, proxy and instances: {pids:?}");
-    for pid in pids {
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
-}
 
 #[test]
 fn an_operator_fails_a_dead_site_over_and_a_second_failure_brakes_automation() {
@@ -56,7 +36,8 @@ fn an_operator_fails_a_dead_site_over_and_a_second_failure_brakes_automation() {
     assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"], "the site keeps its other groups");
     assert!(fedctl_json(&dir, &["dr", "status"])["down_sites"].as_array().is_none_or(|d| d.is_empty()));
 
-    kill_site(&fed, "site-1");
+    let killed = kill_site(&fed, "site-1");
+    assert!(killed >= 4, "the site's cell, nodes, proxy and instances: {killed}");
     // An operator without the dr-admin role may not declare it.
     let denied = fedctl(&dir, &["failover", "--site", "site-1", "--reason", "power lost"]);
     assert_eq!(denied.status.code(), Some(2), "{denied:?}");
