@@ -702,30 +702,20 @@ impl Operator for OperatorService {
 impl OperatorService {
     /// The brake, the sites declared down, and what the guard rails hold back now.
     fn dr_status(&self) -> pb::DrStatus {
-        use switchyard_core::dr::{guard, history};
         let now = now_ms();
         let cfg = &self.fed.config.engine.guard;
+        let (_, suspect) = self.fed.detection_round(now);
         self.fed.shared.read(|s| {
-            let down: std::collections::BTreeSet<String> = s.down_sites.keys().cloned().collect();
-            let mut held = Vec::new();
-            for (site, d) in &s.down_sites {
-                let decision = guard::decide(
-                    s,
+            let held = switchyard_core::dr::round(s, &suspect, now, cfg)
+                .held
+                .into_iter()
+                .map(|(site, h)| pb::HeldGroup {
                     site,
-                    &down,
-                    &Default::default(),
-                    &history(s),
-                    now,
-                    cfg,
-                    !d.break_glass.is_empty(),
-                );
-                held.extend(decision.held.into_iter().map(|h| pb::HeldGroup {
-                    site: site.clone(),
                     group: h.group,
                     rule: h.rule.as_str().to_string(),
                     detail: h.detail,
-                }));
-            }
+                })
+                .collect();
             pb::DrStatus {
                 brake: s.brake.as_ref().map(|b| b.reason.clone()).unwrap_or_default(),
                 brake_by: s.brake.as_ref().map(|b| b.actor.clone()).unwrap_or_default(),

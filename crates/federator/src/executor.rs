@@ -98,6 +98,22 @@ fn publish_gauges(fed: &Federator) {
             s.down_sites.len(),
         )
     });
+    // The automatic-failover queue: groups the guard rails hold back, by rule, and the rate.
+    let now = now_ms();
+    let (held, last_minute) = fed.shared.read(|s| {
+        let mut held: std::collections::BTreeMap<&'static str, usize> = Default::default();
+        if !s.down_sites.is_empty() {
+            for (_, h) in switchyard_core::dr::round(s, &Default::default(), now, &fed.config.engine.guard).held {
+                *held.entry(h.rule.as_str()).or_default() += 1;
+            }
+        }
+        (held, s.automatic_failovers.iter().filter(|(t, _)| now.saturating_sub(*t) < 60_000).count())
+    });
+    for rule in switchyard_core::dr::guard::Rule::ALL {
+        let n = held.get(rule.as_str()).copied().unwrap_or(0);
+        metrics::gauge!("federator_failovers_held", "rule" => rule.as_str()).set(n as f64);
+    }
+    metrics::gauge!("federator_automatic_failovers_last_minute").set(last_minute as f64);
     metrics::gauge!("federator_brake_engaged").set(if braked { 1.0 } else { 0.0 });
     metrics::gauge!("federator_sites_declared_down").set(down as f64);
     metrics::gauge!("federator_last_applied_index").set(applied as f64);

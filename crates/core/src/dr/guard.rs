@@ -29,6 +29,8 @@ pub struct GuardConfig {
     /// The slower rate once `sick_sites_for_secondary` or more sites are down or suspect.
     pub secondary_rate_per_minute: u32,
     pub sick_sites_for_secondary: u32,
+    /// Automatic failovers in flight at once (across all failed sites); more wait their turn.
+    pub max_concurrent: u32,
 }
 
 impl Default for GuardConfig {
@@ -41,6 +43,7 @@ impl Default for GuardConfig {
             rate_per_minute: 60,
             secondary_rate_per_minute: 10,
             sick_sites_for_secondary: 2,
+            max_concurrent: 25,
         }
     }
 }
@@ -60,6 +63,16 @@ pub enum Rule {
 }
 
 impl Rule {
+    pub const ALL: [Rule; 7] = [
+        Rule::Brake,
+        Rule::Freeze,
+        Rule::Cooldown,
+        Rule::RateLimit,
+        Rule::Busy,
+        Rule::Capacity,
+        Rule::NoFeasibleTarget,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::Brake => "brake",
@@ -101,6 +114,8 @@ pub struct AutomationHistory {
     pub brake: Option<String>,
     /// (time, group) of every automatic failover started.
     pub failovers: Vec<(u64, String)>,
+    /// Failovers started and not finished.
+    pub in_flight: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +185,8 @@ pub fn decide(
     let sick = down.union(suspect).count() as u32;
     let rate = if sick >= cfg.sick_sites_for_secondary { cfg.secondary_rate_per_minute } else { cfg.rate_per_minute };
     let mut budget = if break_glass { usize::MAX } else { (rate as usize).saturating_sub(recent(60_000)) };
+    let mut slots =
+        if break_glass { usize::MAX } else { (cfg.max_concurrent as usize).saturating_sub(history.in_flight) };
     let last_action: BTreeMap<&str, u64> = history.failovers.iter().map(|(t, g)| (g.as_str(), *t)).collect();
     // Capacity taken by the moves decided so far, per target: totals and instances.
     let mut taken: BTreeMap<String, (Resources, Vec<Resources>)> = BTreeMap::new();
@@ -222,7 +239,15 @@ pub fn decide(
             ));
             continue;
         }
+        if slots == 0 {
+            out.held.push(held(
+                Rule::RateLimit,
+                format!("{} automatic failovers in flight, the most allowed at once", cfg.max_concurrent),
+            ));
+            continue;
+        }
         budget -= 1;
+        slots -= 1;
         let entry = taken.entry(site.clone()).or_default();
         entry.0 = entry.0.plus(needed);
         entry.1.extend(instances);

@@ -46,24 +46,53 @@ pub fn history(state: &State) -> guard::AutomationHistory {
     guard::AutomationHistory {
         brake: state.brake.as_ref().map(|b| format!("{} by {}", b.reason, b.actor)),
         failovers: state.automatic_failovers.clone(),
+        in_flight: state
+            .operations
+            .values()
+            .filter(|o| o.kind == crate::operation::OperationKind::Failover && o.holds_group())
+            .count(),
     }
 }
 
-/// What the leader proposes at `now_ms` for the sites declared down: the brake, when a guard
-/// rail trips it, otherwise each group's failover that the guard rails allow. `suspect` are
-/// sites some observer sees unhealthy (no target); held groups are proposed nothing and are
-/// decided again next time (a cooldown ends, capacity frees up).
-pub fn decide(state: &State, suspect: &BTreeSet<String>, now_ms: u64, cfg: &guard::GuardConfig) -> Vec<Action> {
+/// Every down site's failover decision in one round: the moves the guard rails allow, the
+/// groups they hold (with the failed site), or the brake when a rule trips it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    pub moves: Vec<guard::FailoverMove>,
+    pub held: Vec<(String, guard::Held)>,
+    pub trip_brake: Option<String>,
+}
+
+/// The round at `now_ms` for the sites declared down. `suspect` are sites some observer sees
+/// unhealthy (no target). The rate and concurrency limits are one budget for the whole
+/// federation: what the round starts for one failed site counts against the next.
+pub fn round(state: &State, suspect: &BTreeSet<String>, now_ms: u64, cfg: &guard::GuardConfig) -> Round {
     let down: BTreeSet<String> = state.down_sites.keys().cloned().collect();
-    let history = history(state);
-    let mut out = Vec::new();
+    let mut history = history(state);
+    let mut out = Round::default();
     for site in &down {
         let break_glass = state.down_sites.get(site).is_some_and(|d| !d.break_glass.is_empty());
         let d = guard::decide(state, site, &down, suspect, &history, now_ms, cfg, break_glass);
-        if let Some(reason) = d.trip_brake {
-            return vec![Action::TripBrake { reason }];
+        out.held.extend(d.held.into_iter().map(|h| (site.clone(), h)));
+        if d.trip_brake.is_some() {
+            out.moves.clear();
+            out.trip_brake = d.trip_brake;
+            return out;
         }
-        out.extend(d.moves.into_iter().map(|m| Action::StartFailover { group: m.group, from: m.from, to: m.to }));
+        history.failovers.extend(d.moves.iter().map(|m| (now_ms, m.group.clone())));
+        history.in_flight += d.moves.len();
+        out.moves.extend(d.moves);
     }
     out
+}
+
+/// What the leader proposes at `now_ms` for the sites declared down: the brake, when a guard
+/// rail trips it, otherwise each group's failover that the guard rails allow. Held groups are
+/// proposed nothing and are decided again next time (a cooldown ends, capacity frees up).
+pub fn decide(state: &State, suspect: &BTreeSet<String>, now_ms: u64, cfg: &guard::GuardConfig) -> Vec<Action> {
+    let r = round(state, suspect, now_ms, cfg);
+    if let Some(reason) = r.trip_brake {
+        return vec![Action::TripBrake { reason }];
+    }
+    r.moves.into_iter().map(|m| Action::StartFailover { group: m.group, from: m.from, to: m.to }).collect()
 }

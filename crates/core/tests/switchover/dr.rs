@@ -99,13 +99,15 @@ fn two_of_three_sites_down_trips_the_brake_and_a_braked_federation_moves_nothing
     assert!(why.contains("2 of 3 sites declared down"), "{why}");
     assert!(held(&d).iter().all(|(_, r)| *r == Rule::Brake));
     // Once braked, even one failed site moves nothing until a human releases it.
-    let history = AutomationHistory { brake: Some(why), failovers: vec![] };
+    let history = AutomationHistory { brake: Some(why), ..Default::default() };
     let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now, &GuardConfig::default(), false);
     assert!(d.moves.is_empty() && d.trip_brake.is_none());
     assert!(d.held[0].detail.contains("fedctl brake release"), "{}", d.held[0].detail);
     // Too many automatic failovers in the window trips it too.
-    let busy =
-        AutomationHistory { brake: None, failovers: (0..49).map(|i| (f.now - 1_000, format!("x{i}"))).collect() };
+    let busy = AutomationHistory {
+        failovers: (0..49).map(|i| (f.now - 1_000, format!("x{i}"))).collect(),
+        ..Default::default()
+    };
     let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &busy, f.now, &GuardConfig::default(), false);
     assert!(d.trip_brake.unwrap().contains("49 automatic failovers"));
 }
@@ -117,8 +119,10 @@ fn a_flapping_site_fails_a_group_over_at_most_once_per_cooldown() {
     let first = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &cfg, false);
     assert_eq!(first.moves.len(), 3);
     // The site came back, flapped, and is declared down again a minute later.
-    let history =
-        AutomationHistory { brake: None, failovers: first.moves.iter().map(|m| (f.now, m.group.clone())).collect() };
+    let history = AutomationHistory {
+        failovers: first.moves.iter().map(|m| (f.now, m.group.clone())).collect(),
+        ..Default::default()
+    };
     let again = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &history, f.now + 60_000, &cfg, false);
     assert!(again.moves.is_empty(), "{again:?}");
     assert!(held(&again).iter().all(|(_, r)| *r == Rule::Cooldown));
@@ -147,6 +151,49 @@ fn freezes_and_rate_limits_hold_groups_naming_the_rule() {
     let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&["site-3"]), &Default::default(), f.now, &cfg, false);
     assert!(d.moves.is_empty(), "{d:?}");
     assert!(d.held[0].detail.contains("at most 0 automatic failovers a minute (2 sites sick)"), "{}", d.held[0].detail);
+}
+
+#[test]
+fn failovers_in_flight_are_limited_and_the_rest_wait_their_turn() {
+    let f = failed_site_1(10_000, 10_000);
+    let cfg = GuardConfig { max_concurrent: 2, ..Default::default() };
+    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &Default::default(), f.now, &cfg, false);
+    assert_eq!(d.moves.len(), 2);
+    assert_eq!(held(&d), [("b", Rule::RateLimit)]);
+    assert!(d.held[0].detail.contains("2 automatic failovers in flight"), "{}", d.held[0].detail);
+    let busy = AutomationHistory { in_flight: 2, ..Default::default() };
+    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &busy, f.now, &cfg, false);
+    assert!(d.moves.is_empty() && d.held.iter().all(|h| h.rule == Rule::RateLimit), "{d:?}");
+    // A human's break-glass is not queued behind automation.
+    let d = decide(&f.state, "site-1", &set(&["site-1"]), &set(&[]), &busy, f.now, &cfg, true);
+    assert_eq!(d.moves.len(), 3);
+}
+
+#[test]
+fn the_rate_limit_is_one_budget_across_every_failed_site() {
+    // site-1 and site-2 both declared down; site-3 has room for everything.
+    let mut f = failed_site_1(0, 10_000);
+    let mut other = group("c", 1, 100);
+    other.dns_name = "c".into();
+    other.home_site = "site-2".into();
+    f.ok("system:config", Action::RegisterGroup(other));
+    f.report("site-2", 1000, &[("c", 1, 0)]);
+    f.report("site-3", 10_000, &[]);
+    for site in ["site-1", "site-2"] {
+        f.ok(
+            "dr-admin:dana",
+            Action::DeclareSiteDownManually { site: site.into(), reason: "gone".into(), break_glass: false },
+        );
+    }
+    let cfg = GuardConfig { brake_sites_percent: 100, secondary_rate_per_minute: 2, ..Default::default() };
+    let actions = switchyard_core::dr::decide(&f.state, &set(&[]), f.now, &cfg);
+    assert_eq!(actions.len(), 2, "2 a minute in all, not 2 per failed site: {actions:?}");
+    // The next round, a second later, starts nothing more within the minute.
+    for a in actions {
+        f.ok("system", a);
+    }
+    f.now += 1_000;
+    assert!(switchyard_core::dr::decide(&f.state, &set(&[]), f.now, &cfg).is_empty());
 }
 
 #[test]
