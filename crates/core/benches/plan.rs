@@ -116,7 +116,10 @@ impl Fed {
                     .collect();
                 apps.insert(app.name.clone(), AppReport { desired: want, instances, blocker: String::new() });
             }
-            groups.insert(g.spec.name.clone(), GroupReport { applied_epoch: g.placement.epoch, apps });
+            groups.insert(
+                g.spec.name.clone(),
+                GroupReport { applied_epoch: g.placement.epoch, apps, replication_lag_ms: None },
+            );
         }
         CellReport { site: site.into(), applied_epoch: self.state.max_epoch(), nodes, groups }
     }
@@ -163,6 +166,7 @@ fn group(name: &str, home_site: &str, apps: Vec<AppSpec>) -> GroupSpec {
         tenant: String::new(),
         depends_on: vec![],
         ramp: Default::default(),
+        failover: Default::default(),
         apps,
     }
 }

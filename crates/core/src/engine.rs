@@ -390,7 +390,13 @@ fn next_step(state: &State, op: &Operation, now_ms: u64, cfg: &EngineConfig) -> 
         // No verify window or ramp: the source is down, the target takes over once it runs.
         let scale_up_ms = now_ms.saturating_sub(op.scale_up_started_at_ms);
         return match (op.phase, target_progress(state, op, now_ms)) {
-            (Phase::ScalingUp, Progress::Ready(detail)) => Some(advance(Phase::Done, detail)),
+            (Phase::ScalingUp, Progress::Ready(detail)) => match &op.promotion {
+                None => Some(advance(Phase::Done, detail)),
+                // A stateful group's replica is promoted only once the old primary cannot write.
+                Some(p) => crate::dr::guard::may_promote(state, op, p, now_ms)
+                    .ok()
+                    .map(|why| advance(Phase::Done, format!("{detail}; {why}; replica promoted"))),
+            },
             (Phase::ScalingUp, Progress::Waiting(why)) if scale_up_ms >= cfg.scale_up_timeout_ms && op.is_running() => {
                 Some(fail(format!("target not healthy after {scale_up_ms} ms: {why}")))
             }
@@ -534,9 +540,13 @@ pub fn operation_blocker(state: &State, op: &Operation, now_ms: u64, cfg: &Engin
         Phase::AwaitingApproval => {
             format!("waiting {in_phase_ms} ms for approval by someone other than {}", op.actor)
         }
-        Phase::ScalingUp => match target_progress(state, op, now_ms) {
-            Progress::Waiting(why) => format!("waiting for target: {why}"),
-            Progress::Ready(_) => String::new(),
+        Phase::ScalingUp => match (target_progress(state, op, now_ms), &op.promotion) {
+            (Progress::Waiting(why), _) => format!("waiting for target: {why}"),
+            (Progress::Ready(_), Some(p)) => crate::dr::guard::may_promote(state, op, p, now_ms)
+                .err()
+                .map(|why| format!("replica ready; promotion waits: {why}"))
+                .unwrap_or_default(),
+            (Progress::Ready(_), None) => String::new(),
         },
         Phase::Verifying => {
             format!("verify window: {in_phase_ms} of {} ms healthy", cfg.verify_window_ms)

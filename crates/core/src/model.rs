@@ -292,7 +292,83 @@ pub struct GroupSpec {
     /// How a planned move shifts the group's traffic to its new site.
     #[serde(default, skip_serializing_if = "TrafficRamp::is_default")]
     pub ramp: TrafficRamp,
+    /// What disaster recovery may do with the group.
+    #[serde(default, skip_serializing_if = "FailoverPolicy::is_default")]
+    pub failover: FailoverPolicy,
     pub apps: Vec<AppSpec>,
+}
+
+/// Whether automation fails the group over off a site declared down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    /// Automation fails it over under the guard rails.
+    #[default]
+    Auto,
+    /// Only a human does (`fedctl failover`); automation holds it under the rule `manual`.
+    Manual,
+}
+
+/// A group's disaster-recovery policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverPolicy {
+    pub mode: FailoverMode,
+    /// After a failover, no automatic action on the group for this long; unset: the
+    /// federation's default (`guard.cooldown_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_s: Option<u64>,
+    /// Opt-in failback: once the site the group failed over from has been seen healthy by a
+    /// quorum of observers for this long, the group moves back to its recorded original
+    /// placement (one group at a time, with a planned switchover's prechecks). Unset: never
+    /// automatic; an operator reclaims the site instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failback_after_s: Option<u64>,
+    /// The group keeps data replicated between sites (a database primary and its replicas).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stateful: Option<StatefulPolicy>,
+}
+
+impl FailoverPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn problems(&self, g: &str) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.cooldown_s.is_some_and(|c| c > 7 * 86_400) {
+            errs.push(format!(
+                "group {g:?}: failover cooldown_s {:?} must be at most 604800 (a week)",
+                self.cooldown_s
+            ));
+        }
+        if let Some(after) = self.failback_after_s
+            && !(1..=7 * 86_400).contains(&after)
+        {
+            errs.push(format!("group {g:?}: failback_after_s {after} must be between 1 and 604800"));
+        }
+        if let Some(s) = &self.stateful {
+            if s.lease_s == 0 || s.lease_s > 3_600 {
+                errs.push(format!("group {g:?}: stateful lease_s {} must be between 1 and 3600", s.lease_s));
+            }
+            if s.rpo_s > 86_400 {
+                errs.push(format!("group {g:?}: stateful rpo_s {} must be at most 86400", s.rpo_s));
+            }
+        }
+        errs
+    }
+}
+
+/// A group holding replicated data. Its cells report each site's replication lag; a failover
+/// promotes a replica only once the old primary is fenced or its lease has run out, and only
+/// if the replica is within the RPO budget, unless an operator accepts the data loss.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatefulPolicy {
+    /// The most replication lag (seconds of writes) a failover may lose; 0: none.
+    pub rpo_s: u64,
+    /// The primary's lease: it may keep writing this long after its cell's last report.
+    pub lease_s: u64,
 }
 
 /// The traffic ramp of a planned move: the target's share after each step, each held at least
@@ -511,6 +587,7 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
         errs.push(format!("group {g:?} depends on itself"));
     }
     errs.extend(spec.ramp.problems(g));
+    errs.extend(spec.failover.problems(g));
     let names: std::collections::BTreeSet<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
     for app in &spec.apps {
         for d in &app.depends_on {
@@ -625,6 +702,7 @@ mod tests {
             tenant: String::new(),
             depends_on: vec![],
             ramp: Default::default(),
+            failover: Default::default(),
             apps,
         };
         assert!(validate_group(&group(vec![app("db", &[]), app("web", &["db"])])).is_empty());
@@ -663,6 +741,7 @@ mod tests {
             tenant: String::new(),
             depends_on: vec![],
             ramp: Default::default(),
+            failover: Default::default(),
             apps: vec![],
         };
         let errs = validate_group(&spec);

@@ -143,6 +143,23 @@ pub struct Operation {
     /// The evacuation this switchover is part of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evacuation: Option<String>,
+    /// A stateful group's failover: what its promotion waits for and what it may lose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+}
+
+/// A stateful group's failover promotes the target's replica (routes traffic to it) only once
+/// the old site is fenced (its cell has applied `fence_epoch`, which takes its traffic away) or
+/// the old primary's lease has run out (`lease_ms` after its cell's last report).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub fence_epoch: u64,
+    pub lease_ms: u64,
+    pub rpo_ms: u64,
+    /// The target replica's replication lag when the failover started; None: unknown.
+    pub lag_ms: Option<u64>,
+    /// Who accepted losing more than the RPO budget, when someone had to.
+    pub data_loss_accepted_by: Option<String>,
 }
 
 /// An operator's pause of a running operation.

@@ -169,6 +169,10 @@ pub enum Action {
         site: String,
         reason: String,
         break_glass: bool,
+        /// Stateful groups whose replicas are beyond their RPO budget fail over anyway; the
+        /// human accepting the loss is recorded.
+        #[serde(default)]
+        accept_data_loss: bool,
     },
     /// A human fails one group over off its active site (`fedctl failover --group`), to the
     /// target the guard rails choose; the site stays in service for its other groups.
@@ -176,6 +180,8 @@ pub enum Action {
         group: String,
         reason: String,
         break_glass: bool,
+        #[serde(default)]
+        accept_data_loss: bool,
     },
     /// Fail `group` over from the declared-down site `from` to `to`, as `dr::guard::decide`
     /// chose: a warm standby takes the traffic at once, a cold one after it has scaled up; the

@@ -49,6 +49,10 @@ impl AppReport {
 pub struct GroupReport {
     pub applied_epoch: u64,
     pub apps: BTreeMap<AppName, AppReport>,
+    /// A stateful group's replica here: how far (ms of writes) it is behind the primary, as
+    /// the replica last said. None: no replica here, or it could not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_lag_ms: Option<u64>,
 }
 
 impl GroupReport {

@@ -375,13 +375,13 @@ impl State {
             Action::DeclareSiteDown { site, evidence, detect } => {
                 self.declare_site_down(index, at, actor, site, evidence, detect)
             }
-            Action::DeclareSiteDownManually { site, reason, break_glass } => {
-                self.declare_site_down_manually(index, at, actor, site, reason, *break_glass)
+            Action::DeclareSiteDownManually { site, reason, break_glass, accept_data_loss } => {
+                self.declare_site_down_manually(index, at, actor, site, reason, *break_glass, *accept_data_loss)
             }
             Action::StartFailover { group, from, to } => self.start_failover(index, at, actor, group, from, to),
             Action::ReclaimSite { site, reason } => self.reclaim_site(index, at, actor, site, reason),
-            Action::FailoverGroup { group, reason, break_glass } => {
-                self.failover_group(index, at, actor, group, reason, *break_glass)
+            Action::FailoverGroup { group, reason, break_glass, accept_data_loss } => {
+                self.failover_group(index, at, actor, group, reason, *break_glass, *accept_data_loss)
             }
             Action::TripBrake { reason } => self.set_brake(index, at, actor, reason, true),
             Action::ReleaseBrake { reason } => self.set_brake(index, at, actor, reason, false),
@@ -477,6 +477,7 @@ impl State {
             ramp_step: 0,
             approved_by: None,
             evacuation: evacuation.map(str::to_string),
+            promotion: None,
         };
         self.audit.append(Entry {
             time_ms: at,

@@ -36,6 +36,7 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
         tenant: String::new(),
         depends_on: vec![],
         ramp: Default::default(),
+        failover: Default::default(),
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),
@@ -113,6 +114,7 @@ impl Fed {
                         "web".to_string(),
                         AppReport { desired: healthy + unhealthy, instances, blocker: String::new() },
                     )]),
+                    replication_lag_ms: None,
                 },
             );
         }
@@ -802,6 +804,7 @@ fn site_report(site: &str, ports: &[(u32, bool)]) -> CellReport {
                     "web".to_string(),
                     AppReport { desired: 2, instances, blocker: String::new() },
                 )]),
+                replication_lag_ms: None,
             },
         )]),
     }
@@ -1401,3 +1404,6 @@ mod drills;
 
 #[path = "switchover/dr.rs"]
 mod dr;
+
+#[path = "switchover/dr_policy.rs"]
+mod dr_policy;

@@ -291,6 +291,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             tenant: String::new(),
             depends_on: vec![],
             ramp: Default::default(),
+            failover: Default::default(),
             apps: vec![app("web", 2)],
         },
         GroupSpec {
@@ -303,6 +304,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             tenant: String::new(),
             depends_on: vec![],
             ramp: Default::default(),
+            failover: Default::default(),
             apps: vec![app("api", 2)],
         },
     ]

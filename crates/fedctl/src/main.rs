@@ -148,6 +148,10 @@ enum Cmd {
         /// record); freezes and capacity still hold.
         #[arg(long)]
         break_glass: bool,
+        /// Fail stateful groups over even when their replica is beyond the RPO budget (or its
+        /// lag is unknown): you accept losing those writes. Recorded in the audit history.
+        #[arg(long)]
+        accept_data_loss: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -825,15 +829,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Drill(DrillCmd::List { output }) => drill_list(&cfg_path, output).await,
-        Cmd::Failover { site, group, reason, break_glass, output } => match (site, group) {
+        Cmd::Failover { site, group, reason, break_glass, accept_data_loss, output } => match (site, group) {
             (Some(site), _) => {
-                let request = pb::DeclareSiteDownRequest { site, reason, break_glass };
+                let request = pb::DeclareSiteDownRequest { site, reason, break_glass, accept_data_loss };
                 let status = api(&cfg_path).await?.declare_site_down(request).await?.into_inner();
                 print_dr(&status, output);
                 Ok(())
             }
             (None, Some(group)) => {
-                let request = pb::FailoverGroupRequest { group, reason, break_glass };
+                let request = pb::FailoverGroupRequest { group, reason, break_glass, accept_data_loss };
                 let op = api(&cfg_path).await?.failover_group(request).await?.into_inner();
                 match output {
                     Format::Json => println!("{}", json(&op)),

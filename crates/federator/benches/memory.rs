@@ -83,6 +83,7 @@ fn report(i: usize) -> agent::CellReport {
         .map(|g| agent::GroupStatus {
             group: format!("app-{g:04}"),
             applied_epoch: 0,
+            replication_lag_ms: None,
             apps: vec![agent::AppStatus {
                 app: "web".into(),
                 desired: 2,

@@ -578,7 +578,12 @@ impl Operator for OperatorService {
         let who = authorise(&req, Role::can_freeze, "declare a site down")?;
         let r = req.into_inner();
         let action =
-            Action::DeclareSiteDownManually { site: r.site.clone(), reason: r.reason, break_glass: r.break_glass };
+            Action::DeclareSiteDownManually {
+                site: r.site.clone(),
+                reason: r.reason,
+                break_glass: r.break_glass,
+                accept_data_loss: r.accept_data_loss,
+            };
         self.fed.propose(&who.to_string(), action).await?;
         tracing::warn!(site = %r.site, actor = %who, break_glass = r.break_glass, "site declared down by hand");
         metrics::counter!("federator_sites_declared_down_total", "by" => "human").increment(1);
@@ -588,7 +593,12 @@ impl Operator for OperatorService {
     async fn failover_group(&self, req: Request<pb::FailoverGroupRequest>) -> Result<Response<pb::Operation>, Status> {
         let who = authorise(&req, Role::can_freeze, "fail a group over")?;
         let r = req.into_inner();
-        let action = Action::FailoverGroup { group: r.group.clone(), reason: r.reason, break_glass: r.break_glass };
+        let action = Action::FailoverGroup {
+            group: r.group.clone(),
+            reason: r.reason,
+            break_glass: r.break_glass,
+            accept_data_loss: r.accept_data_loss,
+        };
         let Applied::OperationStarted { id } = self.fed.propose(&who.to_string(), action).await? else {
             return Err(Status::internal("failover committed without an operation id"));
         };

@@ -69,7 +69,7 @@ pub fn report_from_proto(r: &agent::CellReport) -> Result<CellReport, String> {
             instances.sort_by(|a, b| a.task_id.cmp(&b.task_id));
             apps.insert(a.app.clone(), AppReport { desired: a.desired, instances, blocker: a.blocker.clone() });
         }
-        if groups.insert(g.group.clone(), GroupReport { applied_epoch: g.applied_epoch, apps }).is_some() {
+        if groups.insert(g.group.clone(), GroupReport { applied_epoch: g.applied_epoch, apps, replication_lag_ms: g.replication_lag_ms }).is_some() {
             return Err(format!("group {} is reported twice", g.group));
         }
     }

@@ -221,7 +221,7 @@ impl SimCell {
         let mut allocated = Resources::default();
         let mut groups: BTreeMap<String, GroupReport> = BTreeMap::new();
         for g in &self.groups {
-            groups.insert(g.clone(), GroupReport { applied_epoch: self.applied_epoch, apps: BTreeMap::new() });
+            groups.insert(g.clone(), GroupReport { applied_epoch: self.applied_epoch, ..Default::default() });
         }
         for ((group, app), tasks) in &self.running {
             let res = self.resources.get(&(group.clone(), app.clone())).copied().unwrap_or_default();

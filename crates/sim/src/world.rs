@@ -128,6 +128,7 @@ pub(crate) fn group_spec(i: usize, home: &str) -> GroupSpec {
         } else {
             Default::default()
         },
+        failover: Default::default(),
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),

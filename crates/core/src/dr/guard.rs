@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::REPORT_FRESH_MS;
 use crate::engine::{fits_on_nodes, reserved_on};
-use crate::model::{AppName, Resources, SiteState};
+use crate::model::{AppName, FailoverMode, Resources, SiteState};
+use crate::operation::{Operation, Promotion};
 use crate::state::State;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,10 +61,14 @@ pub enum Rule {
     Busy,
     Capacity,
     NoFeasibleTarget,
+    /// The group's failover policy is manual: only a human fails it over.
+    Manual,
+    /// A stateful group with no replica within its RPO budget.
+    Rpo,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 7] = [
+    pub const ALL: [Rule; 9] = [
         Rule::Brake,
         Rule::Freeze,
         Rule::Cooldown,
@@ -71,6 +76,8 @@ impl Rule {
         Rule::Busy,
         Rule::Capacity,
         Rule::NoFeasibleTarget,
+        Rule::Manual,
+        Rule::Rpo,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +89,8 @@ impl Rule {
             Rule::Busy => "busy",
             Rule::Capacity => "capacity",
             Rule::NoFeasibleTarget => "no-feasible-target",
+            Rule::Manual => "manual",
+            Rule::Rpo => "rpo",
         }
     }
 }
@@ -188,6 +197,10 @@ pub fn decide(
     let mut slots =
         if break_glass { usize::MAX } else { (cfg.max_concurrent as usize).saturating_sub(history.in_flight) };
     let last_action: BTreeMap<&str, u64> = history.failovers.iter().map(|(t, g)| (g.as_str(), *t)).collect();
+    let declaration = state.down_sites.get(failed);
+    // A human declared the site down: groups whose policy is manual go too.
+    let by_human = declaration.is_some_and(|d| d.manual.is_some());
+    let accept_data_loss = declaration.is_some_and(|d| d.accept_data_loss);
     // Capacity taken by the moves decided so far, per target: totals and instances.
     let mut taken: BTreeMap<String, (Resources, Vec<Resources>)> = BTreeMap::new();
     for g in groups {
@@ -197,9 +210,16 @@ pub fn decide(
             out.held.push(held(Rule::Freeze, format!("frozen ({scope}, by {}: {})", f.actor, f.reason)));
             continue;
         }
-        if let Some(t) = last_action.get(name).filter(|t| !break_glass && now_ms.saturating_sub(**t) < cfg.cooldown_ms)
-        {
-            let left = cfg.cooldown_ms - now_ms.saturating_sub(*t);
+        if g.spec.failover.mode == FailoverMode::Manual && !by_human {
+            out.held.push(held(
+                Rule::Manual,
+                format!("its failover policy is manual: a human runs fedctl failover --group {name}"),
+            ));
+            continue;
+        }
+        let cooldown_ms = g.spec.failover.cooldown_s.map_or(cfg.cooldown_ms, |s| s * 1000);
+        if let Some(t) = last_action.get(name).filter(|t| !break_glass && now_ms.saturating_sub(**t) < cooldown_ms) {
+            let left = cooldown_ms - now_ms.saturating_sub(*t);
             out.held.push(held(
                 Rule::Cooldown,
                 format!("failed over {} s ago; cooldown has {} s left", (now_ms - t) / 1000, left / 1000),
@@ -225,7 +245,7 @@ pub fn decide(
             continue;
         }
         let Target { warm, site, fit: Fit { needed, instances, .. } } =
-            match choose_target(state, g, failed, down, suspect, now_ms, &taken) {
+            match choose_target(state, g, failed, down, suspect, now_ms, &taken, accept_data_loss) {
                 Ok(target) => target,
                 Err((rule, detail)) => {
                     out.held.push(held(rule, detail));
@@ -321,6 +341,7 @@ pub(crate) struct Target {
     pub fit: Fit,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn choose_target(
     state: &State,
     g: &crate::model::AppGroup,
@@ -329,6 +350,7 @@ pub(crate) fn choose_target(
     suspect: &BTreeSet<String>,
     now_ms: u64,
     taken: &BTreeMap<String, (Resources, Vec<Resources>)>,
+    accept_data_loss: bool,
 ) -> Result<Target, (Rule, String)> {
     let candidates: Vec<&String> = state
         .sites
@@ -348,7 +370,12 @@ pub(crate) fn choose_target(
     }
     let mut fits: Vec<(bool, u64, &String, Fit)> = Vec::new();
     let mut why_not = Vec::new();
+    let mut beyond_rpo = Vec::new();
     for site in candidates {
+        if !accept_data_loss && let Err(why) = within_rpo(state, g, site) {
+            beyond_rpo.push(why);
+            continue;
+        }
         let (taken_total, taken_instances) = taken.get(site.as_str()).cloned().unwrap_or_default();
         match fit(state, g, failed, site, now_ms, taken_total, &taken_instances) {
             Ok(f) => fits.push((f.warm, f.free.cpu_millis, site, f)),
@@ -357,9 +384,70 @@ pub(crate) fn choose_target(
     }
     fits.sort_by(|a, b| (!a.0, std::cmp::Reverse(a.1), a.2).cmp(&(!b.0, std::cmp::Reverse(b.1), b.2)));
     let Some((warm, _, site, fit)) = fits.into_iter().next() else {
+        if why_not.is_empty() && !beyond_rpo.is_empty() {
+            return Err((
+                Rule::Rpo,
+                format!(
+                    "no replica within the RPO budget ({}); it keeps its placement unless a human fails it over with --accept-data-loss",
+                    beyond_rpo.join("; ")
+                ),
+            ));
+        }
+        why_not.extend(beyond_rpo);
         return Err((Rule::Capacity, format!("no survivor has room ({}); it keeps its placement", why_not.join("; "))));
     };
     Ok(Target { warm, site: site.clone(), fit })
+}
+
+/// The replication lag `site`'s cell last reported for `group`'s replica there.
+pub fn replica_lag(state: &State, group: &str, site: &str) -> Option<u64> {
+    state.reports.get(site)?.report.groups.get(group)?.replication_lag_ms
+}
+
+/// Whether a stateful group's replica at `site` is within the group's RPO budget (a group
+/// that is not stateful always is). Err: why not.
+pub fn within_rpo(state: &State, g: &crate::model::AppGroup, site: &str) -> Result<(), String> {
+    let Some(p) = &g.spec.failover.stateful else {
+        return Ok(());
+    };
+    let budget = p.rpo_s * 1000;
+    match replica_lag(state, &g.spec.name, site) {
+        Some(lag) if lag <= budget => Ok(()),
+        Some(lag) => Err(format!("{site}: replica {lag} ms behind, RPO budget {budget} ms")),
+        None => {
+            Err(format!("{site}: no replica lag reported, so the RPO budget of {budget} ms cannot be shown to hold"))
+        }
+    }
+}
+
+/// Whether a stateful group's failover may promote its target at `now_ms`: the old site is
+/// fenced (its cell has applied the failover's epoch since it started) or the old primary's
+/// lease has run out (`lease_ms` after its cell's last report). Ok: which; Err: what it waits
+/// for.
+pub fn may_promote(state: &State, op: &Operation, p: &Promotion, now_ms: u64) -> Result<String, String> {
+    let record = state.reports.get(&op.from);
+    if let Some(r) = record
+        && r.received_at_ms >= op.created_at_ms
+        && r.report.groups.get(&op.group).is_some_and(|g| g.applied_epoch >= p.fence_epoch)
+    {
+        return Ok(format!("{} fenced: its cell applied epoch {}", op.from, p.fence_epoch));
+    }
+    let last = record.map_or(op.created_at_ms, |r| r.received_at_ms.min(now_ms));
+    let expires = last + p.lease_ms;
+    if now_ms >= expires {
+        return Ok(format!(
+            "{}'s lease ran out: last report {} ms ago, lease {} ms",
+            op.from,
+            now_ms - last,
+            p.lease_ms
+        ));
+    }
+    Err(format!(
+        "{} not fenced (its cell has not applied epoch {}) and its lease runs {} ms more",
+        op.from,
+        p.fence_epoch,
+        expires - now_ms
+    ))
 }
 
 fn list(sites: &BTreeSet<String>) -> String {

@@ -25,6 +25,10 @@ pub struct Declaration {
     /// limit); never capacity or freezes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub break_glass: Vec<String>,
+    /// The human who declared it accepted data loss: its stateful groups fail over even with
+    /// replicas beyond their RPO budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_data_loss: bool,
 }
 
 /// The guard rails a break-glass declaration overrides, by name.

@@ -37,6 +37,7 @@ impl State {
                 evidence: evidence.to_vec(),
                 manual: None,
                 break_glass: vec![],
+                accept_data_loss: false,
             },
         );
         self.audit.append(Entry {
@@ -51,6 +52,7 @@ impl State {
         Ok(Applied::Changed)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn declare_site_down_manually(
         &mut self,
         index: u64,
@@ -59,6 +61,7 @@ impl State {
         site: &str,
         reason: &str,
         break_glass: bool,
+        accept_data_loss: bool,
     ) -> Response {
         let s = self.sites.get(site).ok_or_else(|| Refusal::UnknownSite(site.to_string()))?;
         if reason.trim().is_empty() {
@@ -85,6 +88,7 @@ impl State {
                 evidence: vec![],
                 manual: Some(reason.to_string()),
                 break_glass: overrides.clone(),
+                accept_data_loss,
             },
         );
         self.audit.append(Entry {
@@ -93,7 +97,12 @@ impl State {
             action: if break_glass { "site.declared-down.break-glass" } else { "site.declared-down" },
             subject: site,
             reason,
-            detail: json!({ "before": before.as_str(), "manual": true, "overrides": overrides }),
+            detail: json!({
+                "before": before.as_str(),
+                "manual": true,
+                "overrides": overrides,
+                "accept_data_loss": accept_data_loss,
+            }),
             raft_index: index,
         });
         Ok(Applied::Changed)
@@ -203,12 +212,27 @@ impl State {
             Some(_) => {}
         }
         let fit = crate::dr::guard::fit(self, g, from, to, at, Default::default(), &[]).map_err(invalid)?;
-        self.create_failover(index, at, actor, group, from, to, fit, &format!("{from} declared down"))
+        let declaration = &self.down_sites[from];
+        let accepted_by = declaration.accept_data_loss.then(|| declaration.actor.clone());
+        crate::dr::guard::within_rpo(self, g, to)
+            .or_else(|why| if accepted_by.is_some() { Ok(()) } else { Err(invalid(why)) })?;
+        self.create_failover(
+            index,
+            at,
+            actor,
+            group,
+            from,
+            to,
+            fit,
+            &format!("{from} declared down"),
+            accepted_by.as_deref(),
+        )
     }
 
     /// A human fails one group over off its site (which stays in service for its other
     /// groups): to the target the guard rails would choose, unless frozen, busy, or braked
     /// (break-glass overrides the brake, named in the audit record).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn failover_group(
         &mut self,
         index: u64,
@@ -217,6 +241,7 @@ impl State {
         group: &str,
         reason: &str,
         break_glass: bool,
+        accept_data_loss: bool,
     ) -> Response {
         if reason.trim().is_empty() {
             return Err(Refusal::Invalid(format!("failing {group:?} over needs a reason")));
@@ -241,13 +266,20 @@ impl State {
             )));
         }
         let down: std::collections::BTreeSet<String> = self.down_sites.keys().cloned().collect();
-        let target =
-            crate::dr::guard::choose_target(self, g, &from, &down, &Default::default(), at, &Default::default())
-                .map_err(|(rule, why)| {
-                    Refusal::Invalid(format!("failover of {group} refused by {}: {why}", rule.as_str()))
-                })?;
+        let target = crate::dr::guard::choose_target(
+            self,
+            g,
+            &from,
+            &down,
+            &Default::default(),
+            at,
+            &Default::default(),
+            accept_data_loss,
+        )
+        .map_err(|(rule, why)| Refusal::Invalid(format!("failover of {group} refused by {}: {why}", rule.as_str())))?;
         let why = if break_glass { format!("{reason} (break-glass: brake overridden)") } else { reason.to_string() };
-        self.create_failover(index, at, actor, group, &from, &target.site, target.fit, &why)
+        let accepted_by = accept_data_loss.then_some(actor);
+        self.create_failover(index, at, actor, group, &from, &target.site, target.fit, &why, accepted_by)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -261,20 +293,44 @@ impl State {
         to: &str,
         fit: crate::dr::guard::Fit,
         reason: &str,
+        accepted_by: Option<&str>,
     ) -> Response {
         let g = &self.groups[group];
         let id = format!("op-{index}");
         let source = g.placement.share(from);
         let target_instances = source.instances.clone();
+        let promotion = g.spec.failover.stateful.as_ref().map(|p| {
+            let lag_ms = crate::dr::guard::replica_lag(self, group, to);
+            crate::operation::Promotion {
+                fence_epoch: index,
+                lease_ms: p.lease_s * 1000,
+                rpo_ms: p.rpo_s * 1000,
+                lag_ms,
+                // Recorded only when the loss was accepted because it was needed.
+                data_loss_accepted_by: accepted_by
+                    .filter(|_| lag_ms.is_none_or(|l| l > p.rpo_s * 1000))
+                    .map(str::to_string),
+            }
+        });
+        // A stateful group's replica takes the traffic only once it may be promoted.
+        let route_now = fit.warm && promotion.is_none();
         let g = self.groups.get_mut(group).expect("checked above");
         let before = g.placement.clone();
         let target_before = g.placement.share(to);
         scale_up_target(&mut g.placement, to, &target_instances, index);
-        if fit.warm {
+        if route_now {
             route(&mut g.placement, from, to);
         }
         g.operation = Some(id.clone());
-        let detail = if fit.warm {
+        let detail = if let Some(p) = &promotion {
+            format!(
+                "stateful: {to}'s replica (lag {}, RPO {} ms{}) is promoted once {from} is fenced or its lease of {} ms runs out",
+                p.lag_ms.map_or("unknown".to_string(), |l| format!("{l} ms")),
+                p.rpo_ms,
+                p.data_loss_accepted_by.as_ref().map_or(String::new(), |who| format!("; data loss accepted by {who}")),
+                p.lease_ms
+            )
+        } else if fit.warm {
             format!("warm standby on {to} takes the traffic; {from} fenced (weight 0, nothing deleted)")
         } else {
             format!("cold standby: scale {to} up, then route; {from} keeps its instances")
@@ -304,12 +360,13 @@ impl State {
             target_instances,
             target_before,
             reserved: fit.needed,
-            traffic_shifted_at_ms: fit.warm.then_some(at),
+            traffic_shifted_at_ms: route_now.then_some(at),
             paused: None,
             ramp: vec![100],
-            ramp_step: u32::from(fit.warm),
+            ramp_step: u32::from(route_now),
             approved_by: None,
             evacuation: None,
+            promotion: promotion.clone(),
         };
         self.operations.insert(id.clone(), op);
         if actor == crate::SYSTEM_ACTOR {
@@ -330,6 +387,7 @@ impl State {
                 "to": to,
                 "warm": fit.warm,
                 "step": detail,
+                "promotion": promotion,
                 "reserved": fit.needed,
                 "placement_before": before,
                 "placement_after": g.placement,
@@ -342,6 +400,10 @@ impl State {
     /// A failover's target is ready: a cold one now takes the traffic; either way it is done.
     pub(super) fn finish_failover(&mut self, index: u64, at: u64, actor: &str, id: &str, detail: &str) -> Response {
         let op = self.running_op(id, Phase::ScalingUp)?;
+        if let Some(p) = &op.promotion {
+            crate::dr::guard::may_promote(self, op, p, at)
+                .map_err(|why| Refusal::Invalid(format!("failover {id} cannot promote yet: {why}")))?;
+        }
         let (group, from, to, cold, reason) =
             (op.group.clone(), op.from.clone(), op.to.clone(), op.traffic_shifted_at_ms.is_none(), op.reason.clone());
         let g = self.groups.get_mut(&group).expect("an operation's group is never removed");

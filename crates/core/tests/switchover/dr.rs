@@ -182,7 +182,12 @@ fn the_rate_limit_is_one_budget_across_every_failed_site() {
     for site in ["site-1", "site-2"] {
         f.ok(
             "dr-admin:dana",
-            Action::DeclareSiteDownManually { site: site.into(), reason: "gone".into(), break_glass: false },
+            Action::DeclareSiteDownManually {
+                site: site.into(),
+                reason: "gone".into(),
+                break_glass: false,
+                accept_data_loss: false,
+            },
         );
     }
     let cfg = GuardConfig { brake_sites_percent: 100, secondary_rate_per_minute: 2, ..Default::default() };
@@ -397,6 +402,7 @@ mod committed {
             site: "site-1".into(),
             reason: reason.into(),
             break_glass,
+            accept_data_loss: false,
         };
         assert!(f.propose("dr-admin:dana", manual(false, " ")).unwrap_err().to_string().contains("needs a reason"));
         // Automation is braked: a plain manual declaration moves nothing.
@@ -502,6 +508,7 @@ mod committed {
                     group: group.into(),
                     reason: "crm-web broken on site-1 (INC-80)".into(),
                     break_glass,
+                    accept_data_loss: false,
                 },
             )
         };
@@ -526,7 +533,8 @@ mod committed {
         );
         assert!(failover(&mut f, "b", true).unwrap_err().to_string().contains("audit week"));
         assert!(matches!(failover(&mut f, "nope", true), Err(Refusal::UnknownGroup(_))));
-        let blank = Action::FailoverGroup { group: "a".into(), reason: " ".into(), break_glass: true };
+        let blank =
+            Action::FailoverGroup { group: "a".into(), reason: " ".into(), break_glass: true, accept_data_loss: false };
         assert!(f.propose("dr-admin:dana", blank).unwrap_err().to_string().contains("needs a reason"));
     }
 }

@@ -1059,6 +1059,7 @@ impl CellState {
                         }
                     })
                     .collect(),
+                replication_lag_ms: None,
             })
             .collect::<Vec<_>>();
         let groups = self.with_unlisted_tasks(groups);
@@ -1087,7 +1088,7 @@ impl CellState {
             };
             match groups.iter_mut().find(|g| g.group == group) {
                 Some(g) => g.apps.push(status),
-                None => groups.push(agent::GroupStatus { group, applied_epoch: 0, apps: vec![status] }),
+                None => groups.push(agent::GroupStatus { group, applied_epoch: 0, apps: vec![status], replication_lag_ms: None }),
             }
         }
         groups
