@@ -317,14 +317,20 @@ fn source_progress(state: &State, op: &Operation, now_ms: u64) -> Progress {
     if record.age_ms(now_ms) > REPORT_FRESH_MS {
         return Progress::Waiting(format!("{}'s cell last reported {} ms ago", op.from, record.age_ms(now_ms)));
     }
+    let keep = g.placement.share(&op.from).total_instances();
     match record.report.groups.get(&op.group) {
         Some(gr) if gr.applied_epoch < g.placement.epoch => Progress::Waiting(format!(
             "{}'s cell has applied epoch {} of {}, not {} yet",
             op.from, gr.applied_epoch, op.group, g.placement.epoch
         )),
-        Some(gr) if gr.present() > 0 => {
-            Progress::Waiting(format!("{} instances still present on {}", gr.present(), op.from))
-        }
+        // A failback keeps the site it leaves as it was before the failover (a warm standby).
+        Some(gr) if gr.present() > keep => Progress::Waiting(format!(
+            "{} instances still present on {}{}",
+            gr.present(),
+            op.from,
+            if keep > 0 { format!(" ({keep} stay as its standby)") } else { String::new() }
+        )),
+        _ if keep > 0 => Progress::Ready(format!("{} down to its standby of {keep}", op.from)),
         _ => Progress::Ready(format!("no instances left on {}", op.from)),
     }
 }

@@ -12,6 +12,8 @@ pub enum OperationKind {
     Evacuation,
     /// Disaster recovery: moving a group off a site declared down.
     Failover,
+    /// Opt-in return of a failed-over group to its original site: a planned switchover.
+    Failback,
 }
 
 impl OperationKind {
@@ -20,6 +22,7 @@ impl OperationKind {
             OperationKind::Switchover => "switchover",
             OperationKind::Evacuation => "evacuation",
             OperationKind::Failover => "failover",
+            OperationKind::Failback => "failback",
         }
     }
 }

@@ -183,6 +183,14 @@ pub enum Action {
         #[serde(default)]
         accept_data_loss: bool,
     },
+    /// Move a failed-over group back to its recorded original site (opt-in failback): the
+    /// evidence shows that site healthy to a quorum of observers for the group's stability
+    /// window. A site still declared down returns to service with it.
+    StartFailback {
+        group: String,
+        evidence: Vec<crate::dr::detect::Recovery>,
+        detect: crate::dr::detect::DetectConfig,
+    },
     /// Fail `group` over from the declared-down site `from` to `to`, as `dr::guard::decide`
     /// chose: a warm standby takes the traffic at once, a cold one after it has scaled up; the
     /// failed site is fenced (weight 0) and nothing there is deleted.

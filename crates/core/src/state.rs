@@ -62,6 +62,10 @@ pub struct State {
     /// Drills, scheduled, running and done, by id (`drill-<log index>`).
     #[serde(default)]
     pub drills: BTreeMap<String, crate::drill::Drill>,
+    /// The placement each failed-over group had before its first failover, until it fails
+    /// back, its old site is reclaimed, or an operator moves it.
+    #[serde(default)]
+    pub origins: BTreeMap<String, crate::dr::failback::Origin>,
 }
 
 /// A freeze: no switchover, spec update or autoscaling inside its scope.
@@ -135,7 +139,8 @@ impl State {
             Action::RegisterSite(_)
             | Action::DeclareSiteDown { .. }
             | Action::DeclareSiteDownManually { .. }
-            | Action::ReclaimSite { .. } => {
+            | Action::ReclaimSite { .. }
+            | Action::StartFailback { .. } => {
                 return None;
             }
             Action::StartFailover { group, .. } | Action::FailoverGroup { group, .. } => vec![group.clone()],
@@ -368,7 +373,19 @@ impl State {
                 } else {
                     self.check_rollback_of(rollback_of, group)?;
                 }
-                self.start_switchover(index, at, actor, group, to, reason, plan, None, rollback_of.is_empty())
+                let approval = rollback_of.is_empty();
+                self.start_switchover(
+                    index,
+                    at,
+                    actor,
+                    group,
+                    to,
+                    reason,
+                    plan,
+                    None,
+                    approval,
+                    OperationKind::Switchover,
+                )
             }
             Action::SetChangeWindows { windows, reason } => self.set_change_windows(index, at, actor, windows, reason),
             Action::SetTtlBudget { max_ttl_s, reason } => self.set_ttl_budget(index, at, actor, *max_ttl_s, reason),
@@ -379,6 +396,9 @@ impl State {
                 self.declare_site_down_manually(index, at, actor, site, reason, *break_glass, *accept_data_loss)
             }
             Action::StartFailover { group, from, to } => self.start_failover(index, at, actor, group, from, to),
+            Action::StartFailback { group, evidence, detect } => {
+                self.start_failback(index, at, actor, group, evidence, detect)
+            }
             Action::ReclaimSite { site, reason } => self.reclaim_site(index, at, actor, site, reason),
             Action::FailoverGroup { group, reason, break_glass, accept_data_loss } => {
                 self.failover_group(index, at, actor, group, reason, *break_glass, *accept_data_loss)
@@ -434,6 +454,7 @@ impl State {
         // Subject to the approval policy: not a rollback (the move it undoes was approved), not
         // an evacuation's own switchover (approved with the evacuation).
         approval: bool,
+        kind: OperationKind,
     ) -> Response {
         let plan = plan_switchover_for(self, group, to, at, evacuation)?;
         let id = format!("op-{index}");
@@ -453,7 +474,7 @@ impl State {
         };
         let op = Operation {
             id: id.clone(),
-            kind: OperationKind::Switchover,
+            kind,
             group: group.to_string(),
             from: plan.from.clone(),
             to: to.to_string(),
@@ -482,7 +503,7 @@ impl State {
         self.audit.append(Entry {
             time_ms: at,
             actor,
-            action: "switchover.start",
+            action: if kind == OperationKind::Failback { "failback.start" } else { "switchover.start" },
             subject: group,
             reason,
             detail: json!({
@@ -592,13 +613,23 @@ impl State {
             Phase::ScalingDown => {
                 // Held until now: a ramp reverted from 100 % must still own its capacity.
                 op.reserved = Default::default();
+                // A failback leaves the site it returns from as it was before the failover (a
+                // warm standby keeps its instances); any other move scales it to zero.
+                let restore = (op.kind == OperationKind::Failback)
+                    .then(|| self.origins.get(&group_name).map(|o| o.placement.share(&src).instances))
+                    .flatten();
                 if let Some(share) = g.placement.sites.get_mut(&src) {
                     share.instances.values_mut().for_each(|n| *n = 0);
+                    for (app, n) in restore.into_iter().flatten() {
+                        share.instances.insert(app, n);
+                    }
                 }
                 g.placement.epoch = index;
             }
             Phase::Done => {
                 g.operation = None;
+                // Back home, or moved on purpose by an operator: nothing to fail back to.
+                self.origins.remove(&group_name);
                 op.outcome = Outcome::Succeeded;
                 op.finished_at_ms = Some(at);
                 // A needs-attention stop that resolved itself: the history keeps the error in
@@ -629,11 +660,16 @@ impl State {
             record["duration_ms"] = json!(at.saturating_sub(op.created_at_ms));
             record["traffic_shifted_at_ms"] = json!(op.traffic_shifted_at_ms);
         }
-        let reason = op.reason.clone();
+        let (reason, op_kind) = (op.reason.clone(), op.kind);
         self.audit.append(Entry {
             time_ms: at,
             actor,
-            action: if to == Phase::Done { "switchover.complete" } else { "switchover.phase" },
+            action: match (op_kind, to == Phase::Done) {
+                (OperationKind::Failback, true) => "failback.complete",
+                (OperationKind::Failback, false) => "failback.phase",
+                (_, true) => "switchover.complete",
+                (_, false) => "switchover.phase",
+            },
             subject: &group_name,
             reason: &reason,
             detail: record,

@@ -1407,3 +1407,6 @@ mod dr;
 
 #[path = "switchover/dr_policy.rs"]
 mod dr_policy;
+
+#[path = "switchover/dr_failback.rs"]
+mod dr_failback;

@@ -1478,6 +1478,14 @@ fn print_dr(s: &pb::DrStatus, output: Format) {
         }
         println!("{t}");
     }
+    if !s.fenced.is_empty() {
+        println!("failed over, old site fenced (nothing deleted):");
+        let mut t = table(&["group", "fenced on", "since", "failback"]);
+        for f in &s.fenced {
+            t.add_row(vec![f.group.clone(), f.site.clone(), time(f.since_ms), f.failback.clone()]);
+        }
+        println!("{t}");
+    }
 }
 
 async fn drill_list(cfg: &Path, output: Format) -> Result<(), CliError> {

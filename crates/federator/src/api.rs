@@ -577,13 +577,12 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::DrStatus>, Status> {
         let who = authorise(&req, Role::can_freeze, "declare a site down")?;
         let r = req.into_inner();
-        let action =
-            Action::DeclareSiteDownManually {
-                site: r.site.clone(),
-                reason: r.reason,
-                break_glass: r.break_glass,
-                accept_data_loss: r.accept_data_loss,
-            };
+        let action = Action::DeclareSiteDownManually {
+            site: r.site.clone(),
+            reason: r.reason,
+            break_glass: r.break_glass,
+            accept_data_loss: r.accept_data_loss,
+        };
         self.fed.propose(&who.to_string(), action).await?;
         tracing::warn!(site = %r.site, actor = %who, break_glass = r.break_glass, "site declared down by hand");
         metrics::counter!("federator_sites_declared_down_total", "by" => "human").increment(1);
@@ -715,7 +714,31 @@ impl OperatorService {
         let now = now_ms();
         let cfg = &self.fed.config.engine.guard;
         let (_, suspect) = self.fed.detection_round(now);
+        let recovered = crate::executor::recovered_origins(&self.fed, now);
+        let detect = &self.fed.config.dr.detect;
         self.fed.shared.read(|s| {
+            use switchyard_core::dr::failback;
+            let running = failback::running(s).map(|o| o.group.clone());
+            let fenced = s
+                .origins
+                .iter()
+                .map(|(group, o)| pb::FencedGroup {
+                    group: group.clone(),
+                    site: o.site.clone(),
+                    since_ms: o.at_ms,
+                    failback: if s.groups.get(group).is_none_or(|g| g.spec.failover.failback_after_s.is_none()) {
+                        "off".to_string()
+                    } else if running.as_ref() == Some(group) {
+                        "running".to_string()
+                    } else {
+                        match failback::eligible(s, group, &recovered, now, detect) {
+                            Ok(_) if running.is_some() => "due after the running failback".to_string(),
+                            Ok(_) => "due".to_string(),
+                            Err(why) => format!("waiting: {why}"),
+                        }
+                    },
+                })
+                .collect();
             let held = switchyard_core::dr::round(s, &suspect, now, cfg)
                 .held
                 .into_iter()
@@ -743,6 +766,7 @@ impl OperatorService {
                     })
                     .collect(),
                 held,
+                fenced,
                 recent_failovers: s.automatic_failovers.iter().filter(|(t, _)| now.saturating_sub(*t) < 600_000).count()
                     as u32,
             }

@@ -31,8 +31,9 @@ pub async fn run(fed: Arc<Federator>) {
             }
         }
         let (declarations, suspect) = fed.detection_round(now_ms());
+        let failback = failback_round(&fed, now_ms());
         let due = fed.shared.read(|s| s.has_work() || !switchyard_core::drill::due(s, now_ms()).is_empty());
-        if !due && declarations.is_empty() {
+        if !due && declarations.is_empty() && failback.is_none() {
             continue;
         }
         // Confirm leadership with a quorum and wait until everything committed is applied
@@ -59,11 +60,13 @@ pub async fn run(fed: Arc<Federator>) {
             }
         }
         let now = now_ms();
-        let actions = fed.shared.read(|s| decide_with(s, now, &fed.config.engine, &suspect));
+        let mut actions = fed.shared.read(|s| decide_with(s, now, &fed.config.engine, &suspect));
+        actions.extend(failback);
         for action in actions {
             let what = describe(&action);
             let automatic = match &action {
                 Action::StartFailover { .. } => Some("failover"),
+                Action::StartFailback { .. } => Some("failback"),
                 Action::TripBrake { .. } => Some("brake"),
                 _ => None,
             };
@@ -80,6 +83,34 @@ pub async fn run(fed: Arc<Federator>) {
             }
         }
     }
+}
+
+/// The opt-in failback due now, if any: the observers' recovery evidence for every site some
+/// failed-over group came from, handed to the pure decision.
+fn failback_round(fed: &Federator, now: u64) -> Option<Action> {
+    let recovered = recovered_origins(fed, now);
+    if recovered.is_empty() {
+        return None;
+    }
+    fed.shared.read(|s| switchyard_core::dr::failback::next(s, &recovered, now, &fed.config.dr.detect))
+}
+
+/// For every site some failed-over group came from: the observers that see it healthy now.
+pub(crate) fn recovered_origins(
+    fed: &Federator,
+    now: u64,
+) -> std::collections::BTreeMap<String, Vec<switchyard_core::dr::detect::Recovery>> {
+    use switchyard_core::dr::detect::Subject;
+    let sites: std::collections::BTreeSet<String> =
+        fed.shared.read(|s| s.origins.values().map(|o| o.site.clone()).collect());
+    let detector = fed.observations.lock().expect("observations lock");
+    sites
+        .into_iter()
+        .map(|site| {
+            let seen = detector.recovered(&Subject::site(&site), now, &fed.config.dr.detect);
+            (site, seen)
+        })
+        .collect()
 }
 
 /// Raft and federation state as Prometheus gauges, refreshed every tick on every replica.

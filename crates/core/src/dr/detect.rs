@@ -87,6 +87,10 @@ pub struct Track {
     pub domain: String,
     /// Since when it has seen the subject unhealthy (not reset by unknown).
     pub unhealthy_since_ms: Option<u64>,
+    /// Since when it has seen the subject healthy (reset by unhealthy; unknown keeps it, but
+    /// only a fresh healthy observation counts as recovery evidence).
+    #[serde(default)]
+    pub healthy_since_ms: Option<u64>,
     pub last: Health,
     pub last_at_ms: u64,
     pub detail: String,
@@ -101,6 +105,37 @@ pub struct Evidence {
     pub unhealthy_since_ms: Option<u64>,
     pub last_at_ms: u64,
     pub detail: String,
+}
+
+/// An observer that sees a subject healthy again, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    pub observer: String,
+    pub domain: String,
+    pub healthy_since_ms: u64,
+    pub last_at_ms: u64,
+    pub detail: String,
+}
+
+/// Whether `evidence` shows its subject healthy at `at_ms` to observers in a quorum of failure
+/// domains, freshly, each for at least `stable_ms` (what a failback needs). Err: why not.
+pub fn check_recovery(evidence: &[Recovery], at_ms: u64, stable_ms: u64, cfg: &DetectConfig) -> Result<(), String> {
+    let stable: BTreeSet<&str> = evidence
+        .iter()
+        .filter(|e| at_ms.saturating_sub(e.last_at_ms) <= cfg.stale_ms && e.last_at_ms <= at_ms)
+        .filter(|e| at_ms.saturating_sub(e.healthy_since_ms) >= stable_ms)
+        .map(|e| e.domain.as_str())
+        .collect();
+    if stable.len() >= cfg.quorum.max(1) {
+        return Ok(());
+    }
+    let longest = evidence.iter().map(|e| at_ms.saturating_sub(e.healthy_since_ms)).max().unwrap_or(0);
+    Err(format!(
+        "{} failure domain(s) ({}) have seen it healthy, fresh, for {stable_ms} ms; {} are needed (longest so far {longest} ms)",
+        stable.len(),
+        stable.iter().copied().collect::<Vec<_>>().join(", "),
+        cfg.quorum.max(1),
+    ))
 }
 
 /// The verdict on one subject at one time.
@@ -133,6 +168,7 @@ impl Detector {
         let track = self.tracks.entry(o.subject.clone()).or_default().entry(o.observer.clone()).or_insert(Track {
             domain: o.domain.clone(),
             unhealthy_since_ms: None,
+            healthy_since_ms: None,
             last: Health::Unknown,
             last_at_ms: 0,
             detail: String::new(),
@@ -141,9 +177,13 @@ impl Detector {
             return;
         }
         match o.health {
-            Health::Healthy => track.unhealthy_since_ms = None,
+            Health::Healthy => {
+                track.unhealthy_since_ms = None;
+                track.healthy_since_ms.get_or_insert(o.at_ms);
+            }
             Health::Unhealthy => {
                 track.unhealthy_since_ms.get_or_insert(o.at_ms);
+                track.healthy_since_ms = None;
             }
             Health::Unknown => {}
         }
@@ -151,6 +191,26 @@ impl Detector {
         track.last = o.health;
         track.last_at_ms = o.at_ms;
         track.detail = o.detail.clone();
+    }
+
+    /// The observers that see `subject` healthy now (fresh), with since when: the evidence
+    /// that a site declared down has come back.
+    pub fn recovered(&self, subject: &Subject, now_ms: u64, cfg: &DetectConfig) -> Vec<Recovery> {
+        self.tracks
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter(|(_, t)| t.last == Health::Healthy && now_ms.saturating_sub(t.last_at_ms) <= cfg.stale_ms)
+            .filter_map(|(observer, t)| {
+                Some(Recovery {
+                    observer: observer.clone(),
+                    domain: t.domain.clone(),
+                    healthy_since_ms: t.healthy_since_ms?,
+                    last_at_ms: t.last_at_ms,
+                    detail: t.detail.clone(),
+                })
+            })
+            .collect()
     }
 
     pub fn subjects(&self) -> impl Iterator<Item = &Subject> {

@@ -3,6 +3,7 @@
 //! and what the leader proposes for the sites already declared down ([`decide`]).
 
 pub mod detect;
+pub mod failback;
 pub mod guard;
 
 use std::collections::BTreeSet;

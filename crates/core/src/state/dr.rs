@@ -6,6 +6,8 @@ use serde_json::json;
 use super::{FULL_WEIGHT, State, scale_up_target};
 use crate::audit::Entry;
 use crate::dr::detect::{DetectConfig, Evidence, check_evidence};
+use crate::dr::detect::{Recovery, check_recovery};
+use crate::dr::failback::Origin;
 use crate::dr::{Brake, Declaration, HISTORY};
 use crate::model::SiteState;
 use crate::operation::{Operation, OperationKind, Outcome, Phase, Step};
@@ -115,9 +117,13 @@ impl State {
         if reason.trim().is_empty() {
             return Err(Refusal::Invalid(format!("reclaiming {site:?} needs a reason")));
         }
-        let Some(declaration) = self.down_sites.get(site) else {
-            return Err(Refusal::Invalid(format!("site {site:?} is not declared down; there is nothing to reclaim")));
-        };
+        let declaration = self.down_sites.get(site);
+        let fenced_here = self.origins.values().any(|o| o.site == site);
+        if declaration.is_none() && !fenced_here {
+            return Err(Refusal::Invalid(format!(
+                "site {site:?} is not declared down and keeps no group fenced; there is nothing to reclaim"
+            )));
+        }
         if let Some(op) =
             self.operations.values().find(|o| o.holds_group() && o.from == site && o.kind == OperationKind::Failover)
         {
@@ -126,7 +132,7 @@ impl State {
                 op.id, op.group
             )));
         }
-        let declared_by = declaration.actor.clone();
+        let declared_by = declaration.map(|d| d.actor.clone());
         let mut cleaned = Vec::new();
         for g in self.groups.values_mut() {
             let moved_away = g.placement.sites.get(site).is_some_and(|s| s.weight == 0)
@@ -137,6 +143,8 @@ impl State {
                 cleaned.push(g.spec.name.clone());
             }
         }
+        // Cleaned up here, they stay where they are: no failback to this site.
+        self.origins.retain(|g, o| o.site != site || !cleaned.contains(g));
         self.down_sites.remove(site);
         self.sites.get_mut(site).expect("checked above").state = SiteState::Active;
         self.audit.append(Entry {
@@ -149,6 +157,79 @@ impl State {
             raft_index: index,
         });
         Ok(Applied::Changed)
+    }
+
+    /// A failed-over group goes back to its recorded original site: the evidence must show that
+    /// site healthy to a quorum of failure domains for the group's stability window, no other
+    /// failback may run, the brake must be off, and a planned switchover's prechecks apply
+    /// (change window, TTL budget, freezes, fresh report, capacity). A site still declared down
+    /// returns to service with it, in the same commit; a refusal changes nothing.
+    pub(super) fn start_failback(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        group: &str,
+        evidence: &[Recovery],
+        detect: &DetectConfig,
+    ) -> Response {
+        let invalid = |why: String| Refusal::Invalid(format!("failback of {group}: {why}"));
+        let g = self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
+        let after_s = g.spec.failover.failback_after_s.ok_or_else(|| {
+            invalid("the group has not opted in (failover.failback_after_s); reclaim the site instead".into())
+        })?;
+        let origin = self
+            .origins
+            .get(group)
+            .cloned()
+            .ok_or_else(|| invalid("it has not failed over; there is no original placement to return to".into()))?;
+        if let Some(b) = &self.brake {
+            return Err(invalid(format!("automation is braked ({})", b.reason)));
+        }
+        if let Some(op) = crate::dr::failback::running(self) {
+            return Err(invalid(format!("failback {} of {} is running; one group at a time", op.id, op.group)));
+        }
+        check_recovery(evidence, at, after_s * 1000, detect)
+            .map_err(|why| invalid(format!("{}: {why}", origin.site)))?;
+        self.check_change_window(at)?;
+        self.check_ttl_budget(group)?;
+        let site = origin.site.clone();
+        let declaration = self.down_sites.get(&site).cloned();
+        // The planned switchover's own preflight decides, with the site back in service.
+        let site_before = self.sites.get(&site).map(|s| s.state);
+        if declaration.is_some()
+            && let Some(s) = self.sites.get_mut(&site)
+        {
+            s.state = SiteState::Active;
+        }
+        if let Err(refusal) = crate::engine::plan_switchover_for(self, group, &site, at, None) {
+            if let (Some(before), Some(s)) = (site_before, self.sites.get_mut(&site)) {
+                s.state = before;
+            }
+            return Err(refusal);
+        }
+        if let Some(d) = declaration {
+            self.down_sites.remove(&site);
+            self.audit.append(Entry {
+                time_ms: at,
+                actor,
+                action: "site.returned",
+                subject: &site,
+                reason: "observers in a quorum of failure domains see it healthy for the stability window",
+                detail: json!({
+                    "declared_down_at_ms": d.at_ms,
+                    "declared_down_by": d.actor,
+                    "evidence": evidence,
+                    "stable_ms": after_s * 1000,
+                }),
+                raft_index: index,
+            });
+        }
+        let reason = format!(
+            "failback: {site} healthy for {after_s} s to a quorum of observers; back to the placement recorded by {}",
+            origin.operation
+        );
+        self.start_switchover(index, at, actor, group, &site, &reason, "", None, false, OperationKind::Failback)
     }
 
     pub(super) fn set_brake(&mut self, index: u64, at: u64, actor: &str, reason: &str, engage: bool) -> Response {
@@ -369,6 +450,13 @@ impl State {
             promotion: promotion.clone(),
         };
         self.operations.insert(id.clone(), op);
+        // The first failover's starting point is what a failback returns to.
+        self.origins.entry(group.to_string()).or_insert_with(|| Origin {
+            site: from.to_string(),
+            placement: before.clone(),
+            at_ms: at,
+            operation: id.clone(),
+        });
         if actor == crate::SYSTEM_ACTOR {
             self.automatic_failovers.push((at, group.to_string()));
             let excess = self.automatic_failovers.len().saturating_sub(HISTORY);

@@ -68,10 +68,20 @@ impl State {
         // The switchover is the drill's scheduler's: approval by them is refused like theirs.
         let (group, to, owner) = (d.group.clone(), d.to.clone(), d.actor.clone());
         let reason = format!("drill {id}: {}", d.reason);
-        let started = self
-            .check_change_window(at)
-            .and_then(|()| self.check_ttl_budget(&group))
-            .and_then(|()| self.start_switchover(index, at, &owner, &group, &to, &reason, "", None, true));
+        let started = self.check_change_window(at).and_then(|()| self.check_ttl_budget(&group)).and_then(|()| {
+            self.start_switchover(
+                index,
+                at,
+                &owner,
+                &group,
+                &to,
+                &reason,
+                "",
+                None,
+                true,
+                crate::OperationKind::Switchover,
+            )
+        });
         let d = self.drills.get_mut(id).expect("checked above");
         let (action, detail) = match started {
             Ok(Applied::OperationStarted { id: op }) => {

@@ -155,7 +155,18 @@ impl State {
         let (action, subject, detail) = match step {
             EvacuationStep::Start { group } => {
                 let reason = format!("evacuation {id}: {reason}");
-                match self.start_switchover(index, at, actor, group, &to, &reason, &plan, Some(id), false) {
+                match self.start_switchover(
+                    index,
+                    at,
+                    actor,
+                    group,
+                    &to,
+                    &reason,
+                    &plan,
+                    Some(id),
+                    false,
+                    crate::OperationKind::Switchover,
+                ) {
                     Ok(Applied::OperationStarted { id: op }) => {
                         let e = self.evacuations.get_mut(id).expect("checked above");
                         let i = position(e, group);
