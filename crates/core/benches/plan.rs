@@ -167,6 +167,7 @@ fn group(name: &str, home_site: &str, apps: Vec<AppSpec>) -> GroupSpec {
         depends_on: vec![],
         ramp: Default::default(),
         failover: Default::default(),
+        warm_standby: Default::default(),
         apps,
     }
 }

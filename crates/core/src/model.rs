@@ -295,6 +295,11 @@ pub struct GroupSpec {
     /// What disaster recovery may do with the group.
     #[serde(default, skip_serializing_if = "FailoverPolicy::is_default")]
     pub failover: FailoverPolicy,
+    /// Warm standbys: site → instances of each app kept running there with no traffic, so a
+    /// failover only moves traffic (and a stateful group's replica lives there). Set when the
+    /// group is registered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub warm_standby: BTreeMap<SiteName, u32>,
     pub apps: Vec<AppSpec>,
 }
 
@@ -354,6 +359,12 @@ impl FailoverPolicy {
             if s.rpo_s > 86_400 {
                 errs.push(format!("group {g:?}: stateful rpo_s {} must be at most 86400", s.rpo_s));
             }
+            if !s.lag_path.starts_with('/') || s.lag_path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                errs.push(format!(
+                    "group {g:?}: stateful lag_path {:?} must be an HTTP path starting with /",
+                    s.lag_path
+                ));
+            }
         }
         errs
     }
@@ -369,6 +380,26 @@ pub struct StatefulPolicy {
     pub rpo_s: u64,
     /// The primary's lease: it may keep writing this long after its cell's last report.
     pub lease_s: u64,
+    /// The app whose instances hold the data (default: the group's first app). Each site's
+    /// cell asks one of its healthy instances there for the replication lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppName>,
+    /// HTTP path on that instance answering the lag in milliseconds as a plain number.
+    #[serde(default = "default_lag_path")]
+    pub lag_path: String,
+}
+
+fn default_lag_path() -> String {
+    "/replication/lag".to_string()
+}
+
+impl GroupSpec {
+    /// The (app, path) each cell probes for a stateful group's replication lag.
+    pub fn replication_lag_probe(&self) -> Option<(AppName, String)> {
+        let s = self.failover.stateful.as_ref()?;
+        let app = s.app.clone().or_else(|| self.apps.first().map(|a| a.name.clone()))?;
+        Some((app, s.lag_path.clone()))
+    }
 }
 
 /// The traffic ramp of a planned move: the target's share after each step, each held at least
@@ -588,6 +619,19 @@ pub fn validate_group(spec: &GroupSpec) -> Vec<String> {
     }
     errs.extend(spec.ramp.problems(g));
     errs.extend(spec.failover.problems(g));
+    for (site, n) in &spec.warm_standby {
+        if *site == spec.home_site {
+            errs.push(format!("group {g:?}: warm_standby {site:?} is its home_site"));
+        }
+        if !(1..=10_000).contains(n) {
+            errs.push(format!("group {g:?}: warm_standby {site:?} = {n} must be 1 to 10000 instances"));
+        }
+    }
+    if let Some(app) = spec.failover.stateful.as_ref().and_then(|s| s.app.as_ref())
+        && !spec.apps.iter().any(|a| a.name == *app)
+    {
+        errs.push(format!("group {g:?}: stateful app {app:?} is not an app of the group"));
+    }
     let names: std::collections::BTreeSet<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
     for app in &spec.apps {
         for d in &app.depends_on {
@@ -703,6 +747,7 @@ mod tests {
             depends_on: vec![],
             ramp: Default::default(),
             failover: Default::default(),
+            warm_standby: Default::default(),
             apps,
         };
         assert!(validate_group(&group(vec![app("db", &[]), app("web", &["db"])])).is_empty());
@@ -742,6 +787,7 @@ mod tests {
             depends_on: vec![],
             ramp: Default::default(),
             failover: Default::default(),
+            warm_standby: Default::default(),
             apps: vec![],
         };
         let errs = validate_group(&spec);

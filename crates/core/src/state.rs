@@ -213,6 +213,9 @@ impl State {
                 if !self.sites.contains_key(&spec.home_site) {
                     errs.push(format!("group {:?}: home_site {:?} is not a known site", spec.name, spec.home_site));
                 }
+                for site in spec.warm_standby.keys().filter(|s| !self.sites.contains_key(*s)) {
+                    errs.push(format!("group {:?}: warm_standby {site:?} is not a known site", spec.name));
+                }
                 errs.extend(self.dns_name_clashes(spec));
                 if !errs.is_empty() {
                     return Err(Refusal::Invalid(errs.join("; ")));
@@ -224,7 +227,12 @@ impl State {
                     instances: spec.apps.iter().map(|a| (a.name.clone(), a.instances)).collect(),
                     weight: FULL_WEIGHT,
                 };
-                let placement = Placement { sites: BTreeMap::from([(spec.home_site.clone(), share)]), epoch: index };
+                let mut sites = BTreeMap::from([(spec.home_site.clone(), share)]);
+                for (site, n) in &spec.warm_standby {
+                    let instances = spec.apps.iter().map(|a| (a.name.clone(), (*n).min(a.instances))).collect();
+                    sites.insert(site.clone(), SiteShare { instances, weight: 0 });
+                }
+                let placement = Placement { sites, epoch: index };
                 self.audit.append(Entry {
                     time_ms: at,
                     actor,
@@ -949,6 +957,12 @@ impl State {
                 "traffic ramp {:?} (max {}% unhealthy) -> {:?} (max {}% unhealthy)",
                 old.ramp.steps, old.ramp.max_unhealthy_percent, spec.ramp.steps, spec.ramp.max_unhealthy_percent
             ));
+        }
+        if old.warm_standby != spec.warm_standby {
+            return Err(Refusal::Invalid(format!(
+                "group {:?}: warm_standby {:?} -> {:?} cannot change after registration; start a switchover or scale the site instead",
+                spec.name, old.warm_standby, spec.warm_standby
+            )));
         }
         if old.tier != spec.tier || old.home_site != spec.home_site || old.tenant != spec.tenant {
             changes.push("tier, home_site or tenant changed".to_string());

@@ -274,6 +274,8 @@ pub struct DesiredGroup {
     /// owns its instance counts.
     pub frozen: bool,
     pub apps: Vec<DesiredApp>,
+    /// A stateful group: the app and HTTP path the cell asks for the replica's lag.
+    pub replication_lag_probe: Option<(crate::model::AppName, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,6 +319,7 @@ pub fn desired_for_site(state: &State, site: &str, now_ms: u64) -> DesiredView {
                         instances: share.instances.get(&a.name).copied().unwrap_or(0),
                     })
                     .collect(),
+                replication_lag_probe: g.spec.replication_lag_probe(),
             }
         })
         .collect();

@@ -37,6 +37,7 @@ fn group(name: &str, instances: u32, cpu: u64) -> GroupSpec {
         depends_on: vec![],
         ramp: Default::default(),
         failover: Default::default(),
+        warm_standby: Default::default(),
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),

@@ -209,7 +209,28 @@ pub fn desired_from_proto(d: &agent::DesiredState, site: &str) -> Result<Desired
                 }
             }
         }
-        groups.push(GroupRecord { name: g.name.clone(), epoch: g.epoch, apps, frozen: g.autoscale_frozen });
+        let replication_lag_probe = match (g.replication_lag_app.as_str(), g.replication_lag_path.as_str()) {
+            ("", "") => None,
+            (app, path) => {
+                if !names.contains(app) {
+                    problems.push(format!("{}: replication lag app {app:?} is not an app of the group", g.name));
+                }
+                if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    problems.push(format!(
+                        "{}: replication lag path {path:?} must start with '/' and have no spaces",
+                        g.name
+                    ));
+                }
+                Some((app.to_string(), path.to_string()))
+            }
+        };
+        groups.push(GroupRecord {
+            name: g.name.clone(),
+            epoch: g.epoch,
+            apps,
+            frozen: g.autoscale_frozen,
+            replication_lag_probe,
+        });
     }
     if problems.is_empty() { Ok(DesiredRecord { epoch: d.epoch, site: d.site.clone(), groups }) } else { Err(problems) }
 }
@@ -306,13 +327,16 @@ mod tests {
                     name: "g".into(),
                     epoch: 4,
                     autoscale_frozen: false,
+                    replication_lag_app: "db".into(),
+                    replication_lag_path: "lag".into(),
                     apps: vec![app("web"), app("web")],
                 },
-                agent::GroupSpec { name: "../x".into(), epoch: 1, autoscale_frozen: false, apps: vec![] },
+                agent::GroupSpec { name: "../x".into(), epoch: 1, ..Default::default() },
             ],
         };
         let problems = desired_from_proto(&d, "site-a").unwrap_err();
-        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("replication lag app \"db\"")), "{problems:#?}");
     }
 
     #[test]
@@ -324,6 +348,8 @@ mod tests {
                 name: "g".into(),
                 epoch: 2,
                 autoscale_frozen: false,
+                replication_lag_app: String::new(),
+                replication_lag_path: String::new(),
                 apps: vec![app("web")],
             }],
         };

@@ -184,6 +184,9 @@ pub struct GroupRecord {
     /// The federator forbids autoscaling the group (a freeze, or an operation owns it).
     #[serde(default)]
     pub frozen: bool,
+    /// A stateful group: (app, HTTP path) asked for the replica's replication lag in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_lag_probe: Option<(String, String)>,
 }
 
 impl GroupRecord {

@@ -227,6 +227,8 @@ fn desired(epoch: u64, instances: u32) -> agent::DesiredState {
             name: "crm-web".into(),
             epoch,
             autoscale_frozen: false,
+            replication_lag_app: String::new(),
+            replication_lag_path: String::new(),
             apps: vec![agent::AppSpec {
                 name: "web".into(),
                 command: "python3".into(),

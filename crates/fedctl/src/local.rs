@@ -292,6 +292,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             depends_on: vec![],
             ramp: Default::default(),
             failover: Default::default(),
+            warm_standby: Default::default(),
             apps: vec![app("web", 2)],
         },
         GroupSpec {
@@ -305,6 +306,7 @@ fn sample_groups(home: &str) -> Vec<GroupSpec> {
             depends_on: vec![],
             ramp: Default::default(),
             failover: Default::default(),
+            warm_standby: Default::default(),
             apps: vec![app("api", 2)],
         },
     ]

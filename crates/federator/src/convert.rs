@@ -69,7 +69,13 @@ pub fn report_from_proto(r: &agent::CellReport) -> Result<CellReport, String> {
             instances.sort_by(|a, b| a.task_id.cmp(&b.task_id));
             apps.insert(a.app.clone(), AppReport { desired: a.desired, instances, blocker: a.blocker.clone() });
         }
-        if groups.insert(g.group.clone(), GroupReport { applied_epoch: g.applied_epoch, apps, replication_lag_ms: g.replication_lag_ms }).is_some() {
+        if groups
+            .insert(
+                g.group.clone(),
+                GroupReport { applied_epoch: g.applied_epoch, apps, replication_lag_ms: g.replication_lag_ms },
+            )
+            .is_some()
+        {
             return Err(format!("group {} is reported twice", g.group));
         }
     }
@@ -87,6 +93,8 @@ pub fn desired_to_proto(d: &DesiredView) -> agent::DesiredState {
                 name: g.name.clone(),
                 epoch: g.epoch,
                 autoscale_frozen: g.frozen,
+                replication_lag_app: g.replication_lag_probe.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                replication_lag_path: g.replication_lag_probe.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
                 apps: g
                     .apps
                     .iter()

@@ -1,8 +1,10 @@
 //! A tiny HTTP/1.1 service used as the workload of local federations and tests. It binds
 //! `HOST:PORT` (defaults 127.0.0.1:8080), answers `GET /health` with `ok`, `GET /metrics` with
 //! Prometheus text (requests in flight, the concurrency signal autoscaling reads, and requests
-//! served), `GET /work?ms=N` after N milliseconds of simulated work, and any other GET with a
-//! JSON description of where it runs, taken from the `SWITCHYARD_*` environment the node sets.
+//! served), `GET /work?ms=N` after N milliseconds of simulated work, `GET /replication/lag` with
+//! the number in the file `SAMPLE_REPLICATION_LAG_FILE` names (a stand-in replica's lag in ms,
+//! which tests change at will; 404 without it), and any other GET with a JSON description of
+//! where it runs, taken from the `SWITCHYARD_*` environment the node sets.
 //! Standard library only; one thread per connection; SIGTERM ends it.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -186,6 +188,20 @@ fn metrics_text(p: &Placement, stats: StatsView) -> String {
     )
 }
 
+/// The answer to `/replication/lag` given what the lag file held (None: no file configured).
+fn lag_reply(file: Option<Result<String, String>>) -> Reply {
+    match file {
+        None => Reply::text(404, "Not Found", "no replica here (SAMPLE_REPLICATION_LAG_FILE is not set)"),
+        Some(Err(e)) => Reply::text(503, "Service Unavailable", &format!("lag unknown: {e}")),
+        Some(Ok(text)) => match text.trim().parse::<u64>() {
+            Ok(ms) => Reply::text(200, "OK", &ms.to_string()),
+            Err(_) => {
+                Reply::text(503, "Service Unavailable", &format!("lag unknown: {:?} is not a number", text.trim()))
+            }
+        },
+    }
+}
+
 fn serve(stream: TcpStream, placement: &Placement, stats: &Stats) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -213,7 +229,15 @@ fn serve(stream: TcpStream, placement: &Placement, stats: &Stats) -> std::io::Re
         served: stats.served.load(Ordering::Acquire),
         served_ms: stats.served_ms.load(Ordering::Acquire),
     };
-    let handled = handle_request(request_line.trim_end(), placement, view);
+    let lag_file = std::env::var("SAMPLE_REPLICATION_LAG_FILE").ok();
+    let handled = match request_line.split_whitespace().nth(1) {
+        Some("/replication/lag") => Handled {
+            reply: lag_reply(lag_file.as_deref().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}")))),
+            work: Duration::ZERO,
+            counted: false,
+        },
+        _ => handle_request(request_line.trim_end(), placement, view),
+    };
     let started = std::time::Instant::now();
     if handled.counted {
         stats.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -293,6 +317,15 @@ mod tests {
             group: "crm-web".into(),
             node: "n\"1".into(),
         }
+    }
+
+    #[test]
+    fn replication_lag_comes_from_the_lag_file_or_is_unknown() {
+        assert_eq!(lag_reply(None).status, 404);
+        let ok = lag_reply(Some(Ok("1500\n".into())));
+        assert_eq!((ok.status, ok.body.as_str()), (200, "1500\n"));
+        assert_eq!(lag_reply(Some(Ok("soon".into()))).status, 503);
+        assert_eq!(lag_reply(Some(Err("gone".into()))).status, 503);
     }
 
     #[test]

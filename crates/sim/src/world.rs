@@ -129,6 +129,7 @@ pub(crate) fn group_spec(i: usize, home: &str) -> GroupSpec {
             Default::default()
         },
         failover: Default::default(),
+        warm_standby: Default::default(),
         apps: vec![AppSpec {
             name: "web".into(),
             command: "sample-app".into(),

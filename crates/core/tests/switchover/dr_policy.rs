@@ -14,14 +14,10 @@ fn with_db(policy: switchyard_core::model::FailoverPolicy) -> Fed {
     let mut db = group("db", 1, 100);
     db.dns_name = "db".into();
     db.failover = policy;
+    db.warm_standby = [("site-2".to_string(), 1)].into();
     f.ok("system:config", Action::RegisterGroup(db));
-    f.state
-        .groups
-        .get_mut("db")
-        .unwrap()
-        .placement
-        .sites
-        .insert("site-2".into(), switchyard_core::SiteShare { instances: [("web".to_string(), 1)].into(), weight: 0 });
+    let standby = f.state.groups["db"].placement.share("site-2");
+    assert_eq!((standby.weight, standby.total_instances()), (0, 1), "a warm standby from registration");
     f.report("site-1", 1000, &[("crm-web", 2, 0), ("db", 1, 0)]);
     f.report("site-2", 10_000, &[("db", 1, 0)]);
     f.report("site-3", 10_000, &[]);
@@ -29,7 +25,10 @@ fn with_db(policy: switchyard_core::model::FailoverPolicy) -> Fed {
 }
 
 fn stateful(rpo_s: u64, lease_s: u64) -> switchyard_core::model::FailoverPolicy {
-    switchyard_core::model::FailoverPolicy { stateful: Some(StatefulPolicy { rpo_s, lease_s }), ..Default::default() }
+    switchyard_core::model::FailoverPolicy {
+        stateful: Some(StatefulPolicy { rpo_s, lease_s, app: None, lag_path: "/replication/lag".into() }),
+        ..Default::default()
+    }
 }
 
 /// `site`'s cell reports `lag_ms` for db's replica there (through `apply`, as a cell would).
@@ -234,5 +233,23 @@ fn a_failover_policy_that_cannot_take_effect_is_refused_at_registration() {
         let err = f.propose("system:config", Action::RegisterGroup(g)).unwrap_err().to_string();
         assert!(err.contains(problem), "{err}");
     }
+    for (standby, problem) in [
+        (("site-9", 1), "warm_standby \"site-9\" is not a known site"),
+        (("site-1", 1), "is its home_site"),
+        (("site-2", 0), "must be 1 to 10000"),
+    ] {
+        let mut g = group("db", 1, 100);
+        g.dns_name = "db".into();
+        g.warm_standby = [(standby.0.to_string(), standby.1)].into();
+        let err = f.propose("system:config", Action::RegisterGroup(g)).unwrap_err().to_string();
+        assert!(err.contains(problem), "{err}");
+    }
     assert!(!f.state.groups.contains_key("db"));
+    // A standby is set at registration; an update cannot change it behind the operator's back.
+    let mut g = group("db", 1, 100);
+    g.dns_name = "db".into();
+    f.ok("system:config", Action::RegisterGroup(g.clone()));
+    g.warm_standby = [("site-2".to_string(), 1)].into();
+    let err = update(&mut f, g).unwrap_err().to_string();
+    assert!(err.contains("cannot change after registration"), "{err}");
 }

@@ -7,6 +7,7 @@ mod federator_link;
 mod lb_publisher;
 mod node_service;
 mod reconcile;
+mod replication;
 pub(crate) mod state;
 
 pub use state::{Rejection, fence_desired};
@@ -177,6 +178,7 @@ pub async fn run_cell_until(
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), cfg.node_timeout, shutdown.clone()));
     let link = tokio::spawn(federator_link::run(shared.clone(), federators, cfg.clone(), shutdown.clone()));
     let autoscaler = tokio::spawn(autoscaler::run(shared.clone(), shutdown.clone()));
+    let replication = tokio::spawn(replication::run(shared.clone(), shutdown.clone()));
     let quota_watch = cfg.quotas.clone().map(|path| tokio::spawn(watch_quotas(shared.clone(), path, shutdown.clone())));
     let publisher = cfg.haproxy_socket.clone().map(|socket| {
         tracing::info!(socket = %socket.display(), "publishing endpoints to HAProxy");
@@ -190,6 +192,7 @@ pub async fn run_cell_until(
     link.abort();
     reconciler.abort();
     autoscaler.abort();
+    replication.abort();
     if let Some(w) = quota_watch {
         w.abort();
     }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::net::IpAddr;
 use std::time::Duration;
 use switchyard_proto::cell::v1 as cellpb;
 
@@ -73,6 +74,8 @@ const IDLE_PASS: Duration = Duration::from_secs(5);
 
 /// Every task of an app carries the same load-balancer weight; shares between sites are DNS's.
 const LB_WEIGHT: u16 = 10;
+/// A replica's lag answer older than this is not reported (the replica stopped answering).
+const REPLICATION_LAG_FRESH: Duration = Duration::from_secs(5);
 
 pub(crate) struct CellState {
     site: String,
@@ -89,6 +92,8 @@ pub(crate) struct CellState {
     waiting: BTreeMap<(String, String), String>,
     /// The autoscaler's last decision per app.
     autoscale_notes: BTreeMap<(String, String), String>,
+    /// Stateful groups: the replica's last answered replication lag (ms) and when.
+    replication_lag: BTreeMap<String, (u64, Instant)>,
     /// Roles (tenants), their quotas, and node reservations.
     quotas: Quotas,
     quota_error: Option<String>,
@@ -183,6 +188,7 @@ impl CellState {
             blockers: BTreeMap::new(),
             waiting: BTreeMap::new(),
             autoscale_notes: BTreeMap::new(),
+            replication_lag: BTreeMap::new(),
             quotas: Quotas::default(),
             quota_error: None,
             filters: Vec::new(),
@@ -871,6 +877,38 @@ impl CellState {
         jobs
     }
 
+    /// Where to ask each stateful group's replica here for its lag: (group, address, port,
+    /// path) of one ready instance of the group's data app.
+    pub(crate) fn replication_lag_probes(&self) -> Vec<(String, IpAddr, u16, String)> {
+        let mut probes = Vec::new();
+        for g in self.managed.iter().filter_map(|name| self.groups.get(name)) {
+            let Some((app, path)) = &g.replication_lag_probe else { continue };
+            let target = self
+                .tasks
+                .values()
+                .filter(|t| t.group == g.name && t.app == *app && self.task_ready(t))
+                .filter(|t| !self.leaving.contains_key(&t.task_id))
+                .min_by_key(|t| t.seq)
+                .and_then(|t| Some((self.nodes.get(&t.node_id)?.reg.address, t.port)));
+            if let Some((addr, port)) = target {
+                probes.push((g.name.clone(), addr, port, path.clone()));
+            }
+        }
+        probes
+    }
+
+    /// A replica's answer (None: it did not give one); reported while fresh.
+    pub(crate) fn set_replication_lag(&mut self, group: &str, lag_ms: Option<u64>) {
+        match lag_ms {
+            Some(lag) => {
+                self.replication_lag.insert(group.to_string(), (lag, Instant::now()));
+            }
+            None => {
+                self.replication_lag.remove(group);
+            }
+        }
+    }
+
     /// The autoscaler's last word on an app, shown by `fedctl cell apps`.
     pub(crate) fn set_autoscale_note(&mut self, group: &str, app: &str, note: String) {
         self.autoscale_notes.insert((group.to_string(), app.to_string()), note);
@@ -1059,7 +1097,11 @@ impl CellState {
                         }
                     })
                     .collect(),
-                replication_lag_ms: None,
+                replication_lag_ms: self
+                    .replication_lag
+                    .get(&g.name)
+                    .filter(|(_, at)| at.elapsed() <= REPLICATION_LAG_FRESH)
+                    .map(|(lag, _)| *lag),
             })
             .collect::<Vec<_>>();
         let groups = self.with_unlisted_tasks(groups);
@@ -1088,7 +1130,12 @@ impl CellState {
             };
             match groups.iter_mut().find(|g| g.group == group) {
                 Some(g) => g.apps.push(status),
-                None => groups.push(agent::GroupStatus { group, applied_epoch: 0, apps: vec![status], replication_lag_ms: None }),
+                None => groups.push(agent::GroupStatus {
+                    group,
+                    applied_epoch: 0,
+                    apps: vec![status],
+                    replication_lag_ms: None,
+                }),
             }
         }
         groups
@@ -1143,6 +1190,8 @@ mod tests {
                 name: "crm-web".into(),
                 epoch,
                 autoscale_frozen: false,
+                replication_lag_app: String::new(),
+                replication_lag_path: String::new(),
                 apps: vec![agent::AppSpec {
                     name: "web".into(),
                     command: "sample-app".into(),
