@@ -13,4 +13,4 @@ pub mod net;
 pub mod parts;
 pub mod world;
 
-pub use world::{Options, Summary, Violation, run_seed};
+pub use world::{DrSummary, Options, Summary, Violation, run_seed};

@@ -7,7 +7,7 @@ use std::time::Instant;
 use switchyard_sim::{Options, run_seed};
 
 const USAGE: &str =
-    "usage: switchyard-sim [--seed N | --seeds A..B] [--steps N] [--replicas 3|5] [--groups N] [--no-faults]";
+    "usage: switchyard-sim [--seed N | --seeds A..B] [--steps N] [--replicas 3|5] [--groups N] [--no-faults] [--dr]";
 
 fn parse() -> Result<(Vec<u64>, Options), String> {
     let mut opts = Options::default();
@@ -36,6 +36,7 @@ fn parse() -> Result<(Vec<u64>, Options), String> {
             }
             "--groups" => opts.groups = num(value("--groups")?, "--groups")?.max(1) as usize,
             "--no-faults" => opts.faults = false,
+            "--dr" => opts.dr = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -53,12 +54,23 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let (mut acked, mut ops, mut virtual_ms) = (0, 0, 0);
+    let mut dr = switchyard_sim::DrSummary::default();
     for &seed in &seeds {
         match run_seed(seed, &opts) {
             Ok(s) => {
                 acked += s.acked_writes;
                 ops += s.operations_started;
                 virtual_ms += s.virtual_ms;
+                dr.site_kills += s.dr.site_kills;
+                dr.federator_cuts += s.dr.federator_cuts;
+                dr.federator_cuts_quiet += s.dr.federator_cuts_quiet;
+                dr.declarations += s.dr.declarations;
+                dr.failovers += s.dr.failovers;
+                dr.brake_trips += s.dr.brake_trips;
+                dr.reclaims += s.dr.reclaims;
+                for (rule, n) in &s.dr.held {
+                    *dr.held.entry(rule.clone()).or_default() += n;
+                }
                 if seeds.len() == 1 {
                     println!("{s:#?}");
                 }
@@ -75,5 +87,19 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64(),
         virtual_ms as f64 / 1000.0
     );
+    if opts.dr {
+        println!(
+            "disaster recovery: {} site kills, {} declarations, {} automatic failovers, {} brake trips, {} reclaims; \
+             {} federator-only cuts, {} of them of a live site that declared nothing; held at the end: {:?}",
+            dr.site_kills,
+            dr.declarations,
+            dr.failovers,
+            dr.brake_trips,
+            dr.reclaims,
+            dr.federator_cuts,
+            dr.federator_cuts_quiet,
+            dr.held
+        );
+    }
     ExitCode::SUCCESS
 }

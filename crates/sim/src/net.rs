@@ -15,6 +15,7 @@ use openraft::raft::{
 };
 use rand08::rngs::StdRng;
 use rand08::{Rng, SeedableRng};
+use switchyard_core::dr::detect::{Detector, Health};
 use switchyard_federator::raft::{NodeId, Raft, Shared, TypeConfig};
 
 /// Who sends and receives: replicas are 1..=n; cells, DNS servers and operators have their own.
@@ -30,7 +31,24 @@ pub struct ReplicaHandle {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub skew_ms: i64,
+    /// The replica's in-memory failure detector (lost in a crash, as in a federator process).
+    pub detector: Arc<Mutex<Detector>>,
 }
+
+/// A path cut between two endpoints while both keep running (the disaster-recovery family's
+/// federator-only partition).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Packets vanish: a probe times out (unknown).
+    Blackhole,
+    /// A router answers "host unreachable": a probe fails at once, which the probe rule
+    /// (`connect_error_health`) reads as the site's answer (unhealthy), though only this path
+    /// is broken.
+    Unreachable,
+}
+
+/// How long a probe waits for an answer before it calls the site unknown.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 pub struct NetState {
     pub rng: StdRng,
@@ -44,6 +62,8 @@ pub struct NetState {
     pub down: BTreeMap<Endpoint, bool>,
     /// Virtual time zero, for the replicas' clocks.
     pub start: tokio::time::Instant,
+    /// Paths cut between two running endpoints, keyed (lower, higher).
+    pub cuts: BTreeMap<(Endpoint, Endpoint), Cut>,
 }
 
 #[derive(Clone)]
@@ -62,6 +82,7 @@ impl Net {
             replicas: BTreeMap::new(),
             down: BTreeMap::new(),
             start: tokio::time::Instant::now(),
+            cuts: BTreeMap::new(),
         })))
     }
 
@@ -97,7 +118,67 @@ impl Net {
 
     fn reachable(s: &NetState, from: Endpoint, to: Endpoint) -> bool {
         let up = |e: Endpoint| !s.down.get(&e).copied().unwrap_or(false);
-        up(from) && up(to) && s.side.get(&from).copied().unwrap_or(0) == s.side.get(&to).copied().unwrap_or(0)
+        up(from) && up(to) && Self::path(s, from, to).is_ok()
+    }
+
+    /// Whether the path between two endpoints is open (whether or not they run): Err names
+    /// the cut (a partition is a blackhole).
+    fn path(s: &NetState, from: Endpoint, to: Endpoint) -> Result<(), Cut> {
+        if let Some(cut) = s.cuts.get(&(from.min(to), from.max(to))) {
+            return Err(*cut);
+        }
+        if s.side.get(&from).copied().unwrap_or(0) != s.side.get(&to).copied().unwrap_or(0) {
+            return Err(Cut::Blackhole);
+        }
+        Ok(())
+    }
+
+    /// One TCP connect from `from` to the ingress `to`, classified as the observers do
+    /// (`federator/src/observe.rs`): an answer that the ingress is closed (it is down: refused)
+    /// or that the path is unreachable is unhealthy; no answer within [`PROBE_TIMEOUT`] (lost,
+    /// blackholed, partitioned) is unknown; a connection is healthy.
+    pub async fn probe(&self, from: Endpoint, to: Endpoint) -> (Health, &'static str) {
+        let outbound = {
+            let mut s = self.lock();
+            let max = s.max_delay_ms.max(1);
+            match Self::path(&s, from, to) {
+                Err(Cut::Unreachable) => Ok(s.rng.gen_range(1..=max)),
+                Err(Cut::Blackhole) => Err(()),
+                Ok(()) if s.rng.gen_range(0..1000) < s.loss_permille => Err(()),
+                Ok(()) => Ok(s.rng.gen_range(1..=max)),
+            }
+        };
+        let Ok(out_ms) = outbound else {
+            tokio::time::sleep(PROBE_TIMEOUT).await;
+            return (Health::Unknown, "probe timed out");
+        };
+        let out_ms = out_ms.min(PROBE_TIMEOUT.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(out_ms)).await;
+        // What answers, and whether the answer makes it back in time.
+        let answer = {
+            let mut s = self.lock();
+            let max = s.max_delay_ms.max(1);
+            let down = s.down.get(&to).copied().unwrap_or(false);
+            let answer = match Self::path(&s, from, to) {
+                Err(Cut::Unreachable) => Some((Health::Unhealthy, "host unreachable")),
+                Err(Cut::Blackhole) => None,
+                Ok(()) if down => Some((Health::Unhealthy, "connection refused")),
+                Ok(()) => Some((Health::Healthy, "connected")),
+            };
+            let lost = s.rng.gen_range(0..1000) < s.loss_permille;
+            answer.filter(|_| !lost).map(|a| (a, s.rng.gen_range(1..=max)))
+        };
+        let left = PROBE_TIMEOUT.as_millis() as u64 - out_ms;
+        match answer {
+            Some((a, back_ms)) if back_ms < left => {
+                tokio::time::sleep(Duration::from_millis(back_ms)).await;
+                a
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_millis(left)).await;
+                (Health::Unknown, "probe timed out")
+            }
+        }
     }
 
     /// Sends one message from `from` to `to`: true once it arrived (after its delay), false once

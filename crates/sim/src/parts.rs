@@ -3,14 +3,15 @@
 //! cells that run what their desired state says and report it, and DNS servers that follow the
 //! routing table. Fencing uses the cell's and fed-dns's own rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
-use switchyard_core::engine::{EngineConfig, decide, validate};
+use switchyard_core::dr::detect::{DetectConfig, Observation, Subject, Verdict};
+use switchyard_core::engine::{EngineConfig, decide_with, validate};
 use switchyard_core::model::{GroupSpec, Resources, SiteSpec};
 use switchyard_core::report::{AppReport, CellReport, GroupReport, InstanceReport, NodeReport};
 use switchyard_core::views::{DesiredView, desired_for_site, routing_table};
@@ -101,9 +102,22 @@ pub async fn propose_via(
     result
 }
 
-/// The leader's executor loop (`federator::executor::run`): register the configuration, confirm
-/// leadership with a quorum, ask the pure engine what is due, commit it.
-pub async fn executor(net: Net, id: NodeId, cfg: EngineConfig, sites: Vec<SiteSpec>, groups: Vec<GroupSpec>) {
+/// What a replica's executor is configured with (the federator's `[engine]`, `[dr]`, sites and
+/// groups).
+#[derive(Clone)]
+pub struct ExecutorConfig {
+    pub engine: EngineConfig,
+    pub sites: Vec<SiteSpec>,
+    pub groups: Vec<GroupSpec>,
+    /// Automatic detection: `None` leaves it off (no site is ever declared down by observers).
+    pub detect: Option<DetectConfig>,
+}
+
+/// The leader's executor loop (`federator::executor::run`): register the configuration, run a
+/// detection round on the replica's own detector, confirm leadership with a quorum, commit the
+/// declarations, then ask the pure engine what is due (knowing the suspect sites) and commit it.
+pub async fn executor(net: Net, id: NodeId, cfg: ExecutorConfig) {
+    let ExecutorConfig { engine, sites, groups, detect } = cfg;
     loop {
         tokio::time::sleep(EXECUTOR_TICK).await;
         let Some(h) = net.replica(id) else { return };
@@ -120,17 +134,127 @@ pub async fn executor(net: Net, id: NodeId, cfg: EngineConfig, sites: Vec<SiteSp
                 let _ = propose_local(&net, &h, "system:config", Action::RegisterGroup(group.clone())).await;
             }
         }
-        if !h.shared.read(|s| s.has_work()) {
+        let (declarations, suspect) = match &detect {
+            Some(cfg) => detection_round(&h, net.clock_ms(h.skew_ms), cfg),
+            None => Default::default(),
+        };
+        if !h.shared.read(|s| s.has_work()) && declarations.is_empty() {
             continue;
         }
         match tokio::time::timeout(Duration::from_secs(2), h.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => {}
             _ => continue,
         }
+        for action in declarations {
+            let _ = propose_local(&net, &h, SYSTEM_ACTOR, action).await;
+        }
         let now = net.clock_ms(h.skew_ms);
-        let actions = h.shared.read(|s| decide(s, now, &cfg));
+        let actions = h.shared.read(|s| decide_with(s, now, &engine, &suspect));
         for action in actions {
             let _ = propose_local(&net, &h, SYSTEM_ACTOR, action).await;
+        }
+    }
+}
+
+/// `Federator::detection_round`: a declaration for each site the detector's verdict proves
+/// down (not yet declared), and the sites some observer sees unhealthy (never a target).
+pub fn detection_round(h: &ReplicaHandle, now: u64, cfg: &DetectConfig) -> (Vec<Action>, BTreeSet<String>) {
+    let (sites, declared): (Vec<String>, BTreeSet<String>) =
+        h.shared.read(|s| (s.sites.keys().cloned().collect(), s.down_sites.keys().cloned().collect()));
+    let detector = h.detector.lock().expect("detector lock");
+    let mut declare = Vec::new();
+    let mut suspect = BTreeSet::new();
+    for site in sites {
+        match detector.verdict(&Subject::site(&site), now, cfg) {
+            Verdict::Down { evidence } if !declared.contains(&site) => {
+                declare.push(Action::DeclareSiteDown { site: site.clone(), evidence, detect: cfg.clone() });
+                suspect.insert(site);
+            }
+            Verdict::Down { .. } | Verdict::Suspect { .. } => {
+                suspect.insert(site);
+            }
+            Verdict::Up { .. } => {}
+        }
+    }
+    (declare, suspect)
+}
+
+/// How often observers probe every site (a federator probes each second; scaled down with the
+/// detection window).
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// The failure domain of every federator replica as an observer (`DrConfig::domain`).
+pub const FEDERATOR_DOMAIN: &str = "federator";
+/// The failure domain of the DNS servers as observers.
+pub const DNS_DOMAIN: &str = "dns";
+
+/// `observe::probe_forever`: replica `id` probes each site's ingress in turn, every
+/// [`PROBE_EVERY`], into its own detector, stamped with its own clock.
+pub async fn replica_observer(net: Net, id: NodeId, ingresses: Vec<(String, Endpoint)>) {
+    loop {
+        for (site, ingress) in &ingresses {
+            let (health, detail) = net.probe(id, *ingress).await;
+            let Some(h) = net.replica(id) else { return };
+            let o = Observation {
+                observer: format!("federator-{id}"),
+                domain: FEDERATOR_DOMAIN.into(),
+                subject: Subject::site(site),
+                health,
+                at_ms: net.clock_ms(h.skew_ms),
+                detail: detail.into(),
+            };
+            h.detector.lock().expect("detector lock").observe(&o);
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// fed-dns's `observe_forever`: a running DNS server probes each site's ingress in turn, then
+/// reports the batch to every replica in turn (`ReportObservations`), each hop over the
+/// simulated network; the receiving replica names the observer and stamps its own time.
+pub async fn dns_observer(
+    net: Net,
+    dns: Arc<Mutex<SimDns>>,
+    ingresses: Vec<(String, Endpoint)>,
+    replicas: Vec<NodeId>,
+) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let (up, ep, me) = {
+            let d = dns.lock().expect("dns lock");
+            (d.up, d.endpoint, d.site.clone())
+        };
+        if !up {
+            continue;
+        }
+        let mut batch = Vec::with_capacity(ingresses.len());
+        for (site, ingress) in &ingresses {
+            let (health, detail) = net.probe(ep, *ingress).await;
+            batch.push((site.clone(), health, detail));
+        }
+        for &r in &replicas {
+            if !dns.lock().expect("dns lock").up {
+                break;
+            }
+            if !net.hop(ep, r).await {
+                continue;
+            }
+            let Some(h) = net.replica(r) else { continue };
+            let at_ms = net.clock_ms(h.skew_ms);
+            {
+                let mut detector = h.detector.lock().expect("detector lock");
+                for (site, health, detail) in &batch {
+                    detector.observe(&Observation {
+                        observer: format!("dns:{me}"),
+                        domain: DNS_DOMAIN.into(),
+                        subject: Subject::site(site),
+                        health: *health,
+                        at_ms,
+                        detail: (*detail).into(),
+                    });
+                }
+            }
+            // The acknowledgement: fed-dns reports to the next replica once this one answered.
+            let _ = net.hop(r, ep).await;
         }
     }
 }

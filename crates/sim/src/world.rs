@@ -12,15 +12,19 @@ use openraft::BasicNode;
 use rand08::Rng;
 use rand08::SeedableRng;
 use rand08::rngs::StdRng;
+use switchyard_core::dr::detect::{DetectConfig, Detector};
 use switchyard_core::engine::EngineConfig;
 use switchyard_core::model::{AppSpec, GroupSpec, HealthSpec, Resources, SiteSpec};
 use switchyard_core::{Action, Applied, Control, FreezeScope};
 use switchyard_federator::raft::{NodeId, Raft, storage_on};
 
 use crate::disk::MemDisk;
-use crate::invariants::{self, Ack, Observed, ReplicaView};
-use crate::net::{Factory, Net, ReplicaHandle};
-use crate::parts::{SimCell, SimDns, WriteError, cell_loop, dns_loop, executor, propose_via};
+use crate::invariants::{self, Ack, DrTruth, Interval, Observed, ReplicaView};
+use crate::net::{Cut, EPOCH_MS, Factory, Net, PROBE_TIMEOUT, ReplicaHandle};
+use crate::parts::{
+    ExecutorConfig, SimCell, SimDns, WriteError, cell_loop, dns_loop, dns_observer, executor, propose_via,
+    replica_observer,
+};
 
 /// Length of one step of virtual time.
 pub const STEP: Duration = Duration::from_millis(100);
@@ -37,13 +41,29 @@ pub struct Options {
     /// Steps after healing within which everything must converge.
     pub converge_steps: u32,
     pub faults: bool,
+    /// The disaster-recovery family: observers probe the sites, the leader declares sites down
+    /// and fails their groups over; faults kill whole sites, cut only the federators off from
+    /// a site, and flap sites.
+    pub dr: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { replicas: 3, sites: 3, groups: 4, steps: 300, converge_steps: 400, faults: true }
+        Options { replicas: 3, sites: 3, groups: 4, steps: 300, converge_steps: 400, faults: true, dr: false }
     }
 }
+
+/// Detection in the disaster-recovery family: a short window so that runs exercise it.
+pub fn dr_detect() -> DetectConfig {
+    DetectConfig { window_ms: 2_500, quorum: 2, stale_ms: 1_500 }
+}
+
+/// How far a replica's clock may be off in the disaster-recovery family (the detection window
+/// is measured on the leader's clock, so a larger jump would shorten it beyond what the
+/// no-false-failover check can tell from a real bug).
+pub const DR_SKEW_MS: i64 = 250;
+/// The largest message delay the fault generator sets.
+const MAX_DELAY_MS: u64 = 300;
 
 /// A run that finished with every invariant holding.
 #[derive(Clone, Debug)]
@@ -61,6 +81,31 @@ pub struct Summary {
     pub write_outcomes: BTreeMap<String, u32>,
     /// Digest of the event trace and the final committed state: equal for equal seeds.
     pub digest: u64,
+    /// The disaster-recovery family's counts (all zero without `--dr`).
+    pub dr: DrSummary,
+}
+
+/// What the disaster-recovery family exercised in one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrSummary {
+    /// Whole sites (cell, ingress and DNS server) killed, and brought back before the heal.
+    pub site_kills: u32,
+    pub site_revivals: u32,
+    pub flaps: u32,
+    /// Federator-only cuts (replicas from one site, the site's DNS server still reaching it),
+    /// those that answered "unreachable" (the federator domain saw the site unhealthy), and
+    /// those during which the site stayed up and nothing declared it.
+    pub federator_cuts: u32,
+    pub federator_cuts_unreachable: u32,
+    pub federator_cuts_quiet: u32,
+    /// Committed automatic declarations, failovers started by the system, brake trips (from the
+    /// audit chain), and sites reclaimed by the operator.
+    pub declarations: u32,
+    pub failovers: u32,
+    pub brake_trips: u32,
+    pub reclaims: u32,
+    /// At the end, groups still served by a declared-down site, by the guard rail holding them.
+    pub held: BTreeMap<String, u32>,
 }
 
 /// An invariant that did not hold.
@@ -79,12 +124,13 @@ impl Violation {
     pub fn replay_command(&self) -> String {
         let o = &self.options;
         format!(
-            "cargo run -p switchyard-sim --release -- --seed {} --steps {} --replicas {} --groups {}{}",
+            "cargo run -p switchyard-sim --release -- --seed {} --steps {} --replicas {} --groups {}{}{}",
             self.seed,
             o.steps,
             o.replicas,
             o.groups,
-            if o.faults { "" } else { " --no-faults" }
+            if o.faults { "" } else { " --no-faults" },
+            if o.dr { " --dr" } else { "" }
         )
     }
 }
@@ -151,7 +197,22 @@ pub(crate) fn group_spec(i: usize, home: &str) -> GroupSpec {
 struct Replica {
     disk: MemDisk,
     skew_ms: i64,
-    running: Option<(Raft, tokio::task::JoinHandle<()>)>,
+    running: Option<(Raft, Vec<tokio::task::JoinHandle<()>>)>,
+}
+
+/// A federator-only cut of one site, while it lasts or once healed.
+struct CutEpisode {
+    site: usize,
+    kind: Cut,
+    start: u64,
+    end: Option<u64>,
+}
+
+/// A site flapping: its cell (and ingress) goes down and up every `period` steps until `until`.
+struct Flap {
+    site: usize,
+    period: u32,
+    until: u32,
 }
 
 pub struct World {
@@ -176,6 +237,14 @@ pub struct World {
     writes: u64,
     crashes: u32,
     partitions: u32,
+    step: u32,
+    /// Ground truth of the disaster-recovery family (its intervals, in virtual ms).
+    truth: DrTruth,
+    /// Whether each site is killed as a whole (cell and DNS server).
+    killed: Vec<bool>,
+    flap: Option<Flap>,
+    cuts: Vec<CutEpisode>,
+    stats: DrSummary,
 }
 
 impl World {
@@ -219,8 +288,30 @@ impl World {
             writes: 0,
             crashes: 0,
             partitions: 0,
+            step: 0,
+            truth: DrTruth {
+                detect: dr_detect(),
+                guard: Default::default(),
+                skew_bound_ms: DR_SKEW_MS as u64,
+                // An observation is stamped when it reaches the replica: a DNS server's first
+                // probe waits for the others and for the reports to the replicas before it.
+                latency_ms: PROBE_TIMEOUT.as_millis() as u64 * opts.sites as u64
+                    + opts.replicas * 2 * MAX_DELAY_MS
+                    + 200,
+                dead: (0..opts.sites).map(|i| (site_spec(i).name, Vec::new())).collect(),
+                unreachable: (0..opts.sites).map(|i| (site_spec(i).name, Vec::new())).collect(),
+                now_ms: 0,
+            },
+            killed: vec![false; opts.sites],
+            flap: None,
+            cuts: Vec::new(),
+            stats: DrSummary::default(),
             opts,
         }
+    }
+
+    fn ingresses(&self) -> Vec<(String, u64)> {
+        self.sites.iter().enumerate().map(|(i, s)| (s.name.clone(), 40 + i as u64)).collect()
     }
 
     fn log(&mut self, event: String) {
@@ -249,11 +340,20 @@ impl World {
         {
             let mut s = self.net.lock();
             s.down.insert(id, false);
-            s.replicas.insert(id, ReplicaHandle { id, raft: raft.clone(), shared, skew_ms });
+            let detector = Arc::new(Mutex::new(Detector::default()));
+            s.replicas.insert(id, ReplicaHandle { id, raft: raft.clone(), shared, skew_ms, detector });
         }
-        let exec =
-            tokio::spawn(executor(self.net.clone(), id, self.engine.clone(), self.sites.clone(), self.groups.clone()));
-        self.replicas.get_mut(&id).expect("replica").running = Some((raft, exec));
+        let cfg = ExecutorConfig {
+            engine: self.engine.clone(),
+            sites: self.sites.clone(),
+            groups: self.groups.clone(),
+            detect: self.opts.dr.then(dr_detect),
+        };
+        let mut tasks = vec![tokio::spawn(executor(self.net.clone(), id, cfg))];
+        if self.opts.dr {
+            tasks.push(tokio::spawn(replica_observer(self.net.clone(), id, self.ingresses())));
+        }
+        self.replicas.get_mut(&id).expect("replica").running = Some((raft, tasks));
     }
 
     async fn crash_replica(&mut self, id: NodeId) {
@@ -263,7 +363,9 @@ impl World {
             s.replicas.remove(&id);
             s.down.insert(id, true);
         }
-        exec.abort();
+        for task in exec {
+            task.abort();
+        }
         let _ = raft.shutdown().await;
         self.crashes += 1;
     }
@@ -284,6 +386,9 @@ impl World {
             self.cells.push(cell);
             let dns = Arc::new(Mutex::new(SimDns::new(&site.name, 60 + i as u64)));
             tokio::spawn(dns_loop(self.net.clone(), dns.clone(), replicas.clone()));
+            if self.opts.dr {
+                tokio::spawn(dns_observer(self.net.clone(), dns.clone(), self.ingresses(), replicas.clone()));
+            }
             self.dns.push(dns);
         }
     }
@@ -299,6 +404,10 @@ impl World {
     async fn inject_fault(&mut self) {
         let roll = self.rng.gen_range(0..1000);
         let ids = self.ids();
+        if self.opts.dr && roll >= 145 {
+            self.inject_site_fault(roll);
+            return;
+        }
         match roll {
             0..10 => {
                 let up: Vec<NodeId> = ids.iter().copied().filter(|i| self.replicas[i].running.is_some()).collect();
@@ -348,7 +457,8 @@ impl World {
             }
             135..145 => {
                 let id = ids[self.rng.gen_range(0..ids.len())];
-                let skew = self.rng.gen_range(-3_000..=3_000);
+                let bound = if self.opts.dr { DR_SKEW_MS } else { 3_000 };
+                let skew = self.rng.gen_range(-bound..=bound);
                 self.log(format!("clock of replica {id} off by {skew} ms"));
                 self.replicas.get_mut(&id).expect("replica").skew_ms = skew;
                 if let Some(h) = self.net.lock().replicas.get_mut(&id) {
@@ -384,6 +494,143 @@ impl World {
                 self.log(format!("dns {i} {}", if now_up { "restarted" } else { "crashed" }));
             }
             _ => {}
+        }
+    }
+
+    /// The disaster-recovery family's faults on sites: a cell (the site's ingress with it) or a
+    /// DNS server alone crashes or restarts; a whole site is killed or comes back; the
+    /// federator replicas alone are cut off from a site (its DNS server still reaches it), by a
+    /// blackhole or by an "unreachable" answer; such cuts heal; a site starts flapping.
+    fn inject_site_fault(&mut self, roll: u32) {
+        let n = self.sites.len();
+        let i = self.rng.gen_range(0..n);
+        let killed: Vec<usize> = (0..n).filter(|k| self.killed[*k]).collect();
+        // Mostly one site dead at a time; two at once (which trips the brake) now and then.
+        let another_dead = !killed.is_empty() && self.rng.gen_range(0..4) != 0;
+        match roll {
+            145..150 if !self.killed[i] => {
+                let up = !self.cells[i].lock().expect("cell lock").up;
+                self.set_cell(i, up);
+                self.log(format!("cell {i} {}", if up { "restarted" } else { "crashed" }));
+            }
+            150..155 if !self.killed[i] => {
+                let up = !self.dns[i].lock().expect("dns lock").up;
+                self.set_dns(i, up);
+                self.log(format!("dns {i} {}", if up { "restarted" } else { "crashed" }));
+            }
+            155..163 if !self.killed[i] && !another_dead => {
+                if self.flap.as_ref().is_some_and(|f| f.site == i) {
+                    self.flap = None;
+                }
+                self.killed[i] = true;
+                self.set_cell(i, false);
+                self.set_dns(i, false);
+                self.stats.site_kills += 1;
+                self.log(format!("kill site {i} (cell, ingress and DNS server)"));
+            }
+            163..180 if !killed.is_empty() => {
+                let i = killed[i % killed.len()];
+                self.killed[i] = false;
+                self.set_cell(i, true);
+                self.set_dns(i, true);
+                self.stats.site_revivals += 1;
+                self.log(format!("site {i} comes back"));
+            }
+            180..188 if !self.cuts.iter().any(|c| c.site == i && c.end.is_none()) => {
+                let kind = if self.rng.gen_range(0..2) == 0 { Cut::Blackhole } else { Cut::Unreachable };
+                {
+                    let mut net = self.net.lock();
+                    for r in self.ids() {
+                        for ep in [40 + i as u64, 60 + i as u64] {
+                            net.cuts.insert((r.min(ep), r.max(ep)), kind);
+                        }
+                    }
+                }
+                let start = self.net.elapsed_ms();
+                self.cuts.push(CutEpisode { site: i, kind, start, end: None });
+                self.stats.federator_cuts += 1;
+                if kind == Cut::Unreachable {
+                    self.stats.federator_cuts_unreachable += 1;
+                }
+                self.log(format!("cut the replicas off from site {i} ({kind:?}); its DNS server still reaches it"));
+            }
+            188..205 if self.cuts.iter().any(|c| c.end.is_none()) => {
+                self.heal_cuts();
+                self.log("heal federator-only cuts".into());
+            }
+            205..211 if self.flap.is_none() && !self.killed[i] => {
+                let period = self.rng.gen_range(1..=4);
+                let steps = self.rng.gen_range(20..60);
+                self.flap = Some(Flap { site: i, period, until: self.step + steps });
+                self.stats.flaps += 1;
+                self.log(format!("site {i} flaps every {} ms for {} ms", period * 100, steps * 100));
+            }
+            _ => {}
+        }
+    }
+
+    fn heal_cuts(&mut self) {
+        let now = self.net.elapsed_ms();
+        for c in self.cuts.iter_mut().filter(|c| c.end.is_none()) {
+            c.end = Some(now);
+        }
+        self.net.lock().cuts.clear();
+    }
+
+    /// One step of a flapping site: its cell goes down or up every `period` steps, and is up
+    /// once the flapping ends.
+    fn flap_step(&mut self) {
+        let Some(f) = &self.flap else { return };
+        let (site, period, until) = (f.site, f.period, f.until);
+        if self.step >= until {
+            self.flap = None;
+            self.set_cell(site, true);
+            self.log(format!("site {site} stops flapping"));
+        } else if self.step.is_multiple_of(period) {
+            let up = !self.cells[site].lock().expect("cell lock").up;
+            self.set_cell(site, up);
+        }
+    }
+
+    fn set_cell(&mut self, i: usize, up: bool) {
+        let mut c = self.cells[i].lock().expect("cell lock");
+        if up {
+            c.up = true;
+        } else {
+            c.crash();
+        }
+        self.net.lock().down.insert(c.endpoint, !up);
+    }
+
+    fn set_dns(&mut self, i: usize, up: bool) {
+        let mut d = self.dns[i].lock().expect("dns lock");
+        if up {
+            d.up = true;
+        } else {
+            d.crash();
+        }
+        self.net.lock().down.insert(d.endpoint, !up);
+    }
+
+    /// Brings the ground truth up to date: since when each site's ingress refuses (its cell is
+    /// down) and since when the replicas' path to it answers "unreachable".
+    fn sync_truth(&mut self) {
+        let now = self.net.elapsed_ms();
+        self.truth.now_ms = now;
+        for (i, site) in self.sites.iter().enumerate() {
+            let dead = !self.cells[i].lock().expect("cell lock").up;
+            let unreachable = self.cuts.iter().any(|c| c.site == i && c.end.is_none() && c.kind == Cut::Unreachable);
+            for (on, intervals) in [
+                (dead, self.truth.dead.get_mut(&site.name).expect("site")),
+                (unreachable, self.truth.unreachable.get_mut(&site.name).expect("site")),
+            ] {
+                let open = intervals.last().is_some_and(|iv| iv.1.is_none());
+                if open && !on {
+                    intervals.last_mut().expect("open interval").1 = Some(now);
+                } else if !open && on {
+                    intervals.push(Interval(now, None));
+                }
+            }
         }
     }
 
@@ -455,6 +702,27 @@ impl World {
                 };
                 ("user:sre", Action::ControlOperation { id, control, reason: reason.clone() })
             }
+            // The disaster-recovery family's operator releases the brake, and takes back a
+            // site declared down once it runs again.
+            38..42 if self.opts.dr => {
+                if !self.first_state(|s| s.brake.is_some()).unwrap_or(false) {
+                    return;
+                }
+                ("user:dr-admin", Action::ReleaseBrake { reason: reason.clone() })
+            }
+            42..46 if self.opts.dr => {
+                let declared =
+                    self.first_state(|s| s.down_sites.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+                let back: Vec<String> = declared
+                    .into_iter()
+                    .filter(|d| self.sites.iter().position(|s| s.name == *d).is_some_and(|i| !self.killed[i]))
+                    .collect();
+                if back.is_empty() {
+                    return;
+                }
+                let site = back[self.rng.gen_range(0..back.len())].clone();
+                ("user:dr-admin", Action::ReclaimSite { site, reason: reason.clone() })
+            }
             _ => return,
         };
         let ids = self.ids();
@@ -479,6 +747,11 @@ impl World {
             };
             *outcomes.lock().expect("outcomes").entry(outcome).or_default() += 1;
         });
+    }
+
+    /// Reads the committed state of some running replica.
+    fn first_state<T>(&self, f: impl FnOnce(&switchyard_core::State) -> T) -> Option<T> {
+        self.net.lock().replicas.values().next().map(|h| h.shared.read(f))
     }
 
     fn observe(&self, step: u32) -> Observed {
@@ -511,6 +784,7 @@ impl World {
             cells: self.cells.iter().map(|c| invariants::CellView::of(&c.lock().expect("cell lock"))).collect(),
             dns: self.dns.iter().map(|d| invariants::DnsView::of(&d.lock().expect("dns lock"))).collect(),
             acks: self.acks.lock().expect("acks").clone(),
+            dr: self.opts.dr.then(|| self.truth.clone()),
         }
     }
 
@@ -548,6 +822,12 @@ impl World {
             let mut d = d.lock().expect("dns lock");
             d.up = true;
             self.net.lock().down.insert(d.endpoint, false);
+        }
+        if self.opts.dr {
+            self.heal_cuts();
+            self.flap = None;
+            self.killed.iter_mut().for_each(|k| *k = false);
+            self.sync_truth();
         }
         self.resume_paused();
     }
@@ -588,8 +868,13 @@ impl World {
         self.setup().await;
         let total = self.opts.steps + self.opts.converge_steps;
         for step in 0..self.opts.steps {
+            self.step = step;
             if self.opts.faults {
                 self.inject_fault().await;
+            }
+            if self.opts.dr {
+                self.flap_step();
+                self.sync_truth();
             }
             self.operate();
             tokio::time::sleep(STEP).await;
@@ -602,8 +887,16 @@ impl World {
             tokio::time::sleep(STEP).await;
             let observed = self.observe(step);
             self.check(step, &observed)?;
-            match invariants::convergence::check(&observed) {
-                Ok(()) => return Ok(self.summary(&observed)),
+            let converged = invariants::convergence::check(&observed)
+                .and_then(|()| if self.opts.dr { invariants::failover_convergence::check(&observed) } else { Ok(()) });
+            match converged {
+                Ok(()) => {
+                    if self.opts.dr {
+                        invariants::no_false_failover::check_audit(&observed)
+                            .map_err(|e| Box::new(self.violation(step, "no false failover", e)))?;
+                    }
+                    return Ok(self.summary(&observed));
+                }
                 Err(why) => last = why,
             }
         }
@@ -640,7 +933,47 @@ impl World {
             log_index: state.last_applied,
             write_outcomes: self.outcomes.lock().expect("outcomes").clone(),
             digest: h.finish(),
+            dr: if self.opts.dr { self.dr_summary(o) } else { DrSummary::default() },
         }
+    }
+}
+
+impl World {
+    /// The disaster-recovery counts of a converged run, from the first replica's audit chain.
+    fn dr_summary(&self, o: &Observed) -> DrSummary {
+        let state = &o.replicas[0].state;
+        let mut out = self.stats.clone();
+        let system = |r: &&switchyard_core::audit::AuditRecord| r.actor == switchyard_core::SYSTEM_ACTOR;
+        let records = state.audit.records();
+        let count = |action: &str| records.iter().filter(system).filter(|r| r.action == action).count() as u32;
+        out.declarations = count("site.declared-down");
+        out.failovers = count("failover.start");
+        out.brake_trips = count("brake.engaged");
+        out.reclaims = records.iter().filter(|r| r.action == "site.reclaimed").count() as u32;
+        // Real time of each declaration, give or take the clock bound.
+        let declared: Vec<(&str, u64)> = records
+            .iter()
+            .filter(system)
+            .filter(|r| r.action == "site.declared-down")
+            .map(|r| (r.subject.as_str(), r.time_ms.saturating_sub(EPOCH_MS)))
+            .collect();
+        let slack = self.truth.detect.window_ms + self.truth.latency_ms + self.truth.skew_bound_ms;
+        for c in &self.cuts {
+            let end = c.end.unwrap_or(o.dr.as_ref().map_or(0, |t| t.now_ms));
+            let name = self.sites[c.site].name.as_str();
+            let alive = !self.truth.dead[name].iter().any(|iv| iv.overlaps(c.start, end));
+            let declared = declared.iter().any(|(s, t)| *s == name && *t >= c.start && *t <= end + slack);
+            if alive && !declared {
+                out.federator_cuts_quiet += 1;
+            }
+        }
+        out.held = invariants::failover_convergence::held(state, &self.truth.guard, EPOCH_MS + self.net.elapsed_ms())
+            .into_iter()
+            .fold(BTreeMap::new(), |mut m, (_, rule)| {
+                *m.entry(rule).or_default() += 1;
+                m
+            });
+        out
     }
 }
 

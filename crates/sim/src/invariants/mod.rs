@@ -4,8 +4,10 @@
 
 pub mod audit_chain;
 pub mod convergence;
+pub mod failover_convergence;
 pub mod fencing;
 pub mod never_all_off;
+pub mod no_false_failover;
 pub mod no_lost_decision;
 pub mod single_active;
 
@@ -64,6 +66,35 @@ impl DnsView {
     }
 }
 
+/// A closed span of virtual time `[start, end]` (ms since the run began); `None`: still going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval(pub u64, pub Option<u64>);
+
+impl Interval {
+    /// Whether this span and `[from, to]` share a moment.
+    pub fn overlaps(&self, from: u64, to: u64) -> bool {
+        self.0 <= to && self.1.is_none_or(|end| end >= from)
+    }
+}
+
+/// The disaster-recovery family's ground truth, kept by the driver (no replica sees it), and
+/// the bounds the checks allow for.
+#[derive(Clone, Debug)]
+pub struct DrTruth {
+    pub detect: switchyard_core::dr::detect::DetectConfig,
+    pub guard: switchyard_core::dr::guard::GuardConfig,
+    /// How far any replica's clock is off, at most.
+    pub skew_bound_ms: u64,
+    /// How old a probe's sighting can be when the detector takes it (stamped on arrival).
+    pub latency_ms: u64,
+    /// Per site, when it was really dead: its ingress refused connections (cell down).
+    pub dead: BTreeMap<String, Vec<Interval>>,
+    /// Per site, when the replicas' path to it answered "unreachable" (a federator-only cut).
+    pub unreachable: BTreeMap<String, Vec<Interval>>,
+    /// Virtual time of the observation.
+    pub now_ms: u64,
+}
+
 /// Everything observable after one step.
 pub struct Observed {
     pub step: u32,
@@ -73,6 +104,8 @@ pub struct Observed {
     pub acks: Vec<Ack>,
     /// (group, source, target) of every traffic ramp committed so far.
     pub ramps: std::collections::BTreeSet<(String, String, String)>,
+    /// Ground truth of the disaster-recovery family, when it runs.
+    pub dr: Option<DrTruth>,
 }
 
 /// Every invariant that must hold at every step; the first broken one with what was seen.
@@ -82,6 +115,7 @@ pub fn check_all(o: &Observed) -> Result<(), (&'static str, String)> {
     no_lost_decision::check(o).map_err(|e| ("no lost decision", e))?;
     fencing::check(o).map_err(|e| ("fencing", e))?;
     audit_chain::check(o).map_err(|e| ("audit chain", e))?;
+    no_false_failover::check(o).map_err(|e| ("no false failover", e))?;
     Ok(())
 }
 
@@ -116,6 +150,7 @@ mod tests {
             dns: vec![],
             acks: vec![],
             ramps: Default::default(),
+            dr: None,
         }
     }
 
@@ -176,5 +211,51 @@ mod tests {
             weighted: BTreeMap::new(),
         });
         assert!(fencing::check(&o).is_err());
+    }
+
+    fn truth(dead: Vec<Interval>, unreachable: Vec<Interval>) -> DrTruth {
+        DrTruth {
+            detect: crate::world::dr_detect(),
+            guard: Default::default(),
+            skew_bound_ms: 250,
+            latency_ms: 1_000,
+            dead: BTreeMap::from([("site-a".to_string(), dead)]),
+            unreachable: BTreeMap::from([("site-a".to_string(), unreachable)]),
+            now_ms: 20_000,
+        }
+    }
+
+    fn sighting(observer: &str, domain: &str, since: u64, last: u64) -> switchyard_core::dr::detect::Evidence {
+        switchyard_core::dr::detect::Evidence {
+            observer: observer.into(),
+            domain: domain.into(),
+            health: switchyard_core::dr::detect::Health::Unhealthy,
+            unhealthy_since_ms: Some(crate::net::EPOCH_MS + since),
+            last_at_ms: crate::net::EPOCH_MS + last,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_declaration_needs_real_sightings_and_a_really_dead_site() {
+        let at = crate::net::EPOCH_MS + 13_000;
+        let evidence =
+            vec![sighting("federator-1", "federator", 10_000, 12_800), sighting("dns:site-b", "dns", 10_200, 12_900)];
+        // Dead from 9.9 s on: justified.
+        let dead = truth(vec![Interval(9_900, None)], vec![]);
+        assert!(no_false_failover::justified(&dead, "site-a", at, &evidence).is_ok());
+        // Never dead, only unreachable from the replicas: a false failover, whatever the
+        // evidence says (the DNS server's sightings did not happen).
+        let cut = truth(vec![], vec![Interval(9_900, None)]);
+        let err = no_false_failover::justified(&cut, "site-a", at, &evidence).unwrap_err();
+        assert!(err.contains("dns:site-b"), "{err}");
+        // Dead only long before: the sightings near the declaration did not happen.
+        let old = truth(vec![Interval(1_000, Some(2_000))], vec![]);
+        assert!(no_false_failover::justified(&old, "site-a", at, &evidence).is_err());
+        // One failure domain is no quorum, and a window not elapsed is no declaration.
+        assert!(no_false_failover::justified(&dead, "site-a", at, &evidence[..1]).is_err());
+        let early =
+            vec![sighting("federator-1", "federator", 11_000, 12_800), sighting("dns:site-b", "dns", 10_200, 12_900)];
+        assert!(no_false_failover::justified(&dead, "site-a", at, &early).is_err());
     }
 }
