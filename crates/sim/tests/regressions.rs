@@ -27,3 +27,15 @@ fn seed_6_abort_in_the_middle_of_a_traffic_ramp() {
         panic!("{v}");
     }
 }
+
+/// Disaster-recovery family: two sites stay declared down after the operator released the
+/// brake, with every group already moved off them. The guard rails would trip the brake again,
+/// but with no group on a declared-down site the leader runs no failover round
+/// (`State::has_work`), so nothing trips it; the failover-convergence check first demanded the
+/// trip. It now asks for a round only while some group is still served by a declared-down site.
+#[test]
+fn dr_seed_749_declared_down_sites_with_nothing_left_on_them() {
+    if let Err(v) = run_seed(749, &Options { steps: 300, dr: true, ..Options::default() }) {
+        panic!("{v}");
+    }
+}
