@@ -63,14 +63,20 @@ pub struct Args {
     /// every routing table to (see runbooks/dns-and-lb.md).
     #[arg(long)]
     pub push_config: Option<PathBuf>,
-    /// Observe a site for failure detection: `SITE=HOST:PORT` (its ingress), probed each second
-    /// and reported to every federator replica. May be repeated.
+    /// Observe a site for failure detection: `SITE=HOST:PORT` (its ingress), probed every
+    /// `--observe-interval-ms` and reported to every federator replica. May be repeated.
     #[arg(long)]
     pub observe: Vec<String>,
+    /// How often the `--observe` sites are probed and reported, in milliseconds (50-60000).
+    #[arg(long, default_value_t = 1000)]
+    pub observe_interval_ms: u64,
     /// This server's failure domain as an observer (where it runs); default `dns-<server-id>`.
     #[arg(long)]
     pub observer_domain: Option<String>,
 }
+
+/// Observation intervals accepted (`--observe-interval-ms`), as the federator's `probe_interval_ms`.
+pub const OBSERVE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 
 /// Most UDP worker threads accepted.
 pub const UDP_WORKERS_MAX: usize = 64;
@@ -128,6 +134,8 @@ pub struct Config {
     /// Sites to observe (`--observe`): (site, `host:port`).
     pub observe: Vec<(String, String)>,
     pub observer_domain: String,
+    /// How often the observed sites are probed and reported (`--observe-interval-ms`).
+    pub observe_interval: std::time::Duration,
 }
 
 /// Every problem found in the flags, one per line.
@@ -243,11 +251,21 @@ impl Config {
             }
         }
         let observer_domain = args.observer_domain.clone().unwrap_or_else(|| format!("dns-{}", args.server_id));
+        if !OBSERVE_INTERVAL_MS.contains(&args.observe_interval_ms) {
+            problem(format!(
+                "--observe-interval-ms {} is outside {}-{} ms",
+                args.observe_interval_ms,
+                OBSERVE_INTERVAL_MS.start(),
+                OBSERVE_INTERVAL_MS.end()
+            ));
+        }
+        let observe_interval = std::time::Duration::from_millis(args.observe_interval_ms);
 
         match (origin, listen, federator, ns_name) {
             (Some(origin), Some(listen), Some(federator), Some(ns_name)) if problems.is_empty() => Ok(Self {
                 observe,
                 observer_domain,
+                observe_interval,
                 zone: ZoneConfig {
                     all_unhealthy: args.all_unhealthy,
                     ..ZoneConfig::new(origin, ns_name, ns_addresses)
@@ -332,6 +350,7 @@ mod tests {
             push_config: None,
             observe: vec![],
             observer_domain: None,
+            observe_interval_ms: 1000,
         }
     }
 
@@ -383,6 +402,20 @@ mod tests {
             assert!(parse_federator(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(parse_federator("https://fed-1.example:7000").unwrap().server_name, "fed-1.example");
+    }
+
+    #[test]
+    fn the_observe_interval_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        assert_eq!(Config::from_args(&a).unwrap().observe_interval, std::time::Duration::from_secs(1));
+        for bad in [0, 49, 60_001] {
+            a.observe_interval_ms = bad;
+            let err = Config::from_args(&a).unwrap_err().to_string();
+            assert!(err.contains(&format!("--observe-interval-ms {bad} is outside 50-60000 ms")), "{err}");
+        }
+        a.observe_interval_ms = 200;
+        assert_eq!(Config::from_args(&a).unwrap().observe_interval, std::time::Duration::from_millis(200));
     }
 
     #[test]

@@ -182,6 +182,7 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
             endpoints.clone(),
             config.observe.clone(),
             config.observer_domain.clone(),
+            config.observe_interval,
         ));
     }
     let watch = tokio::spawn(watch::watch_forever(endpoints, config.server_id.clone(), applier));

@@ -1,7 +1,8 @@
 //! This DNS server as a failure-detection observer: it probes each site it is told to
-//! (`--observe SITE=HOST:PORT`, a TCP connect to the site's ingress) every second and reports
-//! what it saw to every federator replica, so the leader's detector hears an observer outside
-//! the federator's own failure domain.
+//! (`--observe SITE=HOST:PORT`, a TCP connect to the site's ingress) every
+//! `--observe-interval-ms` (default each second) and reports what it saw to every federator
+//! replica, so the leader's detector hears an observer outside the federator's own failure
+//! domain.
 
 use std::time::Duration;
 
@@ -10,24 +11,30 @@ use switchyard_proto::routing::v1::routing_client::RoutingClient;
 use switchyard_proto::routing::v1::{ObservationBatch, SiteObservation};
 use tonic::transport::Endpoint;
 
-const EVERY: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+/// Longest a probe waits for a connection (shorter when the interval is).
+const MAX_PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn probe(addr: &str) -> (Health, String) {
-    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+async fn probe(addr: &str, timeout: Duration) -> (Health, String) {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => (Health::Healthy, format!("{addr}: connected")),
         Ok(Err(e)) => (connect_error_health(e.kind()), format!("{addr}: {e}")),
-        Err(_) => (Health::Unknown, format!("{addr}: probe timed out after {} ms", PROBE_TIMEOUT.as_millis())),
+        Err(_) => (Health::Unknown, format!("{addr}: probe timed out after {} ms", timeout.as_millis())),
     }
 }
 
-pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, String)>, domain: String) {
+/// Probes every site each `every` and reports the batch to every replica. A round that
+/// overruns the interval (a slow probe or report) delays the next one instead of bunching them.
+pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, String)>, domain: String, every: Duration) {
     let mut clients: Vec<Option<RoutingClient<tonic::transport::Channel>>> = vec![None; federators.len()];
+    let timeout = every.min(MAX_PROBE_TIMEOUT);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tick.tick().await;
         let mut batch = ObservationBatch { domain: domain.clone(), sites: Vec::with_capacity(sites.len()) };
         for (site, addr) in &sites {
-            let (health, detail) = probe(addr).await;
+            let (health, detail) = probe(addr, timeout).await;
             let health = match health {
                 Health::Healthy => "healthy",
                 Health::Unhealthy => "unhealthy",
@@ -44,6 +51,5 @@ pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, Stri
                 Err(_) => tracing::debug!(federator = %endpoint.uri(), "reporting observations timed out"),
             }
         }
-        tokio::time::sleep(EVERY).await;
     }
 }

@@ -220,10 +220,79 @@ struct FederatorToml<'a> {
     peers: Vec<PeerToml>,
 }
 
-/// The federator's failure-detection probes: each site's ingress.
+/// The federator's failure detection: each site's ingress as its probes, how often it probes,
+/// and the detection window.
 #[derive(Serialize)]
 struct DrToml {
+    probe_interval_ms: u64,
     probes: BTreeMap<String, String>,
+    detect: switchyard_core::dr::detect::DetectConfig,
+}
+
+/// How fast a dead site is declared down (`fedctl up --detect-window-ms`, `--probe-interval-ms`,
+/// `--detect-stale-ms`): the federator's `[dr]` settings and fed-dns's `--observe-interval-ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detection {
+    /// How long both observers must see a site refused before it is declared down.
+    pub window_ms: u64,
+    /// How often each observer probes each site (the federator and fed-dns alike).
+    pub probe_interval_ms: u64,
+    /// An observer not heard from for this long is not evidence.
+    pub stale_ms: u64,
+}
+
+impl Default for Detection {
+    fn default() -> Self {
+        let d = switchyard_core::dr::detect::DetectConfig::default();
+        Self { window_ms: d.window_ms, probe_interval_ms: 1_000, stale_ms: d.stale_ms }
+    }
+}
+
+impl Detection {
+    /// Observer probe intervals the federator and fed-dns accept.
+    pub const PROBE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+    /// Longest detection window the federator accepts (an hour).
+    pub const MAX_WINDOW_MS: u64 = 3_600_000;
+
+    /// Every problem with these settings (the rules the federator checks of its `[dr]`), so
+    /// that `fedctl up` refuses them before starting anything.
+    pub fn problems(&self) -> Vec<String> {
+        let (window, interval, stale) = (self.window_ms, self.probe_interval_ms, self.stale_ms);
+        let mut p = Vec::new();
+        if !Self::PROBE_INTERVAL_MS.contains(&interval) {
+            p.push(format!(
+                "--probe-interval-ms {interval} is outside {}-{} ms",
+                Self::PROBE_INTERVAL_MS.start(),
+                Self::PROBE_INTERVAL_MS.end()
+            ));
+        }
+        if window < interval || window > Self::MAX_WINDOW_MS {
+            p.push(format!(
+                "--detect-window-ms {window} must be at least --probe-interval-ms ({interval}), so that one \
+                 refused probe never declares a site down, and at most {} ms",
+                Self::MAX_WINDOW_MS
+            ));
+        }
+        if stale <= interval {
+            p.push(format!(
+                "--detect-stale-ms {stale} must exceed --probe-interval-ms ({interval}), or observations go stale \
+                 between two probes and never count"
+            ));
+        }
+        p
+    }
+
+    fn dr(&self, probes: BTreeMap<String, String>) -> DrToml {
+        DrToml {
+            probes,
+            probe_interval_ms: self.probe_interval_ms,
+            detect: switchyard_core::dr::detect::DetectConfig {
+                window_ms: self.window_ms,
+                stale_ms: self.stale_ms,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// What observers probe of each site: its ingress proxy, when it has one.
@@ -493,6 +562,8 @@ pub struct UpArgs {
     pub federators: u32,
     /// App groups to run instead of the demo groups (see [`load_groups_file`]).
     pub groups_file: Option<PathBuf>,
+    /// Failure-detection timing of both observers.
+    pub detection: Detection,
 }
 
 /// `name` found in a directory of `PATH`.
@@ -557,6 +628,10 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     }
     if !(1..=8).contains(&args.nodes_per_site) {
         return Err(CliError::Usage(format!("--nodes-per-site must be between 1 and 8, not {}", args.nodes_per_site)));
+    }
+    let problems = args.detection.problems();
+    if !problems.is_empty() {
+        return Err(CliError::Usage(format!("bad detection settings:\n  - {}", problems.join("\n  - "))));
     }
     let site_names: Vec<String> = (1..=args.sites).map(|i| format!("site-{i}")).collect();
     let groups = match &args.groups_file {
@@ -708,7 +783,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                 zone: ZONE,
                 tls: &fed_tls,
                 engine: EngineConfig { verify_window_ms: 2_000, drain_ms: 500, ..EngineConfig::default() },
-                dr: Some(DrToml { probes: site_probes(&sites) }).filter(|d| !d.probes.is_empty()),
+                dr: Some(args.detection.dr(site_probes(&sites))).filter(|d| !d.probes.is_empty()),
                 sites: &site_specs,
                 groups: &groups,
                 peers,
@@ -872,6 +947,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             argv.extend(["--observe".to_string(), format!("{site}={addr}")]);
         }
         argv.extend(["--observer-domain".to_string(), "dns".to_string()]);
+        argv.extend(["--observe-interval-ms".to_string(), args.detection.probe_interval_ms.to_string()]);
         argv.extend(tls_args(&tls));
         let (pid, log) = spawn("dns-1", &bins.join("fed-dns"), &argv, &logs)?;
         cluster.processes.push(Proc {
@@ -1158,6 +1234,48 @@ instances = 2
         assert!(cfg.contains(acl), "{cfg}");
         assert!(cfg.contains("use_backend be_shop-web_front if host_shop-web"), "{cfg}");
         assert!(cfg.contains("use_backend be_shop-db_web if host_shop-db"), "{cfg}");
+    }
+
+    #[test]
+    fn detection_settings_are_checked_before_anything_starts() {
+        assert!(Detection::default().problems().is_empty());
+        assert_eq!(Detection::default(), Detection { window_ms: 10_000, probe_interval_ms: 1_000, stale_ms: 5_000 });
+        let fast = Detection { window_ms: 1_000, probe_interval_ms: 200, stale_ms: 5_000 };
+        assert!(fast.problems().is_empty());
+        let dr = toml::to_string(&fast.dr(BTreeMap::from([("site-1".into(), "127.0.1.1:80".into())]))).unwrap();
+        assert!(dr.contains("probe_interval_ms = 200"), "{dr}");
+        assert!(dr.contains("[detect]\nwindow_ms = 1000\nquorum = 2\nstale_ms = 5000"), "{dr}");
+
+        for (d, want) in [
+            (Detection { probe_interval_ms: 0, ..fast }, "--probe-interval-ms 0 is outside 50-60000 ms"),
+            (Detection { probe_interval_ms: 3_600_000, ..fast }, "--probe-interval-ms 3600000 is outside"),
+            (Detection { window_ms: 100, ..fast }, "--detect-window-ms 100 must be at least --probe-interval-ms (200)"),
+            (Detection { window_ms: 86_400_000, ..fast }, "and at most 3600000 ms"),
+            (Detection { stale_ms: 200, ..fast }, "--detect-stale-ms 200 must exceed --probe-interval-ms (200)"),
+        ] {
+            let problems = d.problems().join("\n");
+            assert!(problems.contains(want), "{want:?} missing from:\n{problems}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_detection_settings_start_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fed");
+        let args = UpArgs {
+            dir: dir.clone(),
+            sites: 3,
+            nodes_per_site: 2,
+            timeout: Duration::from_secs(1),
+            ingress: true,
+            federators: 1,
+            groups_file: None,
+            detection: Detection { window_ms: 10_000, probe_interval_ms: 0, stale_ms: 5_000 },
+        };
+        let err = up(args).await.unwrap_err();
+        assert!(matches!(err, CliError::Usage(_)), "{err}");
+        assert!(err.to_string().contains("--probe-interval-ms 0 is outside 50-60000 ms"), "{err}");
+        assert!(!dir.exists(), "nothing was created");
     }
 
     #[test]

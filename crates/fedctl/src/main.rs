@@ -90,6 +90,16 @@ enum Cmd {
         /// instead of the demo groups; see runbooks/site-evacuation.md.
         #[arg(long)]
         groups_file: Option<PathBuf>,
+        /// Failure detection: how long both observers (federator, fed-dns) must see a site
+        /// refused before it is declared down; see runbooks/disaster-recovery.md.
+        #[arg(long, default_value_t = 10_000)]
+        detect_window_ms: u64,
+        /// How often each observer probes each site's ingress (50-60000).
+        #[arg(long, default_value_t = 1_000)]
+        probe_interval_ms: u64,
+        /// An observer not heard from for this long is not evidence (above the probe interval).
+        #[arg(long, default_value_t = 5_000)]
+        detect_stale_ms: u64,
     },
     /// Stop the local federation started with `fedctl up`.
     Down {
@@ -596,7 +606,18 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg_path = config_path(cli.config.as_deref());
     match cli.command {
-        Cmd::Up { dir, sites, nodes_per_site, timeout_s, no_ingress, federators, groups_file } => {
+        Cmd::Up {
+            dir,
+            sites,
+            nodes_per_site,
+            timeout_s,
+            no_ingress,
+            federators,
+            groups_file,
+            detect_window_ms,
+            probe_interval_ms,
+            detect_stale_ms,
+        } => {
             if ![1, 3, 5].contains(&federators) {
                 return Err(CliError::Usage(format!("--federators {federators}: use 1, 3 or 5 replicas")));
             }
@@ -608,6 +629,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 ingress: !no_ingress,
                 federators,
                 groups_file,
+                detection: local::Detection {
+                    window_ms: detect_window_ms,
+                    probe_interval_ms,
+                    stale_ms: detect_stale_ms,
+                },
             })
             .await
         }

@@ -89,12 +89,15 @@ pub enum ConfigError {
 }
 
 /// Failure detection as this replica takes part in it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DrConfig {
-    /// Site name → `host:port` this replica probes (TCP connect, each second): the site's
-    /// ingress. Sites not listed are not probed by this replica.
+    /// Site name → `host:port` this replica probes (TCP connect, every `probe_interval_ms`): the
+    /// site's ingress. Sites not listed are not probed by this replica.
     pub probes: std::collections::BTreeMap<String, String>,
+    /// How often this replica probes each site, in milliseconds (default 1000). Together with
+    /// the detection window it bounds how fast a dead site is declared down.
+    pub probe_interval_ms: u64,
     /// This replica's failure domain as an observer. Every replica of one federation is one
     /// observer together by default (`federator`): a federation cut off from a site that still
     /// serves its users must not be able to declare it down on its own.
@@ -105,13 +108,76 @@ pub struct DrConfig {
     pub automatic: Option<bool>,
 }
 
+impl Default for DrConfig {
+    fn default() -> Self {
+        Self {
+            probes: Default::default(),
+            probe_interval_ms: DrConfig::DEFAULT_PROBE_INTERVAL_MS,
+            domain: None,
+            detect: Default::default(),
+            automatic: None,
+        }
+    }
+}
+
 impl DrConfig {
+    pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 1_000;
+    /// Probe intervals accepted: below 50 ms the probes are load, not information; above a
+    /// minute a dead site goes unnoticed for longer than any detection window worth having.
+    pub const PROBE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+    /// Longest detection window accepted (an hour).
+    pub const MAX_WINDOW_MS: u64 = 3_600_000;
+    /// Longest a probe waits for a connection before it reports "unknown".
+    const MAX_PROBE_TIMEOUT_MS: u64 = 800;
+
     pub fn domain(&self) -> &str {
         self.domain.as_deref().unwrap_or("federator")
     }
 
     pub fn automatic(&self) -> bool {
         self.automatic.unwrap_or(true)
+    }
+
+    pub fn probe_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.probe_interval_ms)
+    }
+
+    /// A probe gives up (unknown) after 800 ms, or one interval when that is shorter, so that
+    /// a slow probe never delays the next one.
+    pub fn probe_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.probe_interval_ms.min(Self::MAX_PROBE_TIMEOUT_MS))
+    }
+
+    /// Every problem with the detection settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let (interval, d) = (self.probe_interval_ms, &self.detect);
+        if !Self::PROBE_INTERVAL_MS.contains(&interval) {
+            p.push(format!(
+                "dr: probe_interval_ms must be between {} and {} ms, not {interval}",
+                Self::PROBE_INTERVAL_MS.start(),
+                Self::PROBE_INTERVAL_MS.end()
+            ));
+        }
+        if d.window_ms < interval || d.window_ms > Self::MAX_WINDOW_MS {
+            p.push(format!(
+                "dr.detect: window_ms {} must be at least probe_interval_ms ({interval}), so that one refused \
+                 probe never declares a site down, and at most {} ms",
+                d.window_ms,
+                Self::MAX_WINDOW_MS
+            ));
+        }
+        if d.stale_ms <= interval {
+            p.push(format!(
+                "dr.detect: stale_ms {} must exceed probe_interval_ms ({interval}), or observations go stale \
+                 between two probes and never count",
+                d.stale_ms
+            ));
+        }
+        if d.quorum == 0 {
+            p.push("dr.detect: quorum must be at least 1 failure domain".to_string());
+        }
+        p
     }
 }
 
@@ -148,6 +214,7 @@ impl FederatorConfig {
         if self.engine.verify_window_ms == 0 {
             p.push("engine: verify_window_ms must be > 0".to_string());
         }
+        p.extend(self.dr.problems());
         let mut ids = BTreeSet::from([self.node_id]);
         for peer in &self.peers {
             if !ids.insert(peer.node_id) {
@@ -251,6 +318,37 @@ resources = { cpu_millis = 100, mem_mib = 64 }
         let err = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap_err();
         let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
         assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+
+    #[test]
+    fn detection_settings_default_and_parse() {
+        let cfg = FederatorConfig::parse(GOOD, Path::new("f.toml")).unwrap();
+        assert_eq!(cfg.dr.probe_interval_ms, 1_000);
+        assert_eq!(cfg.dr.probe_timeout(), std::time::Duration::from_millis(800));
+        let text = format!(
+            "{GOOD}\n[dr]\nprobe_interval_ms = 200\n[dr.detect]\nwindow_ms = 1000\nquorum = 2\nstale_ms = 5000\n"
+        );
+        let cfg = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap();
+        assert_eq!((cfg.dr.probe_interval_ms, cfg.dr.detect.window_ms), (200, 1_000));
+        assert_eq!(cfg.dr.probe_timeout(), std::time::Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_bad_probe_interval_is_refused() {
+        for (interval, want) in [
+            ("0", "probe_interval_ms must be between 50 and 60000 ms, not 0"),
+            ("86400000", "probe_interval_ms must be between 50 and 60000 ms, not 86400000"),
+            ("20000", "window_ms 10000 must be at least probe_interval_ms (20000)"),
+            ("5000", "stale_ms 5000 must exceed probe_interval_ms (5000)"),
+        ] {
+            let text = format!("{GOOD}\n[dr]\nprobe_interval_ms = {interval}\n");
+            let err = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap_err();
+            assert!(err.to_string().contains(want), "{want:?} missing from: {err}");
+        }
+        let text = format!("{GOOD}\n[dr.detect]\nwindow_ms = 0\nquorum = 0\n");
+        let err = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
+        assert_eq!(problems.len(), 2, "{problems:#?}");
     }
 
     #[test]

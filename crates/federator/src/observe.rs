@@ -1,7 +1,7 @@
 //! This replica as a failure-detection observer, and the leader's declarations.
 //!
 //! Each replica probes the sites its configuration lists (a TCP connect to the site's ingress,
-//! each second) and takes the reports of DNS servers (`ReportObservations`); both feed its
+//! every `[dr] probe_interval_ms`, default each second) and takes the reports of DNS servers (`ReportObservations`); both feed its
 //! `Detector`. The leader, each round, declares a site down when the detector's verdict is
 //! Down, proposing the evidence, which `apply` checks again. Connection refused or reset is
 //! unhealthy; a timeout or a local error is unknown (labelled, never resets a timer).
@@ -14,20 +14,18 @@ use switchyard_core::dr::detect::{Health, Observation, Subject, Verdict, connect
 
 use crate::node::{Federator, now_ms};
 
-const PROBE_EVERY: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
-
 /// One TCP probe: healthy if it connects, unhealthy if the site refuses or resets, unknown if
-/// it cannot tell (a timeout, or an error on this side).
-pub async fn probe(addr: &str) -> (Health, String) {
-    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+/// it cannot tell (no answer within `timeout`, or an error on this side).
+pub async fn probe(addr: &str, timeout: Duration) -> (Health, String) {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => (Health::Healthy, format!("{addr}: connected")),
         Ok(Err(e)) => (connect_error_health(e.kind()), format!("{addr}: {e}")),
-        Err(_) => (Health::Unknown, format!("{addr}: probe timed out after {} ms", PROBE_TIMEOUT.as_millis())),
+        Err(_) => (Health::Unknown, format!("{addr}: probe timed out after {} ms", timeout.as_millis())),
     }
 }
 
-/// Probes every configured site each second, for as long as the replica runs.
+/// Probes every configured site every probe interval, for as long as the replica runs. A round
+/// that overruns the interval (slow probes) delays the next one instead of bunching them.
 pub async fn probe_forever(fed: Arc<Federator>) {
     let probes = fed.config.dr.probes.clone();
     if probes.is_empty() {
@@ -35,9 +33,13 @@ pub async fn probe_forever(fed: Arc<Federator>) {
     }
     let observer = format!("federator-{}", fed.id);
     let domain = fed.config.dr.domain().to_string();
+    let timeout = fed.config.dr.probe_timeout();
+    let mut every = tokio::time::interval(fed.config.dr.probe_interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        every.tick().await;
         for (site, addr) in &probes {
-            let (health, detail) = probe(addr).await;
+            let (health, detail) = probe(addr, timeout).await;
             metrics::counter!("federator_probes_total", "site" => site.clone(), "health" => health_str(health))
                 .increment(1);
             fed.observe(&Observation {
@@ -49,7 +51,6 @@ pub async fn probe_forever(fed: Arc<Federator>) {
                 detail,
             });
         }
-        tokio::time::sleep(PROBE_EVERY).await;
     }
 }
 
