@@ -14,8 +14,8 @@
 //! itself over UDP every 10 ms until the answer no longer holds site-1's address. Querying the
 //! authoritative server directly leaves the record's TTL out: a resolver's cache adds up to one
 //! TTL on top. The federator's audit records when the site was declared down and when the
-//! group's failover completed, on the same clock, so the time splits into detection and
-//! failover. Then `fedctl down --purge`, and the next run.
+//! group's failover routed it (at its start for a warm standby, at its completion for a cold
+//! one), on the same clock, so the time splits into detection and failover. Then `fedctl down --purge`, and the next run.
 //!
 //! `DR_BENCH_RUNS` (default 10) runs per setting; `DR_BENCH_SETTINGS` (default
 //! `10000:1000,2000:250,1000:200`) lists `WINDOW_MS:PROBE_INTERVAL_MS[:STALE_MS]`, passed to
@@ -66,7 +66,8 @@ struct Sample {
     seen: f64,
     /// The declaration is committed (audit `site.declared-down`).
     declared: f64,
-    /// The group's failover is committed as complete (audit `failover.complete`).
+    /// The commit that routes the group to the survivor: the failover's start for a warm
+    /// standby (audit `failover.start`), its completion for a cold one (`failover.complete`).
     failed_over: f64,
     /// fed-dns first answers without the site's address.
     repointed: f64,
@@ -280,7 +281,8 @@ fn measure(fed: &Federation, setting: Setting) -> anyhow::Result<Sample> {
         Ok((r["time_ms"].as_u64().context("time_ms")?, detail))
     };
     let (declared_ms, declared) = at("site.declared-down", SITE)?;
-    let (failed_over_ms, _) = at("failover.complete", GROUP)?;
+    let (started_ms, started) = at("failover.start", GROUP)?;
+    let failed_over_ms = if started["warm"] == true { started_ms } else { at("failover.complete", GROUP)?.0 };
     let seen_ms = declared["evidence"]
         .as_array()
         .context("evidence")?
