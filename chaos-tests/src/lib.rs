@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod load;
+
 /// Directory holding the workspace's binaries (`cargo build --workspace --bins`).
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SWITCHYARD_BIN_DIR") {
@@ -387,6 +389,22 @@ pub fn kill_site(fed: &Federation, site: &str) -> usize {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
     pids.len()
+}
+
+/// Starts every process of `site` that `kill_site` stopped (its cell, nodes and ingress proxy)
+/// again with `fedctl restart`; the cell then starts the site's instances itself.
+pub fn restart_site(fed: &Federation, site: &str) {
+    let names: Vec<&str> = fed.cluster["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["site"] == site)
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for name in names {
+        let out = fedctl(&fed.dir, &["restart", name, "--dir", fed.dir.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! fail over with no human involved. Cutting only the federator's path to a site that still
 //! serves (the DNS server still reaches it) declares nothing.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use switchyard_chaos_tests::load::{Load, LoadReport, Sent, run_load};
 use switchyard_chaos_tests::{Federation, dig_a, fedctl, fedctl_json, kill_site, wait_for};
 
 fn audit_actions(dir: &std::path::Path) -> Vec<Value> {
@@ -20,6 +23,28 @@ fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automat
     let fed = Federation::up(&dir, &[]);
     let dns = fed.dns();
     assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"]);
+    // Clients resolve through fed-dns (at most once per TTL) and send HTTP through the resolved
+    // site's ingress, from before the failure until well after DNS moved.
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = fed.ingress("site-1").rsplit_once(':').unwrap().1.to_string();
+    let clients: Vec<_> = (0..3u64)
+        .map(|c| {
+            let load = Load {
+                dns: dns.clone(),
+                zone: "fed.local".into(),
+                hosts: vec!["crm-web".into(), "mobile-app".into()],
+                ingress_port: port.clone(),
+                stop: stop.clone(),
+                max_requests: 5_000,
+                max_time: Duration::from_secs(150),
+                pace: Duration::from_millis(50),
+            };
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400 * c));
+                run_load(load)
+            })
+        })
+        .collect();
     // Both observers see every site healthy for a while: nothing happens.
     std::thread::sleep(Duration::from_secs(3));
     assert!(fedctl_json(&dir, &["dr", "status"])["down_sites"].as_array().is_none_or(|d| d.is_empty()));
@@ -46,6 +71,33 @@ fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automat
             (a.len() == 1 && a[0] != "127.0.1.1").then_some(())
         });
     }
+    let repointed = Instant::now();
+    eprintln!("DNS repointed {} ms after site-1 died", killed.elapsed().as_millis());
+    // Clients keep going for two TTLs (5 s) and more after DNS moved, then stop.
+    std::thread::sleep(Duration::from_secs(12));
+    stop.store(true, Ordering::Relaxed);
+    let loads: Vec<LoadReport> = clients.into_iter().map(|c| c.join().expect("a client loop ends")).collect();
+    let sent: Vec<&Sent> = loads.iter().flat_map(|l| &l.sent).collect();
+    // One TTL after DNS moved (plus a second for a lookup in flight), no client sends anything
+    // to the dead site, and everything sent is served by a survivor.
+    let settled = repointed + Duration::from_secs(5 + 1);
+    let late_to_dead: Vec<&&Sent> = sent.iter().filter(|s| s.at > settled && s.addr == "127.0.1.1").collect();
+    assert!(late_to_dead.is_empty(), "requests to the dead site after the TTL: {late_to_dead:?}");
+    let late: Vec<&&Sent> = sent.iter().filter(|s| s.at > settled).collect();
+    assert!(late.len() >= 100, "the clients kept sending: {}", late.len());
+    assert!(
+        late.iter().all(|s| s.answered_by.as_deref().is_some_and(|site| site != "site-1")),
+        "served by survivors: {:?}",
+        late.iter().find(|s| s.answered_by.is_none())
+    );
+    let before: usize = sent.iter().filter(|s| s.at < killed && s.answered_by.as_deref() == Some("site-1")).count();
+    let to_dead = sent.iter().filter(|s| s.at >= killed && s.addr == "127.0.1.1").count();
+    eprintln!(
+        "{} requests: {before} served by site-1 before it died, {to_dead} sent to it after (failed, within detection + TTL), {} after the TTL all served by survivors",
+        sent.len(),
+        late.len()
+    );
+    assert!(before > 0, "site-1 served before it died");
     let records = audit_actions(&dir);
     let declared = records.iter().find(|r| r["action"] == "site.declared-down").expect("audited");
     assert_eq!(declared["actor"], "system");

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_chaos_tests::{
-    Federation, client_config_as, dig_a, fedctl, fedctl_json, http_get_host, kill_site, task_processes, wait_for,
+    Federation, client_config_as, dig_a, fedctl, fedctl_json, http_get_host, kill_site, restart_site, task_processes,
+    wait_for,
 };
 
 #[test]
@@ -76,17 +77,7 @@ fn an_operator_fails_a_dead_site_over_and_a_second_failure_brakes_automation() {
 
     // site-1 returns: its cell and nodes restart, learn the new epoch, and the groups stay
     // fenced there (no traffic) with nothing deleted.
-    let site_1: Vec<String> = fed.cluster["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["site"] == "site-1")
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
-    for name in &site_1 {
-        let out = fedctl(&dir, &["restart", name, "--dir", dir.to_str().unwrap()]);
-        assert!(out.status.success(), "{name}: {out:?}");
-    }
+    restart_site(&fed, "site-1");
     wait_for(Duration::from_secs(60), "site-1's cell to report again", || {
         let sites = fedctl_json(&dir, &["sites"]);
         let s1 = sites.as_array().unwrap().iter().find(|s| s["name"] == "site-1").cloned().unwrap();

@@ -7,12 +7,12 @@
 //! than `--concurrency` groups moving at once, and leave nothing of those groups on site-1.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use switchyard_chaos_tests::load::{Load, LoadReport, run_load};
 use switchyard_chaos_tests::{Federation, dig_a, fedctl_json, http_get_host, task_processes, wait_for};
 
 const ZONE: &str = "fed.local";
@@ -152,106 +152,6 @@ home_site = "site-3"
 /// groups, and `archive`, which stays on site-3.
 const LOAD_HOSTS: [&str; 8] = ["shop-web", "shop", "crm-web", "pay-web", "auth", "search", "blog", "archive"];
 
-/// What a client's resolver holds for one name: the address and until when it may use it.
-struct Cached {
-    addr: String,
-    until: Instant,
-}
-
-/// The A record `name` resolves to through fed-dns (following a CNAME), and the smallest TTL
-/// on the way; the first address when there are several.
-fn resolve(dns: &str, name: &str) -> Option<(String, u64)> {
-    let (ip, port) = dns.rsplit_once(':')?;
-    let out = Command::new("dig")
-        .args([&format!("@{ip}"), "-p", port, name, "A", "+noall", "+answer", "+time=1", "+tries=2"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut ttl = u64::MAX;
-    let mut addr = None;
-    for line in text.lines() {
-        // `name. TTL IN TYPE DATA`
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 5 {
-            continue;
-        }
-        ttl = ttl.min(f[1].parse().ok()?);
-        if f[3] == "A" && addr.is_none() {
-            addr = Some(f[4].to_string());
-        }
-    }
-    Some((addr?, ttl))
-}
-
-#[derive(Default)]
-struct LoadReport {
-    requests: u64,
-    failures: u64,
-    /// The first failures, described.
-    failed: Vec<String>,
-    resolutions: u64,
-    /// Answers per (host, site that answered).
-    answered: BTreeMap<(String, String), u64>,
-    /// The site that answered each host last.
-    last_site: BTreeMap<String, String>,
-}
-
-/// A bounded client loop (at most `max_requests`, at most `max_time`, or until `stop`):
-/// round-robin over `LOAD_HOSTS`, each name resolved at most once per its TTL, each request
-/// sent to the resolved site's ingress with the name as Host header.
-fn run_load(
-    dns: String,
-    ingress_port: String,
-    stop: Arc<AtomicBool>,
-    max_requests: u64,
-    max_time: Duration,
-) -> LoadReport {
-    let started = Instant::now();
-    let mut cache: BTreeMap<&str, Cached> = BTreeMap::new();
-    let mut r = LoadReport::default();
-    let fail = |r: &mut LoadReport, what: String| {
-        r.failures += 1;
-        if r.failed.len() < 20 {
-            r.failed.push(format!("{:.1}s: {what}", started.elapsed().as_secs_f64()));
-        }
-    };
-    for i in 0..max_requests {
-        if stop.load(Ordering::Relaxed) || started.elapsed() > max_time {
-            break;
-        }
-        let label = LOAD_HOSTS[i as usize % LOAD_HOSTS.len()];
-        let host = format!("{label}.{ZONE}");
-        let now = Instant::now();
-        if cache.get(label).is_none_or(|c| c.until <= now) {
-            r.resolutions += 1;
-            match resolve(&dns, &format!("{host}.")) {
-                Some((addr, ttl)) => {
-                    cache.insert(label, Cached { addr, until: now + Duration::from_secs(ttl) });
-                }
-                None => {
-                    r.requests += 1;
-                    fail(&mut r, format!("{host}: no A record from fed-dns"));
-                    continue;
-                }
-            }
-        }
-        let addr = format!("{}:{ingress_port}", cache[label].addr);
-        r.requests += 1;
-        match http_get_host(&addr, &host) {
-            Some((200, body)) => {
-                let site = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["site"].as_str().map(String::from));
-                let site = site.unwrap_or_else(|| format!("unreadable answer {body:?}"));
-                *r.answered.entry((label.to_string(), site.clone())).or_default() += 1;
-                r.last_site.insert(label.to_string(), site);
-            }
-            Some((code, body)) => fail(&mut r, format!("{host} via {addr}: HTTP {code} {}", body.trim())),
-            None => fail(&mut r, format!("{host} via {addr}: no HTTP answer")),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    r
-}
-
 fn depends_on() -> BTreeMap<String, Vec<String>> {
     let file: toml::Table = toml::from_str(GROUPS_FILE).expect("the groups file is TOML");
     file["groups"]
@@ -300,7 +200,16 @@ fn a_whole_site_is_evacuated_under_load_in_dependency_order() {
             let (dns, port, stop) = (dns.clone(), port.clone(), stop.clone());
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(700 * c));
-                run_load(dns, port, stop, 10_000, Duration::from_secs(200))
+                run_load(Load {
+                    dns,
+                    zone: ZONE.into(),
+                    hosts: LOAD_HOSTS.iter().map(|h| h.to_string()).collect(),
+                    ingress_port: port,
+                    stop,
+                    max_requests: 10_000,
+                    max_time: Duration::from_secs(200),
+                    pace: Duration::from_millis(20),
+                })
             })
         })
         .collect();
