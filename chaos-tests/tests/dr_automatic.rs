@@ -20,8 +20,12 @@ fn audit_actions(dir: &std::path::Path) -> Vec<Value> {
 fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automatically() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("fed");
-    let fed = Federation::up(&dir, &[]);
+    // A fed-dns in each site too: site-1's dies with it.
+    let fed = Federation::up(&dir, &["--dns-per-site"]);
     let dns = fed.dns();
+    let site_dns = |site: &str| fed.process(&format!("dns-{site}"))["listen"]["dns"].as_str().unwrap().to_string();
+    let (dns_1, dns_2) = (site_dns("site-1"), site_dns("site-2"));
+    assert_eq!(dig_a(&dns_2, "crm-web.fed.local."), ["127.0.1.1"], "every fed-dns serves the same table");
     assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"]);
     // Clients resolve through fed-dns (at most once per TTL) and send HTTP through the resolved
     // site's ingress, from before the failure until well after DNS moved.
@@ -50,7 +54,8 @@ fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automat
     assert!(fedctl_json(&dir, &["dr", "status"])["down_sites"].as_array().is_none_or(|d| d.is_empty()));
 
     let killed = Instant::now();
-    kill_site(&fed, "site-1");
+    let signalled = kill_site(&fed, "site-1");
+    assert!(signalled >= 5, "cell, nodes, ingress, fed-dns and instances of site-1: {signalled}");
     let status = wait_for(Duration::from_secs(60), "site-1 declared down by the observers", || {
         let s = fedctl_json(&dir, &["dr", "status"]);
         s["down_sites"].as_array().filter(|d| !d.is_empty()).map(|_| s.clone())
@@ -62,6 +67,11 @@ fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automat
     let observers: Vec<&str> = down["observers"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(observers.iter().any(|o| o.ends_with("(federator)")), "{observers:?}");
     assert!(observers.iter().any(|o| o.ends_with("(dns)")), "{observers:?}");
+    assert!(observers.iter().any(|o| o.ends_with("(site-2)")), "site-2's fed-dns saw it too: {observers:?}");
+    assert!(
+        !observers.iter().any(|o| o.ends_with("(site-1)")),
+        "the dead site's own observer is silent: {observers:?}"
+    );
     assert!(detected >= Duration::from_secs(10), "not before the 10 s detection window: {detected:?}");
     eprintln!("site-1 declared down {} ms after it died", detected.as_millis());
 
@@ -72,6 +82,18 @@ fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automat
         });
     }
     let repointed = Instant::now();
+    // The surviving sites' fed-dns answer the same; the dead site's answers nothing.
+    for name in ["crm-web.fed.local.", "mobile-app.fed.local."] {
+        wait_for(Duration::from_secs(10), &format!("site-2's fed-dns to repoint {name}"), || {
+            (dig_a(&dns_2, name) == dig_a(&dns, name)).then_some(())
+        });
+    }
+    let (ip, port) = dns_1.rsplit_once(':').unwrap();
+    let dead = std::process::Command::new("dig")
+        .args([&format!("@{ip}"), "-p", port, "crm-web.fed.local.", "A", "+short", "+time=1", "+tries=1"])
+        .output()
+        .expect("dig runs");
+    assert!(!dead.status.success(), "site-1's fed-dns died with it: {dead:?}");
     eprintln!("DNS repointed {} ms after site-1 died", killed.elapsed().as_millis());
     // Clients keep going for two TTLs (5 s) and more after DNS moved, then stop.
     std::thread::sleep(Duration::from_secs(12));

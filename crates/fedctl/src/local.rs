@@ -564,6 +564,8 @@ pub struct UpArgs {
     pub groups_file: Option<PathBuf>,
     /// Failure-detection timing of both observers.
     pub detection: Detection,
+    /// One more fed-dns in each site, in that site's failure domain.
+    pub dns_per_site: bool,
 }
 
 /// `name` found in a directory of `PATH`.
@@ -921,44 +923,63 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
             cluster.save(&dir)?;
         }
 
-        // One DNS server.
-        let tls = issue("dns-1", Role::Dns, "dns-1", &["127.0.0.1".into()])?;
-        let metrics = SocketAddr::new(loopback, free_port(loopback)?);
-        let mut argv = vec![
-            "--zone".to_string(),
-            ZONE.into(),
-            "--listen".into(),
-            dns_addr.to_string(),
-            "--federator".into(),
-            fed_list.clone(),
-            "--state-dir".into(),
-            data.join("dns-1").display().to_string(),
-            "--server-id".into(),
-            "dns-1".into(),
-            "--ns-name".into(),
-            "ns1".into(),
-            "--ns-address".into(),
-            "127.0.0.1".into(),
-            "--metrics-listen".into(),
-            metrics.to_string(),
-        ];
-        // The DNS server is the federation's second observer, in its own failure domain.
-        for (site, addr) in site_probes(&sites) {
-            argv.extend(["--observe".to_string(), format!("{site}={addr}")]);
+        // The federation's DNS server (site-less, the address clients are given), and with
+        // --dns-per-site one more in each site, dying with it. Every one follows the routing
+        // stream and is an observer in its own failure domain.
+        let mut servers = vec![(None, "dns-1".to_string(), dns_addr, "dns".to_string(), "ns1".to_string())];
+        if args.dns_per_site {
+            for (i, site) in sites.iter().enumerate() {
+                let ip: IpAddr = site.ingress[0]
+                    .parse()
+                    .map_err(|e| CliError::Failed(format!("{}: ingress {:?}: {e}", site.name, site.ingress[0])))?;
+                let addr = SocketAddr::new(ip, free_port(ip)?);
+                servers.push((
+                    Some(site.name.clone()),
+                    format!("dns-{}", site.name),
+                    addr,
+                    site.name.clone(),
+                    format!("ns{}", i + 2),
+                ));
+            }
         }
-        argv.extend(["--observer-domain".to_string(), "dns".to_string()]);
-        argv.extend(["--observe-interval-ms".to_string(), args.detection.probe_interval_ms.to_string()]);
-        argv.extend(tls_args(&tls));
-        let (pid, log) = spawn("dns-1", &bins.join("fed-dns"), &argv, &logs)?;
-        cluster.processes.push(Proc {
-            name: "dns-1".into(),
-            role: "dns".into(),
-            site: None,
-            pid,
-            listen: BTreeMap::from([("dns".into(), dns_addr.to_string()), ("metrics".into(), metrics.to_string())]),
-            argv,
-            log,
-        });
+        for (site, name, addr, domain, ns) in servers {
+            let tls = issue(&name, Role::Dns, &name, &[addr.ip().to_string()])?;
+            let metrics = SocketAddr::new(addr.ip(), free_port(addr.ip())?);
+            let mut argv = vec![
+                "--zone".to_string(),
+                ZONE.into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--federator".into(),
+                fed_list.clone(),
+                "--state-dir".into(),
+                data.join(&name).display().to_string(),
+                "--server-id".into(),
+                name.clone(),
+                "--ns-name".into(),
+                ns,
+                "--ns-address".into(),
+                addr.ip().to_string(),
+                "--metrics-listen".into(),
+                metrics.to_string(),
+            ];
+            for (site, probe) in site_probes(&sites) {
+                argv.extend(["--observe".to_string(), format!("{site}={probe}")]);
+            }
+            argv.extend(["--observer-domain".to_string(), domain]);
+            argv.extend(["--observe-interval-ms".to_string(), args.detection.probe_interval_ms.to_string()]);
+            argv.extend(tls_args(&tls));
+            let (pid, log) = spawn(&name, &bins.join("fed-dns"), &argv, &logs)?;
+            cluster.processes.push(Proc {
+                name,
+                role: "dns".into(),
+                site,
+                pid,
+                listen: BTreeMap::from([("dns".into(), addr.to_string()), ("metrics".into(), metrics.to_string())]),
+                argv,
+                log,
+            });
+        }
         cluster.save(&dir)?;
 
         wait_healthy(&cluster, &client, &groups, args.nodes_per_site, args.timeout).await
@@ -1271,6 +1292,7 @@ instances = 2
             federators: 1,
             groups_file: None,
             detection: Detection { window_ms: 10_000, probe_interval_ms: 0, stale_ms: 5_000 },
+            dns_per_site: false,
         };
         let err = up(args).await.unwrap_err();
         assert!(matches!(err, CliError::Usage(_)), "{err}");

@@ -100,6 +100,10 @@ enum Cmd {
         /// An observer not heard from for this long is not evidence (above the probe interval).
         #[arg(long, default_value_t = 5_000)]
         detect_stale_ms: u64,
+        /// Also run one fed-dns in each site (on the site's address, its own failure domain as
+        /// an observer), which dies with its site.
+        #[arg(long)]
+        dns_per_site: bool,
     },
     /// Stop the local federation started with `fedctl up`.
     Down {
@@ -617,6 +621,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             detect_window_ms,
             probe_interval_ms,
             detect_stale_ms,
+            dns_per_site,
         } => {
             if ![1, 3, 5].contains(&federators) {
                 return Err(CliError::Usage(format!("--federators {federators}: use 1, 3 or 5 replicas")));
@@ -634,6 +639,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     probe_interval_ms,
                     stale_ms: detect_stale_ms,
                 },
+                dns_per_site,
             })
             .await
         }

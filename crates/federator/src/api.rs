@@ -762,7 +762,14 @@ impl OperatorService {
                         actor: d.actor.clone(),
                         manual_reason: d.manual.clone().unwrap_or_default(),
                         break_glass: d.break_glass.clone(),
-                        observers: d.evidence.iter().map(|e| format!("{} ({})", e.observer, e.domain)).collect(),
+                        // The ones that saw it unhealthy; the evidence also keeps the others
+                        // (a dead site's own observer, gone stale, is unknown).
+                        observers: d
+                            .evidence
+                            .iter()
+                            .filter(|e| e.health == switchyard_core::dr::detect::Health::Unhealthy)
+                            .map(|e| format!("{} ({})", e.observer, e.domain))
+                            .collect(),
                     })
                     .collect(),
                 held,
