@@ -91,7 +91,7 @@ enum Cmd {
         #[arg(long)]
         groups_file: Option<PathBuf>,
         /// Failure detection: how long both observers (federator, fed-dns) must see a site
-        /// refused before it is declared down; see runbooks/disaster-recovery.md.
+        /// refused before it is declared down; see runbooks/dr-failover.md.
         #[arg(long, default_value_t = 10_000)]
         detect_window_ms: u64,
         /// How often each observer probes each site's ingress (50-60000).

@@ -61,6 +61,10 @@ pub fn eligible(
     if let Some((scope, f)) = state.freeze_on(group, &sites, now_ms) {
         return Err(format!("frozen ({scope}, by {}: {})", f.actor, f.reason));
     }
+    // The planned switchover's own rules, so a failback waits for them instead of being
+    // proposed and refused every round.
+    state.check_change_window(now_ms).map_err(|r| r.to_string())?;
+    state.check_ttl_budget(group).map_err(|r| r.to_string())?;
     Ok(origin.site.clone())
 }
 

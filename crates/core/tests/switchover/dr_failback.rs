@@ -223,3 +223,19 @@ fn a_failback_without_opt_in_stability_or_while_braked_is_refused_and_changes_no
     assert!(f.state.down_sites.contains_key("site-1"), "a refused failback does not return the site");
     assert_eq!(f.state.sites["site-1"].state, switchyard_core::SiteState::Down);
 }
+
+#[test]
+fn a_failback_waits_for_a_change_window_like_any_planned_move() {
+    let mut f = setup(false);
+    fail_site_1(&mut f);
+    follow(&mut f, &["site-1"]);
+    let window: switchyard_core::window::ChangeWindow = "sat 01:00-02:00".parse().unwrap();
+    f.ok("dr-admin:dana", Action::SetChangeWindows { windows: vec![window], reason: "CAB calendar".into() });
+    assert_eq!(next(&f, f.now - 600_000), None, "not proposed outside the window");
+    let why =
+        failback::eligible(&f.state, "a", &recovered(&f, "site-1", f.now - 600_000), f.now, &DetectConfig::default())
+            .unwrap_err();
+    assert!(why.contains("window"), "{why}");
+    f.ok("dr-admin:dana", Action::SetChangeWindows { windows: vec![], reason: "CAB lifted".into() });
+    assert!(next(&f, f.now - 600_000).is_some());
+}
