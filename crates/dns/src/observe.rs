@@ -33,6 +33,7 @@ pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, Stri
     loop {
         tick.tick().await;
         let mut batch = ObservationBatch { domain: domain.clone(), sites: Vec::with_capacity(sites.len()) };
+        let mut seen = Vec::with_capacity(sites.len());
         for (site, addr) in &sites {
             let (health, detail) = probe(addr, timeout).await;
             let health = match health {
@@ -41,9 +42,20 @@ pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, Stri
                 Health::Unknown => "unknown",
             };
             metrics::counter!("dns_observations_total", "site" => site.clone(), "health" => health).increment(1);
-            batch.sites.push(SiteObservation { site: site.clone(), health: health.into(), at_ms: 0, detail });
+            seen.push(tokio::time::Instant::now());
+            batch.sites.push(SiteObservation {
+                site: site.clone(),
+                health: health.into(),
+                at_ms: 0,
+                detail,
+                age_ms: 0,
+            });
         }
         for (endpoint, client) in federators.iter().zip(clients.iter_mut()) {
+            // Each replica learns how old each sighting is when it is sent to it.
+            for (o, at) in batch.sites.iter_mut().zip(&seen) {
+                o.age_ms = at.elapsed().as_millis() as u64;
+            }
             let c = client.get_or_insert_with(|| RoutingClient::new(endpoint.connect_lazy()));
             match tokio::time::timeout(REPORT_TIMEOUT, c.report_observations(batch.clone())).await {
                 Ok(Ok(_)) => {}

@@ -15,6 +15,10 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::routing_to_proto;
 use crate::node::Federator;
+use switchyard_core::dr::detect::{Health, Observation, Subject};
+
+/// The oldest sighting an observer may report.
+const MAX_OBSERVATION_AGE_MS: u64 = 60_000;
 
 pub struct RoutingService {
     fed: Arc<Federator>,
@@ -33,7 +37,6 @@ impl Routing for RoutingService {
     type WatchStream = Tables;
 
     async fn report_observations(&self, req: Request<ObservationBatch>) -> Result<Response<ObservationAck>, Status> {
-        use switchyard_core::dr::detect::{Health, Observation, Subject};
         let id = peer_identity(&req)?;
         if !matches!(id.role, Role::Dns | Role::Federator | Role::Admin) {
             return Err(Status::permission_denied(format!("{id} may not report observations")));
@@ -42,30 +45,12 @@ impl Routing for RoutingService {
         if batch.domain.trim().is_empty() {
             return Err(Status::invalid_argument("an observation batch needs the observer's failure domain"));
         }
-        let mut observations = Vec::with_capacity(batch.sites.len());
-        for o in batch.sites {
-            let health = match o.health.as_str() {
-                "healthy" => Health::Healthy,
-                "unhealthy" => Health::Unhealthy,
-                "unknown" => Health::Unknown,
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "health {other:?} of {} is not healthy, unhealthy or unknown",
-                        o.site
-                    )));
-                }
-            };
-            // The observer is who the certificate says, whatever the batch claims; the time is
-            // this replica's (the observer's clock may be skewed).
-            observations.push(Observation {
-                observer: id.to_string(),
-                domain: batch.domain.clone(),
-                subject: Subject::site(&o.site),
-                health,
-                at_ms: crate::node::now_ms(),
-                detail: o.detail,
-            });
-        }
+        let now = crate::node::now_ms();
+        let observations = batch
+            .sites
+            .into_iter()
+            .map(|o| observation_from(&id.to_string(), &batch.domain, o, now))
+            .collect::<Result<Vec<_>, Status>>()?;
         for o in &observations {
             self.fed.observe(o);
         }
@@ -103,5 +88,63 @@ impl Routing for RoutingService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One reported sighting as this replica records it. The observer is who the certificate says,
+/// whatever the batch claims; the time is this replica's `now_ms` (the observer's clock may be
+/// skewed) minus how long ago, on the observer's monotonic clock, it saw it. An age beyond
+/// [`MAX_OBSERVATION_AGE_MS`] or an unknown health value is refused.
+fn observation_from(
+    observer: &str,
+    domain: &str,
+    o: switchyard_proto::routing::v1::SiteObservation,
+    now_ms: u64,
+) -> Result<Observation, Status> {
+    let health = match o.health.as_str() {
+        "healthy" => Health::Healthy,
+        "unhealthy" => Health::Unhealthy,
+        "unknown" => Health::Unknown,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "health {other:?} of {} is not healthy, unhealthy or unknown",
+                o.site
+            )));
+        }
+    };
+    if o.age_ms > MAX_OBSERVATION_AGE_MS {
+        return Err(Status::invalid_argument(format!(
+            "observation of {} is {} ms old; more than {MAX_OBSERVATION_AGE_MS} ms is not evidence",
+            o.site, o.age_ms
+        )));
+    }
+    Ok(Observation {
+        observer: observer.to_string(),
+        domain: domain.to_string(),
+        subject: Subject::site(&o.site),
+        health,
+        at_ms: now_ms.saturating_sub(o.age_ms),
+        detail: o.detail,
+    })
+}
+
+#[cfg(test)]
+mod observation_tests {
+    use super::*;
+    use switchyard_proto::routing::v1::SiteObservation;
+
+    fn sighting(health: &str, age_ms: u64) -> SiteObservation {
+        SiteObservation { site: "site-1".into(), health: health.into(), at_ms: 0, detail: "refused".into(), age_ms }
+    }
+
+    #[test]
+    fn a_sighting_is_dated_by_its_age_on_the_receivers_clock() {
+        let o = observation_from("dns:dns-2", "site-2", sighting("unhealthy", 1_500), 100_000).unwrap();
+        assert_eq!((o.at_ms, o.health, o.observer.as_str()), (98_500, Health::Unhealthy, "dns:dns-2"));
+        assert_eq!(o.subject, Subject::site("site-1"));
+        let err = observation_from("dns:dns-2", "site-2", sighting("unhealthy", 61_000), 100_000).unwrap_err();
+        assert!(err.message().contains("61000 ms old"), "{err}");
+        let err = observation_from("dns:dns-2", "site-2", sighting("dead", 0), 100_000).unwrap_err();
+        assert!(err.message().contains("not healthy, unhealthy or unknown"), "{err}");
     }
 }
