@@ -332,6 +332,14 @@ pub struct FailoverPolicy {
     /// The group keeps data replicated between sites (a database primary and its replicas).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stateful: Option<StatefulPolicy>,
+    /// How the parts of the group's health at a site (instances, ingress, dependencies)
+    /// combine: `all_of` (default) or `quorum`.
+    #[serde(skip_serializing_if = "is_default_rule")]
+    pub health_rule: crate::dr::composite::HealthRule,
+}
+
+fn is_default_rule(r: &crate::dr::composite::HealthRule) -> bool {
+    *r == crate::dr::composite::HealthRule::default()
 }
 
 impl FailoverPolicy {

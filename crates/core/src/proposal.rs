@@ -183,6 +183,15 @@ pub enum Action {
         #[serde(default)]
         accept_data_loss: bool,
     },
+    /// Observers in a quorum of failure domains have seen `group` unhealthy at `site` (its
+    /// composite health: instances, ingress, dependencies) for the detection window; the site
+    /// itself stays in service for its other groups. `apply` checks the evidence again.
+    DeclareGroupDown {
+        site: String,
+        group: String,
+        evidence: Vec<crate::dr::detect::Evidence>,
+        detect: crate::dr::detect::DetectConfig,
+    },
     /// Move a failed-over group back to its recorded original site (opt-in failback): the
     /// evidence shows that site healthy to a quorum of observers for the group's stability
     /// window. A site still declared down returns to service with it.

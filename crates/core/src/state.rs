@@ -49,6 +49,9 @@ pub struct State {
     /// Sites declared down, with the evidence of the declaration.
     #[serde(default)]
     pub down_sites: BTreeMap<String, crate::dr::Declaration>,
+    /// Groups declared down at one site (the site itself serves its other groups), by group.
+    #[serde(default)]
+    pub down_groups: BTreeMap<String, crate::dr::GroupDown>,
     /// Set while automation is halted; only a human releases it.
     #[serde(default)]
     pub brake: Option<crate::dr::Brake>,
@@ -140,6 +143,7 @@ impl State {
             | Action::DeclareSiteDown { .. }
             | Action::DeclareSiteDownManually { .. }
             | Action::ReclaimSite { .. }
+            | Action::DeclareGroupDown { .. }
             | Action::StartFailback { .. } => {
                 return None;
             }
@@ -404,6 +408,9 @@ impl State {
                 self.declare_site_down_manually(index, at, actor, site, reason, *break_glass, *accept_data_loss)
             }
             Action::StartFailover { group, from, to } => self.start_failover(index, at, actor, group, from, to),
+            Action::DeclareGroupDown { site, group, evidence, detect } => {
+                self.declare_group_down(index, at, actor, site, group, evidence, detect)
+            }
             Action::StartFailback { group, evidence, detect } => {
                 self.start_failback(index, at, actor, group, evidence, detect)
             }
@@ -1116,6 +1123,8 @@ impl State {
         self.operations.values().any(|o| o.holds_group())
             || self.evacuations.values().any(|e| e.is_running())
             || self.groups.values().any(|g| g.placement.active_sites().iter().any(|s| self.down_sites.contains_key(*s)))
+            || !self.down_groups.is_empty()
+                && self.groups.values().any(|g| self.down_groups.contains_key(&g.spec.name) && g.operation.is_none())
     }
 
     pub fn operations_in_flight(&self) -> usize {

@@ -1411,3 +1411,6 @@ mod dr_policy;
 
 #[path = "switchover/dr_failback.rs"]
 mod dr_failback;
+
+#[path = "switchover/dr_group.rs"]
+mod dr_group;

@@ -1503,6 +1503,15 @@ fn print_dr(s: &pb::DrStatus, output: Format) {
         };
         println!("site {} declared down at {} by {} {how}{glass}", d.site, time(d.at_ms), d.actor);
     }
+    for g in &s.down_groups {
+        println!(
+            "group {} declared down at {} at {} on the evidence of {}",
+            g.group,
+            g.site,
+            time(g.at_ms),
+            g.observers.join(", ")
+        );
+    }
     if !s.held.is_empty() {
         let mut t = table(&["site", "group", "held by", "detail"]);
         for h in &s.held {

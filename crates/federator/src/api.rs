@@ -774,6 +774,22 @@ impl OperatorService {
                     .collect(),
                 held,
                 fenced,
+                down_groups: s
+                    .down_groups
+                    .iter()
+                    .filter(|(_, d)| d.is_current(now))
+                    .map(|(group, d)| pb::DownGroup {
+                        group: group.clone(),
+                        site: d.site.clone(),
+                        at_ms: d.at_ms,
+                        observers: d
+                            .evidence
+                            .iter()
+                            .filter(|e| e.health == switchyard_core::dr::detect::Health::Unhealthy)
+                            .map(|e| format!("{} ({})", e.observer, e.domain))
+                            .collect(),
+                    })
+                    .collect(),
                 recent_failovers: s.automatic_failovers.iter().filter(|(t, _)| now.saturating_sub(*t) < 600_000).count()
                     as u32,
             }

@@ -54,9 +54,16 @@ pub async fn run(fed: Arc<Federator>) {
                 }
                 tracing::warn!(%site, ?observers, "observers in a quorum of failure domains see the site down; declaring it");
             }
+            if let Action::DeclareGroupDown { site, group, .. } = &action {
+                tracing::warn!(%site, %group, "observers in a quorum of failure domains see the group down there; declaring it");
+            }
+            let counter = match &action {
+                Action::DeclareGroupDown { .. } => "federator_groups_declared_down_total",
+                _ => "federator_sites_declared_down_total",
+            };
             match fed.propose(SYSTEM_ACTOR, action).await {
-                Ok(_) => metrics::counter!("federator_sites_declared_down_total", "by" => "observers").increment(1),
-                Err(e) => tracing::warn!(error = %e, "declaring a site down was not committed"),
+                Ok(_) => metrics::counter!(counter, "by" => "observers").increment(1),
+                Err(e) => tracing::warn!(error = %e, "a declaration was not committed"),
             }
         }
         let now = now_ms();

@@ -1,16 +1,24 @@
 //! This replica as a failure-detection observer, and the leader's declarations.
 //!
 //! Each replica probes the sites its configuration lists (a TCP connect to the site's ingress,
-//! every `[dr] probe_interval_ms`, default each second) and takes the reports of DNS servers (`ReportObservations`); both feed its
-//! `Detector`. The leader, each round, declares a site down when the detector's verdict is
-//! Down, proposing the evidence, which `apply` checks again. Connection refused or reset is
-//! unhealthy; a timeout or a local error is unknown (labelled, never resets a timer).
+//! every `[dr] probe_interval_ms`, default each second) and takes the reports of DNS servers
+//! (`ReportObservations`); both feed its `Detector`. Each round it also judges every group
+//! taking traffic at a site: its composite health (`dr::composite`: the instances its cell
+//! reports, an HTTP request for the group's name through the site's ingress, the groups it
+//! depends on) as this replica's observation, and the cell's report of the instances as the
+//! cell's own (failure domain `cell`). The leader declares a site, or a group at a site, down
+//! when the detector's verdict is Down, proposing the evidence, which `apply` checks again.
+//! Connection refused or reset is unhealthy; a timeout or a local error is unknown (labelled,
+//! never resets a timer).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_core::Action;
+use switchyard_core::dr::composite::{self, HealthRule, Part};
 use switchyard_core::dr::detect::{Health, Observation, Subject, Verdict, connect_error_health};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::node::{Federator, now_ms};
 
@@ -36,8 +44,10 @@ pub async fn probe_forever(fed: Arc<Federator>) {
     let timeout = fed.config.dr.probe_timeout();
     let mut every = tokio::time::interval(fed.config.dr.probe_interval());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut groups_seen: BTreeMap<(String, String), Health> = BTreeMap::new();
     loop {
         every.tick().await;
+        observe_groups(&fed, &probes, &observer, &domain, timeout, &mut groups_seen).await;
         for (site, addr) in &probes {
             let (health, detail) = probe(addr, timeout).await;
             metrics::counter!("federator_probes_total", "site" => site.clone(), "health" => health_str(health))
@@ -49,6 +59,96 @@ pub async fn probe_forever(fed: Arc<Federator>) {
                 health,
                 at_ms: now_ms(),
                 detail,
+            });
+        }
+    }
+}
+
+/// An HTTP GET of `/` for `host` through the ingress at `addr`: the status line's code, or the
+/// health the failure means (refused: unhealthy; no answer in time: unknown) and why.
+pub async fn http_status(addr: &str, host: &str, timeout: Duration) -> Result<u16, (Health, String)> {
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| (connect_error_health(e.kind()), format!("{addr}: {e}")))?;
+        let request = format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: switchyard-observer\r\n\r\n");
+        s.write_all(request.as_bytes()).await.map_err(|e| (Health::Unknown, format!("{addr}: {e}")))?;
+        let mut head = vec![0u8; 64];
+        let n = s.read(&mut head).await.map_err(|e| (Health::Unknown, format!("{addr}: {e}")))?;
+        let line = String::from_utf8_lossy(&head[..n]).to_string();
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or((Health::Unknown, format!("{addr}: not an HTTP answer: {line:?}")))
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(r) => r,
+        Err(_) => Err((Health::Unknown, format!("{addr}: no answer within {} ms", timeout.as_millis()))),
+    }
+}
+
+/// One round over every group taking traffic at a probed site that is not declared down: this
+/// replica's composite view, and the cell's own report of the instances.
+async fn observe_groups(
+    fed: &Federator,
+    probes: &BTreeMap<String, String>,
+    observer: &str,
+    domain: &str,
+    timeout: Duration,
+    seen: &mut BTreeMap<(String, String), Health>,
+) {
+    let zone = fed.config.zone.trim_end_matches('.').to_string();
+    let targets: Vec<(String, String, String, HealthRule)> = fed.shared.read(|s| {
+        s.groups
+            .values()
+            .flat_map(|g| {
+                g.placement
+                    .active_sites()
+                    .into_iter()
+                    .filter(|site| probes.contains_key(*site) && !s.down_sites.contains_key(*site))
+                    .map(|site| {
+                        (site.clone(), g.spec.name.clone(), g.spec.dns_name.clone(), g.spec.failover.health_rule)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    seen.retain(|key, _| targets.iter().any(|(site, group, _, _)| (site, group) == (&key.0, &key.1)));
+    for (site, group, label, rule) in targets {
+        let ingress = match http_status(&probes[&site], &format!("{label}.{zone}"), timeout).await {
+            Ok(code) => composite::ingress_status(Some(code), "the ingress has no live backend for it"),
+            Err((Health::Unhealthy, why)) => Part::new("ingress", Health::Unhealthy, why),
+            Err((_, why)) => composite::ingress_status(None, &why),
+        };
+        let now = now_ms();
+        let (instances, dependencies, reported_at) = fed.shared.read(|s| {
+            let of = |d: &str| seen.get(&(site.clone(), d.to_string())).copied().unwrap_or(Health::Unknown);
+            (
+                composite::instances(s, &group, &site, now),
+                composite::dependencies(s, &group, of),
+                s.reports.get(&site).map(|r| r.received_at_ms),
+            )
+        });
+        let (health, detail) = composite::combine(rule, &[instances.clone(), ingress, dependencies]);
+        seen.insert((site.clone(), group.clone()), health);
+        metrics::counter!("federator_group_probes_total", "health" => health_str(health)).increment(1);
+        fed.observe(&Observation {
+            observer: observer.to_string(),
+            domain: domain.to_string(),
+            subject: Subject::group(&site, &group),
+            health,
+            at_ms: now,
+            detail,
+        });
+        // The cell's own stream, as of its last report.
+        if let Some(at) = reported_at {
+            fed.observe(&Observation {
+                observer: format!("cell-{site}"),
+                domain: "cell".to_string(),
+                subject: Subject::group(&site, &group),
+                health: instances.health,
+                at_ms: at,
+                detail: instances.detail,
             });
         }
     }
@@ -86,6 +186,33 @@ impl Federator {
                     suspect.insert(site);
                 }
                 Verdict::Up { .. } => {}
+            }
+        }
+        // Groups at sites that are not declared down: each one its observers prove down there.
+        if self.config.dr.automatic() {
+            let active: Vec<(String, String, bool)> = self.shared.read(|s| {
+                s.groups
+                    .values()
+                    .flat_map(|g| {
+                        g.placement.active_sites().into_iter().filter(|site| !s.down_sites.contains_key(*site)).map(
+                            |site| {
+                                let declared = s
+                                    .down_groups
+                                    .get(&g.spec.name)
+                                    .is_some_and(|d| d.site == *site && d.is_current(now));
+                                (site.clone(), g.spec.name.clone(), declared || g.operation.is_some())
+                            },
+                        )
+                    })
+                    .collect()
+            });
+            for (site, group, skip) in active {
+                if skip || declare.iter().any(|a| matches!(a, Action::DeclareSiteDown { site: s, .. } if *s == site)) {
+                    continue;
+                }
+                if let Verdict::Down { evidence } = detector.verdict(&Subject::group(&site, &group), now, cfg) {
+                    declare.push(Action::DeclareGroupDown { site, group, evidence, detect: cfg.clone() });
+                }
             }
         }
         (declare, suspect)

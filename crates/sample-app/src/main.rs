@@ -3,7 +3,9 @@
 //! Prometheus text (requests in flight, the concurrency signal autoscaling reads, and requests
 //! served), `GET /work?ms=N` after N milliseconds of simulated work, `GET /replication/lag` with
 //! the number in the file `SAMPLE_REPLICATION_LAG_FILE` names (a stand-in replica's lag in ms,
-//! which tests change at will; 404 without it), and any other GET with a JSON description of
+//! which tests change at will; 404 without it). `/health` answers 503 while the file named by
+//! `SAMPLE_UNHEALTHY_FILE` exists (`{site}` in the name is this instance's site), so tests can
+//! make one group sick at one site. Any other GET gets a JSON description of
 //! where it runs, taken from the `SWITCHYARD_*` environment the node sets.
 //! Standard library only; one thread per connection; SIGTERM ends it.
 
@@ -230,7 +232,15 @@ fn serve(stream: TcpStream, placement: &Placement, stats: &Stats) -> std::io::Re
         served_ms: stats.served_ms.load(Ordering::Acquire),
     };
     let lag_file = std::env::var("SAMPLE_REPLICATION_LAG_FILE").ok();
+    let sick = std::env::var("SAMPLE_UNHEALTHY_FILE")
+        .ok()
+        .is_some_and(|f| std::path::Path::new(&f.replace("{site}", &placement.site)).exists());
     let handled = match request_line.split_whitespace().nth(1) {
+        Some("/health") if sick => Handled {
+            reply: Reply::text(503, "Service Unavailable", "sick (SAMPLE_UNHEALTHY_FILE exists)"),
+            work: Duration::ZERO,
+            counted: false,
+        },
         Some("/replication/lag") => Handled {
             reply: lag_reply(lag_file.as_deref().map(|f| std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}")))),
             work: Duration::ZERO,

@@ -151,8 +151,16 @@ pub fn decide(
     break_glass: bool,
 ) -> FailoverDecision {
     let mut out = FailoverDecision::default();
-    let mut groups: Vec<&crate::model::AppGroup> =
-        state.groups.values().filter(|g| g.placement.active_sites().iter().any(|s| *s == failed)).collect();
+    // A site declared down takes all its groups; otherwise only the groups declared down there.
+    let site_down = down.contains(failed);
+    let mut groups: Vec<&crate::model::AppGroup> = state
+        .groups
+        .values()
+        .filter(|g| g.placement.active_sites().iter().any(|s| *s == failed))
+        .filter(|g| {
+            site_down || state.down_groups.get(&g.spec.name).is_some_and(|d| d.site == failed && d.is_current(now_ms))
+        })
+        .collect();
     groups.sort_by(|a, b| (a.spec.tier, &a.spec.name).cmp(&(b.spec.tier, &b.spec.name)));
     let hold_all = |rule: Rule, detail: &str, out: &mut FailoverDecision| {
         out.held.extend(groups.iter().map(|g| Held { group: g.spec.name.clone(), rule, detail: detail.to_string() }));

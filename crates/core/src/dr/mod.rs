@@ -2,6 +2,7 @@
 //! observers ([`detect`]), the guard rails and target choice of a site's failover ([`guard`]),
 //! and what the leader proposes for the sites already declared down ([`decide`]).
 
+pub mod composite;
 pub mod detect;
 pub mod failback;
 pub mod guard;
@@ -30,6 +31,26 @@ pub struct Declaration {
     /// replicas beyond their RPO budget.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_data_loss: bool,
+}
+
+/// A committed declaration that one group is down at one site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDown {
+    pub site: String,
+    pub at_ms: u64,
+    pub actor: String,
+    pub evidence: Vec<detect::Evidence>,
+}
+
+/// How long a group's declaration stands without its failover starting (held by a guard
+/// rail). After that it no longer moves the group: the observers must see it down again, so a
+/// group that recovered meanwhile is not moved on old news.
+pub const GROUP_DECLARATION_MS: u64 = 60_000;
+
+impl GroupDown {
+    pub fn is_current(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.at_ms) < GROUP_DECLARATION_MS
+    }
 }
 
 /// The guard rails a break-glass declaration overrides, by name.
@@ -75,7 +96,15 @@ pub fn round(state: &State, suspect: &BTreeSet<String>, now_ms: u64, cfg: &guard
     let down: BTreeSet<String> = state.down_sites.keys().cloned().collect();
     let mut history = history(state);
     let mut out = Round::default();
-    for site in &down {
+    // Sites declared down, then sites where only some groups are.
+    let with_down_groups: BTreeSet<String> = state
+        .down_groups
+        .values()
+        .filter(|d| d.is_current(now_ms))
+        .map(|d| d.site.clone())
+        .filter(|s| !down.contains(s))
+        .collect();
+    for site in down.iter().chain(&with_down_groups) {
         let break_glass = state.down_sites.get(site).is_some_and(|d| !d.break_glass.is_empty());
         let d = guard::decide(state, site, &down, suspect, &history, now_ms, cfg, break_glass);
         out.held.extend(d.held.into_iter().map(|h| (site.clone(), h)));

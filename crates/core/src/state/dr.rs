@@ -54,6 +54,53 @@ impl State {
         Ok(Applied::Changed)
     }
 
+    /// One group down at one site, on the observers' evidence; its site stays in service.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn declare_group_down(
+        &mut self,
+        index: u64,
+        at: u64,
+        actor: &str,
+        site: &str,
+        group: &str,
+        evidence: &[Evidence],
+        detect: &DetectConfig,
+    ) -> Response {
+        if !self.sites.contains_key(site) {
+            return Err(Refusal::UnknownSite(site.to_string()));
+        }
+        let g = self.groups.get(group).ok_or_else(|| Refusal::UnknownGroup(group.to_string()))?;
+        if self.down_sites.contains_key(site)
+            || self.down_groups.get(group).is_some_and(|d| d.site == site && d.is_current(at))
+        {
+            return Ok(Applied::Unchanged);
+        }
+        if !g.placement.active_sites().iter().any(|s| *s == site) {
+            return Err(Refusal::Invalid(format!("group {group:?} takes no traffic at {site:?}; nothing to declare")));
+        }
+        check_evidence(evidence, at, detect)
+            .map_err(|why| Refusal::Invalid(format!("group {group:?} at {site:?} cannot be declared down: {why}")))?;
+        self.down_groups.insert(
+            group.to_string(),
+            crate::dr::GroupDown {
+                site: site.to_string(),
+                at_ms: at,
+                actor: actor.to_string(),
+                evidence: evidence.to_vec(),
+            },
+        );
+        self.audit.append(Entry {
+            time_ms: at,
+            actor,
+            action: "group.declared-down",
+            subject: group,
+            reason: "observers in a quorum of failure domains see the group unhealthy at the site",
+            detail: json!({ "site": site, "evidence": evidence, "detect": detect }),
+            raft_index: index,
+        });
+        Ok(Applied::Changed)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn declare_site_down_manually(
         &mut self,
@@ -270,8 +317,9 @@ impl State {
         to: &str,
     ) -> Response {
         let invalid = |why: String| Refusal::Invalid(format!("failover of {group} from {from} to {to}: {why}"));
-        if !self.down_sites.contains_key(from) {
-            return Err(invalid(format!("{from} is not declared down")));
+        let group_down = self.down_groups.get(group).is_some_and(|d| d.site == from && d.is_current(at));
+        if !self.down_sites.contains_key(from) && !group_down {
+            return Err(invalid(format!("neither {from} nor {group} at {from} is declared down")));
         }
         let break_glass = self.down_sites.get(from).is_some_and(|d| !d.break_glass.is_empty());
         if let Some(b) = self.brake.as_ref().filter(|_| !break_glass) {
@@ -293,21 +341,15 @@ impl State {
             Some(_) => {}
         }
         let fit = crate::dr::guard::fit(self, g, from, to, at, Default::default(), &[]).map_err(invalid)?;
-        let declaration = &self.down_sites[from];
-        let accepted_by = declaration.accept_data_loss.then(|| declaration.actor.clone());
+        let accepted_by = self.down_sites.get(from).filter(|d| d.accept_data_loss).map(|d| d.actor.clone());
         crate::dr::guard::within_rpo(self, g, to)
             .or_else(|why| if accepted_by.is_some() { Ok(()) } else { Err(invalid(why)) })?;
-        self.create_failover(
-            index,
-            at,
-            actor,
-            group,
-            from,
-            to,
-            fit,
-            &format!("{from} declared down"),
-            accepted_by.as_deref(),
-        )
+        let why = if self.down_sites.contains_key(from) {
+            format!("{from} declared down")
+        } else {
+            format!("{group} declared down at {from}")
+        };
+        self.create_failover(index, at, actor, group, from, to, fit, &why, accepted_by.as_deref())
     }
 
     /// A human fails one group over off its site (which stays in service for its other
@@ -450,6 +492,7 @@ impl State {
             promotion: promotion.clone(),
         };
         self.operations.insert(id.clone(), op);
+        self.down_groups.remove(group);
         // The first failover's starting point is what a failback returns to.
         self.origins.entry(group.to_string()).or_insert_with(|| Origin {
             site: from.to_string(),
