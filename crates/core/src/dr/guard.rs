@@ -19,6 +19,9 @@ use crate::state::State;
 pub struct GuardConfig {
     /// The brake trips when more than this percentage of sites is declared down at once.
     pub brake_sites_percent: u32,
+    /// The brake trips when more than this percentage of groups is declared down (each at one
+    /// site) at once.
+    pub brake_groups_percent: u32,
     /// The brake trips when more than this many automatic failovers would have happened
     /// within `failover_window_ms`.
     pub max_failovers: u32,
@@ -38,6 +41,7 @@ impl Default for GuardConfig {
     fn default() -> Self {
         Self {
             brake_sites_percent: 50,
+            brake_groups_percent: 50,
             max_failovers: 50,
             failover_window_ms: 600_000,
             cooldown_ms: 600_000,

@@ -104,6 +104,21 @@ pub fn round(state: &State, suspect: &BTreeSet<String>, now_ms: u64, cfg: &guard
         .map(|d| d.site.clone())
         .filter(|s| !down.contains(s))
         .collect();
+    // Many groups failing at once, each at its own site, is as suspicious as many sites.
+    let groups_down: Vec<&String> =
+        state.down_groups.iter().filter(|(_, d)| d.is_current(now_ms)).map(|(g, _)| g).collect();
+    let total = state.groups.len().max(1);
+    if state.brake.is_none() && groups_down.len() * 100 > total * cfg.brake_groups_percent as usize {
+        let why = format!(
+            "{} of {} groups declared down at once ({}), more than {}%",
+            groups_down.len(),
+            total,
+            groups_down.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", "),
+            cfg.brake_groups_percent
+        );
+        out.trip_brake = Some(why);
+        return out;
+    }
     for site in down.iter().chain(&with_down_groups) {
         let break_glass = state.down_sites.get(site).is_some_and(|d| !d.break_glass.is_empty());
         let d = guard::decide(state, site, &down, suspect, &history, now_ms, cfg, break_glass);

@@ -134,3 +134,22 @@ fn a_groups_instances_part_reads_a_fresh_report_at_its_epoch_and_never_guesses()
     assert_eq!(combine(HealthRule::AllOf, &parts).0, Health::Unhealthy);
     assert_eq!(combine(HealthRule::Quorum, &parts).0, Health::Healthy);
 }
+
+#[test]
+fn most_groups_declared_down_at_once_trip_the_brake() {
+    let mut f = two_groups_on_site_1();
+    let mut third = group("search", 1, 100);
+    third.dns_name = "search".into();
+    f.ok("system:config", Action::RegisterGroup(third));
+    f.report("site-1", 1000, &[("crm-web", 0, 2), ("ledger", 0, 1), ("search", 1, 0)]);
+    declare(&mut f, "crm-web", &["cell", "federator"]).unwrap();
+    // One of three: not suspicious; its failover goes ahead.
+    let one = switchyard_core::dr::round(&f.state, &Default::default(), f.now, &Default::default());
+    assert!(one.trip_brake.is_none() && one.moves.len() == 1, "{one:?}");
+    declare(&mut f, "ledger", &["cell", "federator"]).unwrap();
+    let actions = f.tick(100);
+    let Some(Action::TripBrake { reason }) = actions.first() else { panic!("{actions:?}") };
+    assert!(reason.contains("2 of 3 groups declared down at once (crm-web, ledger)"), "{reason}");
+    assert!(f.state.brake.is_some());
+    assert!(f.state.operations.is_empty(), "nothing moved");
+}
