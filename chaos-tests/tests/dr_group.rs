@@ -1,7 +1,8 @@
 //! One group sick at one site, the site itself fine. `orders`' instances on site-1 fail their
 //! health checks (and keep failing after the node restarts them); its cell reports no healthy
 //! instance (the cell's own stream, domain `cell`) and the federator's composite view agrees
-//! (instances, and the ingress answering 503 for the name: domain `federator`). For the
+//! (instances, and the ingress answering 503 for the name: domain `federator`), and so does
+//! fed-dns asking site-1's ingress for the name (domain `dns`). For the
 //! detection window both domains see it down: orders alone is declared down at site-1 and
 //! fails over; the site is not declared down and keeps serving `reports`.
 
@@ -54,6 +55,7 @@ fn a_group_sick_at_one_site_fails_over_alone_and_the_site_keeps_serving() {
         .filter_map(|e| e["domain"].as_str())
         .collect();
     assert!(domains.contains(&"cell") && domains.contains(&"federator"), "{detail}");
+    assert!(domains.contains(&"dns"), "fed-dns asked site-1's ingress for orders too: {detail}");
     assert!(sick_since.elapsed() >= Duration::from_secs(10), "not before the detection window");
 
     let answer = wait_for(Duration::from_secs(60), "orders to answer from a survivor", || {

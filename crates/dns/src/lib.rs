@@ -183,6 +183,7 @@ pub async fn spawn(config: Config) -> Result<RunningDns, DnsError> {
             config.observe.clone(),
             config.observer_domain.clone(),
             config.observe_interval,
+            table.clone(),
         ));
     }
     let watch = tokio::spawn(watch::watch_forever(endpoints, config.server_id.clone(), applier));

@@ -2,9 +2,17 @@
 //! (`--observe SITE=HOST:PORT`, a TCP connect to the site's ingress) every
 //! `--observe-interval-ms` (default each second) and reports what it saw to every federator
 //! replica, so the leader's detector hears an observer outside the federator's own failure
-//! domain.
+//! domain. It also asks each observed site's ingress for every group name the routing table
+//! sends there (an HTTP request with the name as Host): a 5xx or a refusal is that group
+//! unhealthy at that site, silence unknown.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use switchyard_telemetry::probe::{ProbeError, http_status};
+
+use crate::store::SharedTable;
 
 use switchyard_core::dr::detect::{Health, connect_error_health};
 use switchyard_proto::routing::v1::routing_client::RoutingClient;
@@ -25,7 +33,13 @@ async fn probe(addr: &str, timeout: Duration) -> (Health, String) {
 
 /// Probes every site each `every` and reports the batch to every replica. A round that
 /// overruns the interval (a slow probe or report) delays the next one instead of bunching them.
-pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, String)>, domain: String, every: Duration) {
+pub async fn observe_forever(
+    federators: Vec<Endpoint>,
+    sites: Vec<(String, String)>,
+    domain: String,
+    every: Duration,
+    table: Arc<SharedTable>,
+) {
     let mut clients: Vec<Option<RoutingClient<tonic::transport::Channel>>> = vec![None; federators.len()];
     let timeout = every.min(MAX_PROBE_TIMEOUT);
     let mut tick = tokio::time::interval(every);
@@ -36,11 +50,7 @@ pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, Stri
         let mut seen = Vec::with_capacity(sites.len());
         for (site, addr) in &sites {
             let (health, detail) = probe(addr, timeout).await;
-            let health = match health {
-                Health::Healthy => "healthy",
-                Health::Unhealthy => "unhealthy",
-                Health::Unknown => "unknown",
-            };
+            let health = health_name(health);
             metrics::counter!("dns_observations_total", "site" => site.clone(), "health" => health).increment(1);
             seen.push(tokio::time::Instant::now());
             batch.sites.push(SiteObservation {
@@ -49,6 +59,24 @@ pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, Stri
                 at_ms: 0,
                 detail,
                 age_ms: 0,
+                group: String::new(),
+            });
+        }
+        for (site, group, host) in group_targets(&table, &sites) {
+            let (health, detail) = match http_status(&sites_addr(&sites, &site), &host, timeout).await {
+                Ok(code) if code >= 500 => (Health::Unhealthy, format!("{host}: HTTP {code}")),
+                Ok(code) => (Health::Healthy, format!("{host}: HTTP {code}")),
+                Err(ProbeError::Connect(kind, why)) => (connect_error_health(kind), why),
+                Err(ProbeError::NoAnswer(why)) => (Health::Unknown, why),
+            };
+            seen.push(tokio::time::Instant::now());
+            batch.sites.push(SiteObservation {
+                site,
+                health: health_name(health).into(),
+                at_ms: 0,
+                detail,
+                age_ms: 0,
+                group,
             });
         }
         for (endpoint, client) in federators.iter().zip(clients.iter_mut()) {
@@ -64,4 +92,30 @@ pub async fn observe_forever(federators: Vec<Endpoint>, sites: Vec<(String, Stri
             }
         }
     }
+}
+
+fn health_name(h: Health) -> &'static str {
+    match h {
+        Health::Healthy => "healthy",
+        Health::Unhealthy => "unhealthy",
+        Health::Unknown => "unknown",
+    }
+}
+
+fn sites_addr(sites: &[(String, String)], site: &str) -> String {
+    sites.iter().find(|(s, _)| s == site).map(|(_, a)| a.clone()).unwrap_or_default()
+}
+
+/// (site, group, host name) for every group the current table sends traffic to at an observed
+/// site: one of its names each (aliases are CNAMEs to it).
+fn group_targets(table: &SharedTable, sites: &[(String, String)]) -> Vec<(String, String, String)> {
+    let Some(t) = table.current() else { return Vec::new() };
+    let mut out: BTreeMap<(String, String), String> = BTreeMap::new();
+    for e in t.entries().filter(|e| e.cname.is_none() && !e.group.is_empty()) {
+        for target in e.targets.iter().filter(|t| t.weight > 0 && sites.iter().any(|(s, _)| *s == t.site)) {
+            let host = e.name.to_ascii().trim_end_matches('.').to_string();
+            out.entry((target.site.clone(), e.group.clone())).or_insert(host);
+        }
+    }
+    out.into_iter().map(|((site, group), host)| (site, group, host)).collect()
 }

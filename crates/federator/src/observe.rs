@@ -18,7 +18,6 @@ use std::time::Duration;
 use switchyard_core::Action;
 use switchyard_core::dr::composite::{self, HealthRule, Part};
 use switchyard_core::dr::detect::{Health, Observation, Subject, Verdict, connect_error_health};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::node::{Federator, now_ms};
 
@@ -64,29 +63,6 @@ pub async fn probe_forever(fed: Arc<Federator>) {
     }
 }
 
-/// An HTTP GET of `/` for `host` through the ingress at `addr`: the status line's code, or the
-/// health the failure means (refused: unhealthy; no answer in time: unknown) and why.
-pub async fn http_status(addr: &str, host: &str, timeout: Duration) -> Result<u16, (Health, String)> {
-    let ask = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| (connect_error_health(e.kind()), format!("{addr}: {e}")))?;
-        let request = format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: switchyard-observer\r\n\r\n");
-        s.write_all(request.as_bytes()).await.map_err(|e| (Health::Unknown, format!("{addr}: {e}")))?;
-        let mut head = vec![0u8; 64];
-        let n = s.read(&mut head).await.map_err(|e| (Health::Unknown, format!("{addr}: {e}")))?;
-        let line = String::from_utf8_lossy(&head[..n]).to_string();
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or((Health::Unknown, format!("{addr}: not an HTTP answer: {line:?}")))
-    };
-    match tokio::time::timeout(timeout, ask).await {
-        Ok(r) => r,
-        Err(_) => Err((Health::Unknown, format!("{addr}: no answer within {} ms", timeout.as_millis()))),
-    }
-}
-
 /// One round over every group taking traffic at a probed site that is not declared down: this
 /// replica's composite view, and the cell's own report of the instances.
 async fn observe_groups(
@@ -115,11 +91,7 @@ async fn observe_groups(
     });
     seen.retain(|key, _| targets.iter().any(|(site, group, _, _)| (site, group) == (&key.0, &key.1)));
     for (site, group, label, rule) in targets {
-        let ingress = match http_status(&probes[&site], &format!("{label}.{zone}"), timeout).await {
-            Ok(code) => composite::ingress_status(Some(code), "the ingress has no live backend for it"),
-            Err((Health::Unhealthy, why)) => Part::new("ingress", Health::Unhealthy, why),
-            Err((_, why)) => composite::ingress_status(None, &why),
-        };
+        let ingress = ingress_part(&probes[&site], &format!("{label}.{zone}"), timeout).await;
         let now = now_ms();
         let (instances, dependencies, reported_at) = fed.shared.read(|s| {
             let of = |d: &str| seen.get(&(site.clone(), d.to_string())).copied().unwrap_or(Health::Unknown);
@@ -151,6 +123,19 @@ async fn observe_groups(
                 detail: instances.detail,
             });
         }
+    }
+}
+
+/// The ingress part of a group's health: an HTTP request for its name through the site's
+/// ingress. A refused connection is the site's answer (unhealthy); silence is unknown.
+pub async fn ingress_part(addr: &str, host: &str, timeout: Duration) -> Part {
+    use switchyard_telemetry::probe::{ProbeError, http_status};
+    match http_status(addr, host, timeout).await {
+        Ok(code) => composite::ingress_status(Some(code), "the ingress has no live backend for it"),
+        Err(ProbeError::Connect(kind, why)) if connect_error_health(kind) == Health::Unhealthy => {
+            Part::new("ingress", Health::Unhealthy, why)
+        }
+        Err(ProbeError::Connect(_, why) | ProbeError::NoAnswer(why)) => composite::ingress_status(None, &why),
     }
 }
 

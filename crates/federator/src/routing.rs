@@ -121,7 +121,7 @@ fn observation_from(
     Ok(Observation {
         observer: observer.to_string(),
         domain: domain.to_string(),
-        subject: Subject::site(&o.site),
+        subject: if o.group.is_empty() { Subject::site(&o.site) } else { Subject::group(&o.site, &o.group) },
         health,
         at_ms: now_ms.saturating_sub(o.age_ms),
         detail: o.detail,
@@ -134,7 +134,14 @@ mod observation_tests {
     use switchyard_proto::routing::v1::SiteObservation;
 
     fn sighting(health: &str, age_ms: u64) -> SiteObservation {
-        SiteObservation { site: "site-1".into(), health: health.into(), at_ms: 0, detail: "refused".into(), age_ms }
+        SiteObservation {
+            site: "site-1".into(),
+            health: health.into(),
+            at_ms: 0,
+            detail: "refused".into(),
+            age_ms,
+            group: String::new(),
+        }
     }
 
     #[test]
@@ -142,6 +149,9 @@ mod observation_tests {
         let o = observation_from("dns:dns-2", "site-2", sighting("unhealthy", 1_500), 100_000).unwrap();
         assert_eq!((o.at_ms, o.health, o.observer.as_str()), (98_500, Health::Unhealthy, "dns:dns-2"));
         assert_eq!(o.subject, Subject::site("site-1"));
+        let group = SiteObservation { group: "orders".into(), ..sighting("unhealthy", 0) };
+        let o = observation_from("dns:dns-2", "site-2", group, 100_000).unwrap();
+        assert_eq!(o.subject, Subject::group("site-1", "orders"), "a group's sighting is about the group there");
         let err = observation_from("dns:dns-2", "site-2", sighting("unhealthy", 61_000), 100_000).unwrap_err();
         assert!(err.message().contains("61000 ms old"), "{err}");
         let err = observation_from("dns:dns-2", "site-2", sighting("dead", 0), 100_000).unwrap_err();

@@ -1,6 +1,9 @@
 //! Logging and metrics set-up shared by every Switchyard daemon: a tracing subscriber
 //! (human or JSON lines, filtered by `RUST_LOG`) and a Prometheus `/metrics` endpoint over plain
-//! HTTP on a separate port. It never touches a daemon's own sockets or state.
+//! HTTP on a separate port. It never touches a daemon's own sockets or state. Also the HTTP probe
+//! the failure-detection observers share ([`probe`]).
+
+pub mod probe;
 
 use std::net::SocketAddr;
 
