@@ -708,6 +708,17 @@ impl Operator for OperatorService {
     }
 }
 
+/// The observers whose evidence saw the subject unhealthy, as `observer (domain)`. A
+/// declaration keeps every observer's evidence (a dead site's own observer, gone stale, is
+/// unknown); only these agreed.
+fn agreeing_observers(evidence: &[switchyard_core::dr::detect::Evidence]) -> Vec<String> {
+    evidence
+        .iter()
+        .filter(|e| e.health == switchyard_core::dr::detect::Health::Unhealthy)
+        .map(|e| format!("{} ({})", e.observer, e.domain))
+        .collect()
+}
+
 impl OperatorService {
     /// The brake, the sites declared down, and what the guard rails hold back now.
     fn dr_status(&self) -> pb::DrStatus {
@@ -762,14 +773,7 @@ impl OperatorService {
                         actor: d.actor.clone(),
                         manual_reason: d.manual.clone().unwrap_or_default(),
                         break_glass: d.break_glass.clone(),
-                        // The ones that saw it unhealthy; the evidence also keeps the others
-                        // (a dead site's own observer, gone stale, is unknown).
-                        observers: d
-                            .evidence
-                            .iter()
-                            .filter(|e| e.health == switchyard_core::dr::detect::Health::Unhealthy)
-                            .map(|e| format!("{} ({})", e.observer, e.domain))
-                            .collect(),
+                        observers: agreeing_observers(&d.evidence),
                     })
                     .collect(),
                 held,
@@ -782,12 +786,7 @@ impl OperatorService {
                         group: group.clone(),
                         site: d.site.clone(),
                         at_ms: d.at_ms,
-                        observers: d
-                            .evidence
-                            .iter()
-                            .filter(|e| e.health == switchyard_core::dr::detect::Health::Unhealthy)
-                            .map(|e| format!("{} ({})", e.observer, e.domain))
-                            .collect(),
+                        observers: agreeing_observers(&d.evidence),
                     })
                     .collect(),
                 recent_failovers: s.automatic_failovers.iter().filter(|(t, _)| now.saturating_sub(*t) < 600_000).count()
