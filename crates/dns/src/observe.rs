@@ -62,8 +62,15 @@ pub async fn observe_forever(
                 group: String::new(),
             });
         }
-        for (site, group, host) in group_targets(&table, &sites) {
-            let (health, detail) = match http_status(&sites_addr(&sites, &site), &host, timeout).await {
+        // All at once: a round takes at most one probe timeout however many groups there are.
+        let targets = group_targets(&table, &sites);
+        let asked = futures::future::join_all(targets.iter().map(|(site, _, host)| {
+            let addr = sites_addr(&sites, site);
+            async move { http_status(&addr, host, timeout).await }
+        }))
+        .await;
+        for ((site, group, host), answer) in targets.into_iter().zip(asked) {
+            let (health, detail) = match answer {
                 Ok(code) if code >= 500 => (Health::Unhealthy, format!("{host}: HTTP {code}")),
                 Ok(code) => (Health::Healthy, format!("{host}: HTTP {code}")),
                 Err(ProbeError::Connect(kind, why)) => (connect_error_health(kind), why),

@@ -90,8 +90,13 @@ async fn observe_groups(
             .collect()
     });
     seen.retain(|key, _| targets.iter().any(|(site, group, _, _)| (site, group) == (&key.0, &key.1)));
-    for (site, group, label, rule) in targets {
-        let ingress = ingress_part(&probes[&site], &format!("{label}.{zone}"), timeout).await;
+    // All at once, so one round takes at most one probe timeout however many groups there are
+    // (a blackholed site must not delay this replica's other sightings into staleness).
+    let asked = futures::future::join_all(
+        targets.iter().map(|(site, _, label, _)| ingress_part(&probes[site], format!("{label}.{zone}"), timeout)),
+    )
+    .await;
+    for ((site, group, _, rule), ingress) in targets.into_iter().zip(asked) {
         let now = now_ms();
         let (instances, dependencies, reported_at) = fed.shared.read(|s| {
             let of = |d: &str| seen.get(&(site.clone(), d.to_string())).copied().unwrap_or(Health::Unknown);
@@ -128,9 +133,9 @@ async fn observe_groups(
 
 /// The ingress part of a group's health: an HTTP request for its name through the site's
 /// ingress. A refused connection is the site's answer (unhealthy); silence is unknown.
-pub async fn ingress_part(addr: &str, host: &str, timeout: Duration) -> Part {
+pub async fn ingress_part(addr: &str, host: String, timeout: Duration) -> Part {
     use switchyard_telemetry::probe::{ProbeError, http_status};
-    match http_status(addr, host, timeout).await {
+    match http_status(addr, &host, timeout).await {
         Ok(code) => composite::ingress_status(Some(code), "the ingress has no live backend for it"),
         Err(ProbeError::Connect(kind, why)) if connect_error_health(kind) == Health::Unhealthy => {
             Part::new("ingress", Health::Unhealthy, why)
