@@ -265,6 +265,10 @@ impl State {
                     )));
                 }
                 self.reports.insert(report.site.clone(), ReportRecord { report: report.clone(), received_at_ms: at });
+                // Group declarations the guard rails held past their time are dropped here
+                // (reports arrive every second), so they neither linger in the state nor keep
+                // the executor busy.
+                self.down_groups.retain(|_, d| d.is_current(at));
                 Ok(Applied::Changed)
             }
             Action::SetFreeze { scope, reason, until_ms } => {
@@ -1123,8 +1127,7 @@ impl State {
         self.operations.values().any(|o| o.holds_group())
             || self.evacuations.values().any(|e| e.is_running())
             || self.groups.values().any(|g| g.placement.active_sites().iter().any(|s| self.down_sites.contains_key(*s)))
-            || !self.down_groups.is_empty()
-                && self.groups.values().any(|g| self.down_groups.contains_key(&g.spec.name) && g.operation.is_none())
+            || self.down_groups.keys().any(|g| self.groups.get(g).is_some_and(|g| g.operation.is_none()))
     }
 
     pub fn operations_in_flight(&self) -> usize {

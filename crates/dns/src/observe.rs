@@ -50,7 +50,7 @@ pub async fn observe_forever(
         let mut seen = Vec::with_capacity(sites.len());
         for (site, addr) in &sites {
             let (health, detail) = probe(addr, timeout).await;
-            let health = health_name(health);
+            let health = health.as_str();
             metrics::counter!("dns_observations_total", "site" => site.clone(), "health" => health).increment(1);
             seen.push(tokio::time::Instant::now());
             batch.sites.push(SiteObservation {
@@ -79,7 +79,7 @@ pub async fn observe_forever(
             seen.push(tokio::time::Instant::now());
             batch.sites.push(SiteObservation {
                 site,
-                health: health_name(health).into(),
+                health: health.as_str().into(),
                 at_ms: 0,
                 detail,
                 age_ms: 0,
@@ -98,14 +98,6 @@ pub async fn observe_forever(
                 Err(_) => tracing::debug!(federator = %endpoint.uri(), "reporting observations timed out"),
             }
         }
-    }
-}
-
-fn health_name(h: Health) -> &'static str {
-    match h {
-        Health::Healthy => "healthy",
-        Health::Unhealthy => "unhealthy",
-        Health::Unknown => "unknown",
     }
 }
 

@@ -49,7 +49,7 @@ pub async fn probe_forever(fed: Arc<Federator>) {
         observe_groups(&fed, &probes, &observer, &domain, timeout, &mut groups_seen).await;
         for (site, addr) in &probes {
             let (health, detail) = probe(addr, timeout).await;
-            metrics::counter!("federator_probes_total", "site" => site.clone(), "health" => health_str(health))
+            metrics::counter!("federator_probes_total", "site" => site.clone(), "health" => health.as_str())
                 .increment(1);
             fed.observe(&Observation {
                 observer: observer.clone(),
@@ -108,7 +108,7 @@ async fn observe_groups(
         });
         let (health, detail) = composite::combine(rule, &[instances.clone(), ingress, dependencies]);
         seen.insert((site.clone(), group.clone()), health);
-        metrics::counter!("federator_group_probes_total", "health" => health_str(health)).increment(1);
+        metrics::counter!("federator_group_probes_total", "health" => health.as_str()).increment(1);
         fed.observe(&Observation {
             observer: observer.to_string(),
             domain: domain.to_string(),
@@ -141,14 +141,6 @@ pub async fn ingress_part(addr: &str, host: String, timeout: Duration) -> Part {
             Part::new("ingress", Health::Unhealthy, why)
         }
         Err(ProbeError::Connect(_, why) | ProbeError::NoAnswer(why)) => composite::ingress_status(None, &why),
-    }
-}
-
-pub fn health_str(h: Health) -> &'static str {
-    match h {
-        Health::Healthy => "healthy",
-        Health::Unhealthy => "unhealthy",
-        Health::Unknown => "unknown",
     }
 }
 

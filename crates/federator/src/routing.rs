@@ -101,17 +101,9 @@ fn observation_from(
     o: switchyard_proto::routing::v1::SiteObservation,
     now_ms: u64,
 ) -> Result<Observation, Status> {
-    let health = match o.health.as_str() {
-        "healthy" => Health::Healthy,
-        "unhealthy" => Health::Unhealthy,
-        "unknown" => Health::Unknown,
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "health {other:?} of {} is not healthy, unhealthy or unknown",
-                o.site
-            )));
-        }
-    };
+    let health = Health::parse(&o.health).ok_or_else(|| {
+        Status::invalid_argument(format!("health {:?} of {} is not healthy, unhealthy or unknown", o.health, o.site))
+    })?;
     if o.age_ms > MAX_OBSERVATION_AGE_MS {
         return Err(Status::invalid_argument(format!(
             "observation of {} is {} ms old; more than {MAX_OBSERVATION_AGE_MS} ms is not evidence",

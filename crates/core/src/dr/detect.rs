@@ -23,6 +23,22 @@ pub enum Health {
     Unknown,
 }
 
+impl Health {
+    /// The wire and metrics name: `healthy`, `unhealthy` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Unknown => "unknown",
+        }
+    }
+
+    /// The inverse of [`Health::as_str`].
+    pub fn parse(s: &str) -> Option<Health> {
+        [Health::Healthy, Health::Unhealthy, Health::Unknown].into_iter().find(|h| h.as_str() == s)
+    }
+}
+
 /// What is judged: a whole site, or one group at a site.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Subject {

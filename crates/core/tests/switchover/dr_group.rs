@@ -101,6 +101,7 @@ fn a_declaration_held_too_long_goes_stale_instead_of_moving_old_news() {
     f.report("site-2", 10_000, &[]);
     f.report("site-3", 10_000, &[]);
     assert!(f.tick(100).is_empty(), "a stale declaration moves nothing");
+    assert!(f.state.down_groups.is_empty(), "and is dropped with the next cell report");
     let forced = Action::StartFailover { group: "crm-web".into(), from: "site-1".into(), to: "site-2".into() };
     assert!(f.propose("system", forced).unwrap_err().to_string().contains("is declared down"));
     // Seen down again: declared afresh and moved.
