@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use switchyard_sim::{Options, run_seed};
 
-const USAGE: &str =
-    "usage: switchyard-sim [--seed N | --seeds A..B] [--steps N] [--replicas 3|5] [--groups N] [--no-faults] [--dr]";
+const USAGE: &str = "usage: switchyard-sim [--seed N | --seeds A..B] [--steps N] [--replicas 3|5] [--groups N] [--no-faults] [--dr] [--repeat N]";
 
-fn parse() -> Result<(Vec<u64>, Options), String> {
+fn parse() -> Result<(Vec<u64>, Options, u32), String> {
     let mut opts = Options::default();
     let mut seeds = vec![0];
+    let mut repeat = 1;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value\n{USAGE}"));
@@ -37,21 +37,59 @@ fn parse() -> Result<(Vec<u64>, Options), String> {
             "--groups" => opts.groups = num(value("--groups")?, "--groups")?.max(1) as usize,
             "--no-faults" => opts.faults = false,
             "--dr" => opts.dr = true,
+            "--repeat" => repeat = num(value("--repeat")?, "--repeat")?.clamp(1, 1000) as u32,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok((seeds, opts))
+    Ok((seeds, opts, repeat))
+}
+
+/// Runs one seed `repeat` times and compares every run with the first: Err says where the first
+/// run that differed parted from it.
+fn replay(seed: u64, opts: &Options, repeat: u32) -> Result<(), String> {
+    let first = run_seed(seed, opts).map_err(|v| v.to_string())?;
+    for n in 2..=repeat {
+        let again = run_seed(seed, opts).map_err(|v| v.to_string())?;
+        if again.digest == first.digest {
+            continue;
+        }
+        let at = first.trace.iter().zip(&again.trace).position(|(a, b)| a != b);
+        let detail = match at {
+            Some(i) => format!(
+                "event {i} differs:\n  run 1: {}\n  run {n}: {}\nbefore it:\n  {}",
+                first.trace[i],
+                again.trace[i],
+                first.trace[i.saturating_sub(8)..i].join("\n  ")
+            ),
+            None if first.trace.len() != again.trace.len() => {
+                format!("traces agree up to {} events, then one run has more", first.trace.len().min(again.trace.len()))
+            }
+            None => "the traces agree; the final committed states differ".to_string(),
+        };
+        return Err(format!("seed {seed}: run {n} of {repeat} differs from run 1: {detail}"));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    let (seeds, opts) = match parse() {
+    let (seeds, opts, repeat) = match parse() {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
+    if repeat > 1 {
+        for &seed in &seeds {
+            if let Err(e) = replay(seed, &opts, repeat) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        println!("{} seeds replayed identically {repeat} times each", seeds.len());
+        return ExitCode::SUCCESS;
+    }
     let started = Instant::now();
     let (mut acked, mut ops, mut virtual_ms) = (0, 0, 0);
     let mut dr = switchyard_sim::DrSummary::default();
@@ -72,7 +110,8 @@ fn main() -> ExitCode {
                     *dr.held.entry(rule.clone()).or_default() += n;
                 }
                 if seeds.len() == 1 {
-                    println!("{s:#?}");
+                    // The trace is thousands of lines; its digest stands for it.
+                    println!("{:#?}", switchyard_sim::Summary { trace: Vec::new(), ..s });
                 }
             }
             Err(v) => {

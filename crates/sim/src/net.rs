@@ -74,6 +74,9 @@ pub const EPOCH_MS: u64 = 1_800_000_000_000;
 
 impl Net {
     pub fn new(seed: u64) -> Self {
+        // Outside a runtime, tokio's clock is the real one and `start` would not be virtual
+        // time zero: every timestamp of the run would shift by however long the thread waited.
+        assert!(tokio::runtime::Handle::try_current().is_ok(), "the simulated network is built inside its runtime");
         Net(Arc::new(Mutex::new(NetState {
             rng: StdRng::seed_from_u64(seed ^ 0x0005_eed0_f7e7),
             side: BTreeMap::new(),

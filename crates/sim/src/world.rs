@@ -81,6 +81,8 @@ pub struct Summary {
     pub write_outcomes: BTreeMap<String, u32>,
     /// Digest of the event trace and the final committed state: equal for equal seeds.
     pub digest: u64,
+    /// The event trace the digest covers (to find where two runs of one seed parted).
+    pub trace: Vec<String>,
     /// The disaster-recovery family's counts (all zero without `--dr`).
     pub dr: DrSummary,
 }
@@ -933,6 +935,7 @@ impl World {
             log_index: state.last_applied,
             write_outcomes: self.outcomes.lock().expect("outcomes").clone(),
             digest: h.finish(),
+            trace: self.trace.clone(),
             dr: if self.opts.dr { self.dr_summary(o) } else { DrSummary::default() },
         }
     }
@@ -1009,9 +1012,12 @@ pub fn run_seed(seed: u64, opts: &Options) -> Result<Summary, Box<Violation>> {
     take_panics();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
     switchyard_federator::raft::seed_thread_rng(seed);
-    let world = World::new(seed, opts.clone());
     IN_RUN.with(|r| r.set(true));
-    let result = rt.block_on(world.run());
+    // The world is built inside the runtime: its virtual clock starts at the runtime's paused
+    // time zero. Built outside, `tokio::time::Instant::now()` reads the real clock, and the
+    // real time between building the runtime and the world (longer on a loaded machine)
+    // would shift every virtual timestamp of the run.
+    let result = rt.block_on(async { World::new(seed, opts.clone()).run().await });
     drop(rt);
     IN_RUN.with(|r| r.set(false));
     result
