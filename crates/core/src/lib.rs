@@ -26,7 +26,7 @@ pub use engine::{EngineConfig, decide, operation_blocker, validate};
 pub use evacuation::{Evacuation, EvacuationGroup, EvacuationStep, GroupStatus};
 pub use model::{AppGroup, AppSpec, GroupSpec, HealthSpec, Placement, Resources, Site, SiteShare, SiteSpec, SiteState};
 pub use operation::{Operation, OperationKind, Outcome, Phase, Step};
-pub use proposal::{Action, Applied, Control, FreezeScope, Proposal, Refusal, Response};
+pub use proposal::{Action, Applied, Command, Control, FreezeScope, Proposal, Refusal, Response};
 pub use report::{AppReport, CellReport, GroupReport, InstanceReport, NodeReport, ReportRecord};
 pub use state::{Freeze, GroupUpdate, State};
 

@@ -1,10 +1,50 @@
-//! What goes into the Raft log (`Proposal`) and what applying it returns (`Response`).
+//! What goes into the Raft log (`Command`: one `Proposal`, or several committed together) and
+//! what applying one returns (`Response`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{GroupSpec, Resources, SiteSpec};
 use crate::operation::Phase;
 use crate::report::CellReport;
+
+/// One log entry's payload: a single proposal, or several that a leader received while an
+/// earlier write was still being committed and commits together (one disk flush and one
+/// replication round for all of them). Applying a batch applies its proposals in order at the
+/// entry's log index, each with its own response; a refused one changes nothing and does not
+/// stop the others. A single proposal keeps the format of entries written before batches
+/// existed, so older logs still read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+// Most entries carry one proposal: kept inline rather than boxed (one allocation less each).
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    Batch { batch: Vec<Proposal> },
+    One(Proposal),
+}
+
+impl Command {
+    /// One entry for `proposals`: the single-proposal form when there is one.
+    pub fn of(mut proposals: Vec<Proposal>) -> Self {
+        if proposals.len() == 1 {
+            Command::One(proposals.pop().expect("one proposal"))
+        } else {
+            Command::Batch { batch: proposals }
+        }
+    }
+
+    pub fn proposals(&self) -> &[Proposal] {
+        match self {
+            Command::One(p) => std::slice::from_ref(p),
+            Command::Batch { batch } => batch,
+        }
+    }
+}
+
+impl From<Proposal> for Command {
+    fn from(p: Proposal) -> Self {
+        Command::One(p)
+    }
+}
 
 /// One log entry's payload. `at_ms` and `actor` are stamped by the leader when it proposes, so
 /// `apply` never reads a clock and every replica records the same time.

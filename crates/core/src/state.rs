@@ -106,6 +106,30 @@ impl State {
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Response {
         assert!(index > self.last_applied, "log index {index} applied after {}", self.last_applied);
         self.last_applied = index;
+        self.apply_at(index, proposal)
+    }
+
+    /// Applies one committed log entry of one or several proposals, in order, all at `index`:
+    /// one response per proposal. Each sees the state the ones before it left, as if each had
+    /// its own entry; what one creates (an operation, an evacuation, a drill) gets an id no
+    /// earlier proposal of the entry took ([`State::fresh_id`]).
+    pub fn apply_command(&mut self, index: u64, command: &crate::Command) -> Vec<Response> {
+        assert!(index > self.last_applied, "log index {index} applied after {}", self.last_applied);
+        self.last_applied = index;
+        command.proposals().iter().map(|p| self.apply_at(index, p)).collect()
+    }
+
+    /// An id for something created at `index`: `<prefix>-<index>`, or, when an earlier proposal
+    /// of the same entry already took that, `<prefix>-<index>.<n>` with the first free `n` from 2.
+    pub(crate) fn fresh_id(prefix: &str, index: u64, taken: impl Fn(&str) -> bool) -> String {
+        let id = format!("{prefix}-{index}");
+        if !taken(&id) {
+            return id;
+        }
+        (2u32..).map(|n| format!("{prefix}-{index}.{n}")).find(|id| !taken(id)).expect("a free id")
+    }
+
+    fn apply_at(&mut self, index: u64, proposal: &Proposal) -> Response {
         if proposal.version > Proposal::VERSION {
             return Err(Refusal::UnsupportedVersion(proposal.version));
         }
@@ -476,7 +500,7 @@ impl State {
         kind: OperationKind,
     ) -> Response {
         let plan = plan_switchover_for(self, group, to, at, evacuation)?;
-        let id = format!("op-{index}");
+        let id = Self::fresh_id("op", index, |id| self.operations.contains_key(id));
         let awaiting = approval && self.approval_tiers.contains(&self.groups[group].spec.tier);
         let g = self.groups.get_mut(group).expect("plan_switchover checked the group exists");
         let before = g.placement.clone();

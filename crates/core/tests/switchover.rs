@@ -1414,3 +1414,6 @@ mod dr_failback;
 
 #[path = "switchover/dr_group.rs"]
 mod dr_group;
+
+#[path = "switchover/batch.rs"]
+mod batch;

@@ -3,6 +3,7 @@
 //! Run: `cargo build --release -p switchyard-federator && cargo bench -p switchyard-federator --bench cluster`
 //!
 //! Measures:
+//! - the operator API's round trip without a commit (`GetStatus`), one client;
 //! - durable commits per second (each write is a Raft commit made durable by a quorum, applied
 //!   and audited), with 1 and with 64 concurrent clients, all sent to the leader;
 //! - failover: the time from SIGKILL of the leader to the first write accepted by a new leader
@@ -28,6 +29,21 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `BENCH_WRITES_IN_FLIGHT` and `BENCH_MAX_WRITES_PER_ENTRY` override the federator's write
+/// batching (`1` and `1` commit one write per entry, as before batching existed).
+fn batching() -> String {
+    let mut lines = String::new();
+    for (var, key) in
+        [("BENCH_WRITES_IN_FLIGHT", "writes_in_flight"), ("BENCH_MAX_WRITES_PER_ENTRY", "max_writes_per_entry")]
+    {
+        if let Ok(v) = std::env::var(var) {
+            let n: usize = v.parse().unwrap_or_else(|_| panic!("{var}={v:?} is not a number"));
+            lines.push_str(&format!("{key} = {n}\n"));
+        }
+    }
+    lines
+}
+
 fn write_config(dir: &Path, id: u64, ports: &[u16; 3]) -> std::path::PathBuf {
     let certs = dir.join("certs");
     let peers: String = (1..=3u64)
@@ -37,10 +53,11 @@ fn write_config(dir: &Path, id: u64, ports: &[u16; 3]) -> std::path::PathBuf {
     let text = format!(
         "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\nzone = \"fed.local.\"\n{peers}\
          [tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/fed-{id}.pem\"\nkey = \"{certs}/fed-{id}-key.pem\"\n\
-         [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n\
+         [raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n{batching}\
          [[sites]]\nname = \"site-1\"\ningress = [\"127.0.1.1\"]\n\
          [[groups]]\nname = \"crm-web\"\ndns_name = \"crm-web\"\nttl_s = 5\nhome_site = \"site-1\"\n\
          [[groups.apps]]\nname = \"web\"\ncommand = \"sample-app\"\ninstances = 2\nresources = {{ cpu_millis = 100, mem_mib = 64 }}\n",
+        batching = batching(),
         port = ports[(id - 1) as usize],
         data = dir.join(format!("data-{id}")).display(),
         certs = certs.display()
@@ -136,6 +153,15 @@ fn main() {
             std::fs::write(dir_path.join("leader.pid"), pid.to_string()).unwrap();
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
+        // The operator API's own round trip (mutual TLS, HTTP/2, protobuf) with no commit: a
+        // floor under every write's latency.
+        let t = Instant::now();
+        for _ in 0..WRITES_SINGLE {
+            api.get_status(pb::GetStatusRequest {}).await.expect("status");
+        }
+        let reads = WRITES_SINGLE as f64 / t.elapsed().as_secs_f64();
+        println!("API round trips/s without a commit (GetStatus), 1 client: {reads:.0}");
+
         let t = Instant::now();
         for n in 0..WRITES_SINGLE {
             assert!(write(&mut api, n).await, "write {n} failed");

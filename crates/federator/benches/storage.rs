@@ -29,6 +29,23 @@ fn main() {
     }
     rate("raw append + fdatasync", t, N);
 
+    // Two writers on two files at once, as a leader and a follower on one disk: whether their
+    // flushes overlap or queue behind each other bounds a quorum commit on this machine.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for name in ["raw-a", "raw-b"] {
+            let (path, entry) = (dir.path().join(name), &entry);
+            s.spawn(move || {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+                for _ in 0..N {
+                    f.write_all(entry).unwrap();
+                    f.sync_data().unwrap();
+                }
+            });
+        }
+    });
+    rate("raw append + fdatasync, two files at once (per file)", t, N);
+
     let db = Database::create(dir.path().join("a.redb")).unwrap();
     let t = Instant::now();
     for i in 0..N {

@@ -635,12 +635,26 @@ impl Operator for OperatorService {
             return Err(Status::invalid_argument("a freeze needs a reason; it goes into the audit history"));
         }
         let until_ms = (r.duration_s > 0).then(|| now_ms().saturating_add(r.duration_s.saturating_mul(1000)));
-        self.fed
-            .propose(&id.to_string(), Action::SetFreeze { scope: scope.clone(), reason: r.reason, until_ms })
-            .await?;
+        let actor = id.to_string();
+        let action = Action::SetFreeze { scope: scope.clone(), reason: r.reason.clone(), until_ms };
+        let (_, index) = self.fed.propose_indexed(&actor, action).await?;
         tracing::info!(%scope, actor = %id, "freeze set");
-        let freeze = self.fed.shared.read(|s| s.freezes.get(&scope).map(|f| freeze_to_proto(&scope, f)));
-        freeze.map(Response::new).ok_or_else(|| Status::internal("freeze committed but not found"))
+        // The freeze as this write set it, from its own audit record: another writer may have
+        // replaced or cleared it since (even in the same log entry).
+        let subject = scope.to_string();
+        let since_ms = self.fed.shared.read(|s| {
+            s.audit.records().iter().rev().take_while(|a| a.raft_index >= index).find_map(|a| {
+                (a.raft_index == index
+                    && a.action == "freeze.set"
+                    && a.subject == subject
+                    && a.actor == actor
+                    && a.reason == r.reason)
+                    .then_some(a.time_ms)
+            })
+        });
+        let since_ms = since_ms.ok_or_else(|| Status::internal("freeze committed but its audit record is missing"))?;
+        let freeze = switchyard_core::Freeze { actor, reason: r.reason, since_ms, until_ms };
+        Ok(Response::new(freeze_to_proto(&scope, &freeze)))
     }
 
     async fn clear_freeze(

@@ -64,6 +64,15 @@ pub struct RaftTuning {
     /// Entries kept in the log behind the last snapshot, so a replica that lags by less than
     /// this catches up from the log instead of a whole snapshot.
     pub logs_to_keep: u64,
+    /// Log entries carrying client writes that may be in flight at once on the leader. Writes
+    /// that arrive while this many are being committed wait and go together in the next entry
+    /// (one disk flush and one replication round for all of them).
+    pub writes_in_flight: usize,
+    /// The most writes one log entry carries.
+    pub max_writes_per_entry: usize,
+    /// How long a write may take to commit before its caller is told it timed out (it may
+    /// still commit) and the leader moves on to the writes queued behind it.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -74,6 +83,9 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 2_000,
             logs_to_keep: 500,
+            writes_in_flight: 2,
+            max_writes_per_entry: 64,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -210,6 +222,15 @@ impl FederatorConfig {
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             p.push("raft: election_timeout_max_ms must exceed election_timeout_min_ms".to_string());
+        }
+        if !(1..=64).contains(&r.writes_in_flight) {
+            p.push(format!("raft: writes_in_flight must be 1 to 64 ({})", r.writes_in_flight));
+        }
+        if !(100..=600_000).contains(&r.write_timeout_ms) {
+            p.push(format!("raft: write_timeout_ms must be 100 to 600000 ({})", r.write_timeout_ms));
+        }
+        if !(1..=1024).contains(&r.max_writes_per_entry) {
+            p.push(format!("raft: max_writes_per_entry must be 1 to 1024 ({})", r.max_writes_per_entry));
         }
         if self.engine.verify_window_ms == 0 {
             p.push("engine: verify_window_ms must be > 0".to_string());

@@ -8,6 +8,7 @@
 //! node or a task directly; cells own their sites.
 
 pub mod api;
+pub mod batch;
 pub mod cell_link;
 pub mod config;
 pub mod convert;

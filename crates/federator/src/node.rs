@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use openraft::BasicNode;
 use openraft::ChangeMembers;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use switchyard_core::engine::validate;
 use switchyard_core::{Action, Applied, Proposal, Refusal};
 use switchyard_proto::agent::v1::cell_link_server::CellLinkServer;
@@ -21,6 +21,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
 use crate::api::OperatorService;
+use crate::batch::WriteFailed;
 use crate::cell_link::CellLinkService;
 use crate::config::FederatorConfig;
 use crate::executor;
@@ -70,6 +71,8 @@ pub struct Federator {
     leader_client: std::sync::Mutex<Option<(u64, String, RaftPeerClient<tonic::transport::Channel>)>>,
     /// What the observers (this replica's own probes, the DNS servers) report of each site.
     pub observations: std::sync::Mutex<switchyard_core::dr::detect::Detector>,
+    /// The leader's write path into Raft, batching writes that arrive together.
+    writes: crate::batch::Writes,
 }
 
 /// A write a follower hands to the leader.
@@ -224,8 +227,15 @@ impl Federator {
     /// Commits `action` by `actor`: on the leader directly, on a follower by forwarding it to
     /// the leader (so clients may talk to any replica). Returns what `apply` returned.
     pub async fn propose(&self, actor: &str, action: Action) -> Result<Applied, ProposeError> {
+        self.propose_indexed(actor, action).await.map(|(applied, _)| applied)
+    }
+
+    /// [`Federator::propose`], also returning the log index the write was committed at (which
+    /// this replica has applied by then): the write's own audit records carry it, so a caller
+    /// can tell them from those of writes committed beside or after it.
+    pub async fn propose_indexed(&self, actor: &str, action: Action) -> Result<(Applied, u64), ProposeError> {
         if self.is_leader() {
-            return self.propose_here(actor, action).await;
+            return self.commit_here(actor, action).await;
         }
         let Some(leader) = self.leader() else {
             return Err(ProposeError::NotLeader { node: self.id, leader: None });
@@ -235,11 +245,11 @@ impl Federator {
 
     /// Hands a write to the leader, then waits until this replica has applied it, so whoever
     /// wrote through this replica reads their own write here next.
-    async fn forward(&self, leader: u64, actor: &str, action: Action) -> Result<Applied, ProposeError> {
+    async fn forward(&self, leader: u64, actor: &str, action: Action) -> Result<(Applied, u64), ProposeError> {
         let forwarded = Forwarded { actor: actor.to_string(), action };
         let (applied, index): (Applied, u64) = self.peer_call(leader, PeerMethod::Forward, &forwarded).await?;
         self.wait_applied(index).await?;
-        Ok(applied)
+        Ok((applied, index))
     }
 
     /// Waits until this replica has applied the log up to `index`.
@@ -494,12 +504,10 @@ impl Federator {
         }
         let proposal = Proposal::new(now_ms(), actor, action);
         self.shared.read(|s| validate(s, &proposal))?;
-        match self.raft.client_write(proposal).await {
-            Ok(resp) => Ok((resp.data?, resp.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader { node: self.id, leader: f.leader_id })
-            }
-            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        match self.writes.write(proposal).await {
+            Ok((response, index)) => Ok((response?, index)),
+            Err(WriteFailed::NotLeader(leader)) => Err(ProposeError::NotLeader { node: self.id, leader }),
+            Err(WriteFailed::Raft(e)) => Err(ProposeError::Raft(e)),
         }
     }
 }
@@ -566,6 +574,14 @@ pub async fn start(config: FederatorConfig) -> anyhow::Result<Running> {
         tls: tls.clone(),
         leader_client: std::sync::Mutex::new(None),
         observations: std::sync::Mutex::new(Default::default()),
+        writes: crate::batch::Writes::start(
+            raft.clone(),
+            crate::batch::Limits {
+                in_flight: config.raft.writes_in_flight,
+                per_entry: config.raft.max_writes_per_entry,
+                timeout: Duration::from_millis(config.raft.write_timeout_ms),
+            },
+        ),
     });
     let max = switchyard_proto::MAX_MESSAGE_BYTES;
     let router = tonic::transport::Server::builder()

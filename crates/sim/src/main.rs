@@ -92,6 +92,7 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let (mut acked, mut ops, mut virtual_ms) = (0, 0, 0);
+    let (mut entries, mut writes) = (0, 0);
     let mut dr = switchyard_sim::DrSummary::default();
     for &seed in &seeds {
         match run_seed(seed, &opts) {
@@ -99,6 +100,8 @@ fn main() -> ExitCode {
                 acked += s.acked_writes;
                 ops += s.operations_started;
                 virtual_ms += s.virtual_ms;
+                entries += s.write_entries;
+                writes += s.writes_in_entries;
                 dr.site_kills += s.dr.site_kills;
                 dr.federator_cuts += s.dr.federator_cuts;
                 dr.federator_cuts_quiet += s.dr.federator_cuts_quiet;
@@ -121,7 +124,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{} seeds passed in {:.1} s: {:.0} virtual seconds, {acked} acknowledged writes, {ops} operations",
+        "{} seeds passed in {:.1} s: {:.0} virtual seconds, {acked} acknowledged writes, {ops} operations; \
+         {writes} writes committed in {entries} log entries",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         virtual_ms as f64 / 1000.0

@@ -33,6 +33,8 @@ pub struct ReplicaHandle {
     pub skew_ms: i64,
     /// The replica's in-memory failure detector (lost in a crash, as in a federator process).
     pub detector: Arc<Mutex<Detector>>,
+    /// The federator's own write path (`federator::batch`): concurrent writes share entries.
+    pub writes: switchyard_federator::batch::Writes,
 }
 
 /// A path cut between two endpoints while both keep running (the disaster-recovery family's

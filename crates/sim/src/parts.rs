@@ -23,7 +23,7 @@ use switchyard_federator::raft::NodeId;
 use crate::net::{Endpoint, Net, ReplicaHandle};
 
 pub const ZONE: &str = "fed.sim.";
-const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a new instance takes to become healthy.
 const STARTUP_MS: u64 = 600;
 const CELL_PERIOD: Duration = Duration::from_millis(250);
@@ -48,7 +48,7 @@ fn leader_of(h: &ReplicaHandle) -> Option<NodeId> {
 }
 
 /// What `Federator::propose_here` does: stamp with this replica's clock, check against the
-/// committed state, commit through Raft.
+/// committed state, commit through Raft (through the federator's batching write path).
 pub async fn propose_local(
     net: &Net,
     h: &ReplicaHandle,
@@ -60,11 +60,9 @@ pub async fn propose_local(
     }
     let proposal = Proposal::new(net.clock_ms(h.skew_ms), actor, action);
     h.shared.read(|s| validate(s, &proposal)).map_err(WriteError::Refused)?;
-    match tokio::time::timeout(WRITE_TIMEOUT, h.raft.client_write(proposal)).await {
-        Ok(Ok(resp)) => match resp.data {
-            Ok(applied) => Ok((resp.log_id.index, applied)),
-            Err(r) => Err(WriteError::Refused(r)),
-        },
+    match tokio::time::timeout(WRITE_TIMEOUT, h.writes.write(proposal)).await {
+        Ok(Ok((Ok(applied), index))) => Ok((index, applied)),
+        Ok(Ok((Err(r), _))) => Err(WriteError::Refused(r)),
         Ok(Err(_)) | Err(_) => Err(WriteError::Lost),
     }
 }

@@ -77,6 +77,10 @@ pub struct Summary {
     pub crashes: u32,
     pub partitions: u32,
     pub log_index: u64,
+    /// Log entries the replicas' write paths proposed, and the writes they carried (more
+    /// writes than entries: some entries were batches).
+    pub write_entries: u64,
+    pub writes_in_entries: u64,
     /// How the operator's writes ended.
     pub write_outcomes: BTreeMap<String, u32>,
     /// Digest of the event trace and the final committed state: equal for equal seeds.
@@ -237,6 +241,8 @@ pub struct World {
     outcomes: Arc<Mutex<BTreeMap<String, u32>>>,
     trace: Vec<String>,
     writes: u64,
+    /// Entries and writes of the write paths of replicas that have crashed since.
+    crashed_write_counts: (u64, u64),
     crashes: u32,
     partitions: u32,
     step: u32,
@@ -288,6 +294,7 @@ impl World {
             outcomes: Arc::new(Mutex::new(BTreeMap::new())),
             trace: Vec::new(),
             writes: 0,
+            crashed_write_counts: (0, 0),
             crashes: 0,
             partitions: 0,
             step: 0,
@@ -343,7 +350,15 @@ impl World {
             let mut s = self.net.lock();
             s.down.insert(id, false);
             let detector = Arc::new(Mutex::new(Detector::default()));
-            s.replicas.insert(id, ReplicaHandle { id, raft: raft.clone(), shared, skew_ms, detector });
+            // The federator's default batching (two entries in flight, up to 64 writes each),
+            // with the simulated writers' own timeout.
+            let limits = switchyard_federator::batch::Limits {
+                in_flight: 2,
+                per_entry: 64,
+                timeout: crate::parts::WRITE_TIMEOUT,
+            };
+            let writes = switchyard_federator::batch::Writes::start(raft.clone(), limits);
+            s.replicas.insert(id, ReplicaHandle { id, raft: raft.clone(), shared, skew_ms, detector, writes });
         }
         let cfg = ExecutorConfig {
             engine: self.engine.clone(),
@@ -362,7 +377,11 @@ impl World {
         let Some((raft, exec)) = self.replicas.get_mut(&id).and_then(|r| r.running.take()) else { return };
         {
             let mut s = self.net.lock();
-            s.replicas.remove(&id);
+            if let Some(h) = s.replicas.remove(&id) {
+                let (entries, writes) = h.writes.counts();
+                self.crashed_write_counts.0 += entries;
+                self.crashed_write_counts.1 += writes;
+            }
             s.down.insert(id, true);
         }
         for task in exec {
@@ -923,6 +942,13 @@ impl World {
         state.last_applied.hash(&mut h);
         format!("{state:?}").hash(&mut h);
         let ops = state.operations.values();
+        let (write_entries, writes_in_entries) = self
+            .net
+            .lock()
+            .replicas
+            .values()
+            .map(|h| h.writes.counts())
+            .fold(self.crashed_write_counts, |a, b| (a.0 + b.0, a.1 + b.1));
         Summary {
             seed: self.seed,
             virtual_ms: self.net.elapsed_ms(),
@@ -933,6 +959,8 @@ impl World {
             crashes: self.crashes,
             partitions: self.partitions,
             log_index: state.last_applied,
+            write_entries,
+            writes_in_entries,
             write_outcomes: self.outcomes.lock().expect("outcomes").clone(),
             digest: h.finish(),
             trace: self.trace.clone(),

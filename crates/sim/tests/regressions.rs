@@ -39,3 +39,15 @@ fn dr_seed_749_declared_down_sites_with_nothing_left_on_them() {
         panic!("{v}");
     }
 }
+
+/// With writes batched into shared log entries, the leader's write path kept a slot for each
+/// entry until Raft answered it. Raft does not answer a write whose leader was deposed while
+/// its entry stayed uncommitted, so after two such entries (at a partition) no write committed
+/// again: seed 308's operation stayed in `ScalingUp` after healing. An entry now gives up its
+/// slot after the write timeout, and its writers are told it may still commit.
+#[test]
+fn seed_308_a_deposed_leaders_unanswered_writes_do_not_block_the_write_path() {
+    if let Err(v) = run_seed(308, &Options::default()) {
+        panic!("{v}");
+    }
+}

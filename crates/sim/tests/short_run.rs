@@ -12,15 +12,22 @@ fn short() -> Options {
 }
 
 fn run_range(from: u64, to: u64, opts: &Options) {
-    let mut acked = 0;
+    let (mut acked, mut entries, mut writes) = (0, 0, 0);
     for seed in from..to {
         match run_seed(seed, opts) {
-            Ok(s) => acked += s.acked_writes,
+            Ok(s) => {
+                acked += s.acked_writes;
+                entries += s.write_entries;
+                writes += s.writes_in_entries;
+            }
             Err(v) => panic!("{v}"),
         }
     }
-    // The runs must exercise something: operators' writes get through despite the faults.
+    // The runs must exercise something: operators' writes get through despite the faults...
     assert!(acked as u64 > (to - from), "only {acked} acknowledged writes over {} seeds", to - from);
+    // ...and some log entries carry several writes (executors, cells and operators writing
+    // at once), so the invariants are checked over batched entries too.
+    assert!(writes > entries, "{writes} writes in {entries} entries: no entry was a batch");
 }
 
 #[test]

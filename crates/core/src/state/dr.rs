@@ -419,7 +419,7 @@ impl State {
         accepted_by: Option<&str>,
     ) -> Response {
         let g = &self.groups[group];
-        let id = format!("op-{index}");
+        let id = Self::fresh_id("op", index, |id| self.operations.contains_key(id));
         let source = g.placement.share(from);
         let target_instances = source.instances.clone();
         let promotion = g.spec.failover.stateful.as_ref().map(|p| {

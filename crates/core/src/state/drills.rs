@@ -28,7 +28,7 @@ impl State {
         if reason.trim().is_empty() || reason.len() > 1024 {
             return Err(Refusal::Invalid("a drill needs a reason of at most 1024 bytes".into()));
         }
-        let id = format!("drill-{index}");
+        let id = Self::fresh_id("drill", index, |id| self.drills.contains_key(id));
         let at_ms = at_ms.max(at);
         self.drills.insert(
             id.clone(),

@@ -50,7 +50,7 @@ impl State {
                 self.check_ttl_budget(name)?;
             }
         }
-        let id = format!("evac-{index}");
+        let id = Self::fresh_id("evac", index, |id| self.evacuations.contains_key(id));
         let mut evac = Evacuation {
             id: id.clone(),
             from: from.map(str::to_string),

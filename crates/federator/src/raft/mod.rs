@@ -1,5 +1,5 @@
 //! The federator's Raft plumbing: type configuration, redb-backed storage and the tonic peer
-//! transport. Decisions never live here; this module only moves `Proposal`s into the log and
+//! transport. Decisions never live here; this module only moves `Proposal`s into the log (batched as `Command`s) and
 //! committed entries into `State::apply`.
 
 mod network;
@@ -11,14 +11,14 @@ pub(crate) use network::{decode, encode};
 pub use runtime::{Runtime, seed_thread_rng};
 pub use store::{Backup, LogStore, Restored, Shared, StateMachineStore, open_storage, restore, storage_on};
 
-use switchyard_core::{Proposal, Response};
+use switchyard_core::{Command, Response};
 
 openraft::declare_raft_types!(
-    /// Raft types of the federator: log entries carry a `Proposal`, applying one yields a
-    /// `Response`.
+    /// Raft types of the federator: log entries carry a `Command` (one proposal or a batch),
+    /// applying one yields a `Response` per proposal.
     pub TypeConfig:
-        D = Proposal,
-        R = Response,
+        D = Command,
+        R = Vec<Response>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -599,7 +599,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((body.last_applied, body.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<switchyard_core::Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<switchyard_core::Response>>, StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -610,11 +610,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 body.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
-                    EntryPayload::Blank => Ok(Applied::Unchanged),
-                    EntryPayload::Normal(proposal) => body.state.apply(entry.log_id.index, &proposal),
+                    EntryPayload::Blank => vec![Ok(Applied::Unchanged)],
+                    EntryPayload::Normal(command) => body.state.apply_command(entry.log_id.index, &command),
                     EntryPayload::Membership(m) => {
                         body.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Ok(Applied::Changed)
+                        vec![Ok(Applied::Changed)]
                     }
                 };
                 responses.push(response);
