@@ -13,13 +13,29 @@ use crate::report::CellReport;
 /// entry's log index, each with its own response; a refused one changes nothing and does not
 /// stop the others. A single proposal keeps the format of entries written before batches
 /// existed, so older logs still read.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 // Most entries carry one proposal: kept inline rather than boxed (one allocation less each).
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
     Batch { batch: Vec<Proposal> },
     One(Proposal),
+}
+
+/// Read by shape: an object with a `batch` key is a batch, any other is one proposal. (A
+/// derived untagged reader would answer any error inside an entry with "did not match any
+/// variant"; this one passes the proposal's own error through.)
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut value = serde_json::Value::deserialize(d)?;
+        match value.get_mut("batch").map(serde_json::Value::take) {
+            Some(batch) => serde_json::from_value(batch)
+                .map(|batch| Command::Batch { batch })
+                .map_err(|e| D::Error::custom(format!("batched log entry: {e}"))),
+            None => serde_json::from_value(value).map(Command::One).map_err(D::Error::custom),
+        }
+    }
 }
 
 impl Command {

@@ -302,7 +302,15 @@ impl Federator {
             }
         };
         // A membership change waits for the new replica to catch up.
-        let timeout = if matches!(method, PeerMethod::ChangeMembership) { MEMBERSHIP_TIMEOUT } else { FORWARD_TIMEOUT };
+        // A forwarded write may queue on the leader for up to the write timeout and then take
+        // as long again to commit: wait longer than both, so the leader's own answer (which
+        // says whether the write may still commit) is what the caller gets.
+        let timeout = match method {
+            PeerMethod::ChangeMembership => MEMBERSHIP_TIMEOUT,
+            PeerMethod::Forward => FORWARD_TIMEOUT
+                .max(Duration::from_millis(2 * self.config.raft.write_timeout_ms) + Duration::from_secs(1)),
+            PeerMethod::ReadIndex => FORWARD_TIMEOUT,
+        };
         let reply = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => r,
             Ok(Err(status)) => {
@@ -311,7 +319,11 @@ impl Federator {
             }
             Err(_) => {
                 forget();
-                return Err(ProposeError::Raft(format!("leader {leader} at {addr} did not answer in time")));
+                return Err(ProposeError::Raft(format!(
+                    "leader {leader} at {addr} did not answer within {} ms (a forwarded write may still \
+                     commit; check before retrying)",
+                    timeout.as_millis()
+                )));
             }
         };
         let outcome: Remote<T> = crate::raft::decode(reply.get_ref()).map_err(ProposeError::Raft)?;

@@ -350,11 +350,11 @@ impl World {
             let mut s = self.net.lock();
             s.down.insert(id, false);
             let detector = Arc::new(Mutex::new(Detector::default()));
-            // The federator's default batching (two entries in flight, up to 64 writes each),
-            // with the simulated writers' own timeout.
+            // The federator's default batching, with the simulated writers' own timeout.
+            let tuning = switchyard_federator::config::RaftTuning::default();
             let limits = switchyard_federator::batch::Limits {
-                in_flight: 2,
-                per_entry: 64,
+                in_flight: tuning.writes_in_flight,
+                per_entry: tuning.max_writes_per_entry,
                 timeout: crate::parts::WRITE_TIMEOUT,
             };
             let writes = switchyard_federator::batch::Writes::start(raft.clone(), limits);

@@ -105,4 +105,10 @@ fn entries_written_before_batches_still_read_and_one_proposal_keeps_their_format
     assert_eq!(round, batch);
     assert_eq!(round.proposals().len(), 2);
     assert!(serde_json::from_str::<Command>(r#"{"batch": 3}"#).is_err(), "a malformed entry is an error");
+    // An unreadable entry says what is wrong with it.
+    let unknown = old_entry.replace("StartSwitchover", "StartTeleport");
+    let err = serde_json::from_str::<Command>(&unknown).unwrap_err().to_string();
+    assert!(err.contains("StartTeleport"), "{err}");
+    let err = serde_json::from_str::<Command>(&format!(r#"{{"batch": [{unknown}]}}"#)).unwrap_err().to_string();
+    assert!(err.contains("batched log entry") && err.contains("StartTeleport"), "{err}");
 }
