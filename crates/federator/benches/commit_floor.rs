@@ -52,69 +52,53 @@ fn main() {
     let fsync = report("one append + fdatasync", t, None);
 
     // The client's round trip to the leader with nothing durable: the network's share.
-    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = echo.accept().unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut buf = [0u8; ENTRY];
-        for _ in 0..N {
-            s.read_exact(&mut buf).unwrap();
-            s.write_all(&buf[..8]).unwrap();
-        }
-    });
-    let mut c = connect(echo_addr);
-    let mut ack = [0u8; 8];
-    let t = Instant::now();
-    for _ in 0..N {
-        c.write_all(&entry).unwrap();
-        c.read_exact(&mut ack).unwrap();
-    }
-    report("TCP round trip on loopback, nothing durable", t, Some(fsync));
-    server.join().unwrap();
+    let echo = serve(|_| {});
+    report("TCP round trip on loopback, nothing durable", rounds(echo.0), Some(fsync));
+    echo.1.join().unwrap();
 
     // Follower: durable, then acknowledge.
-    let follower = TcpListener::bind("127.0.0.1:0").unwrap();
-    let follower_addr = follower.local_addr().unwrap();
-    let follower_file = dir.path().join("follower");
-    let follower = std::thread::spawn(move || {
-        let (mut s, _) = follower.accept().unwrap();
+    let mut follower_copy = append(&dir.path().join("follower"));
+    let follower = serve(move |entry| durable(&mut follower_copy, entry));
+    // Leader: forward to the follower and flush its own copy at the same time, answer when both
+    // are durable.
+    let mut to_follower = connect(follower.0);
+    let mut leader_copy = append(&dir.path().join("leader"));
+    let leader = serve(move |entry| {
+        to_follower.write_all(entry).unwrap();
+        durable(&mut leader_copy, entry);
+        to_follower.read_exact(&mut [0u8; 8]).unwrap();
+    });
+    report("client → leader → follower, both copies durable (flushes overlapped)", rounds(leader.0), Some(fsync));
+    leader.1.join().unwrap();
+    follower.1.join().unwrap();
+}
+
+/// A server thread on loopback that takes `N` entries from one connection, runs `handle` on
+/// each, then acknowledges it with 8 bytes.
+fn serve(mut handle: impl FnMut(&[u8]) + Send + 'static) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
         s.set_nodelay(true).unwrap();
-        let mut f = append(&follower_file);
         let mut buf = [0u8; ENTRY];
         for _ in 0..N {
             s.read_exact(&mut buf).unwrap();
-            durable(&mut f, &buf);
+            handle(&buf);
             s.write_all(&buf[..8]).unwrap();
         }
     });
-    // Leader: forward to the follower and flush its own copy at the same time, answer when both
-    // are durable.
-    let leader = TcpListener::bind("127.0.0.1:0").unwrap();
-    let leader_addr = leader.local_addr().unwrap();
-    let leader_file = dir.path().join("leader");
-    let leader = std::thread::spawn(move || {
-        let (mut client, _) = leader.accept().unwrap();
-        client.set_nodelay(true).unwrap();
-        let mut to_follower = connect(follower_addr);
-        let mut f = append(&leader_file);
-        let mut buf = [0u8; ENTRY];
-        let mut ack = [0u8; 8];
-        for _ in 0..N {
-            client.read_exact(&mut buf).unwrap();
-            to_follower.write_all(&buf).unwrap();
-            durable(&mut f, &buf);
-            to_follower.read_exact(&mut ack).unwrap();
-            client.write_all(&ack).unwrap();
-        }
-    });
-    let mut c = connect(leader_addr);
-    let t = Instant::now();
+    (addr, thread)
+}
+
+/// `N` writes, each waiting for its acknowledgement; returns when the first was sent.
+fn rounds(addr: std::net::SocketAddr) -> Instant {
+    let mut c = connect(addr);
+    let (entry, mut ack) = ([b'e'; ENTRY], [0u8; 8]);
+    let started = Instant::now();
     for _ in 0..N {
         c.write_all(&entry).unwrap();
         c.read_exact(&mut ack).unwrap();
     }
-    report("client → leader → follower, both copies durable (flushes overlapped)", t, Some(fsync));
-    leader.join().unwrap();
-    follower.join().unwrap();
+    started
 }
