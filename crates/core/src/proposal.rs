@@ -56,12 +56,6 @@ impl Command {
     }
 }
 
-impl From<Proposal> for Command {
-    fn from(p: Proposal) -> Self {
-        Command::One(p)
-    }
-}
-
 /// One log entry's payload. `at_ms` and `actor` are stamped by the leader when it proposes, so
 /// `apply` never reads a clock and every replica records the same time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -373,6 +373,25 @@ resources = { cpu_millis = 100, mem_mib = 64 }
     }
 
     #[test]
+    fn write_batching_defaults_and_bad_values_are_refused() {
+        let cfg = FederatorConfig::parse(GOOD, Path::new("f.toml")).unwrap();
+        let r = &cfg.raft;
+        assert_eq!((r.writes_in_flight, r.max_writes_per_entry, r.write_timeout_ms), (2, 64, 10_000));
+        let text = format!("{GOOD}\n[raft]\nwrites_in_flight = 1\nmax_writes_per_entry = 1\n");
+        let cfg = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap();
+        assert_eq!((cfg.raft.writes_in_flight, cfg.raft.max_writes_per_entry), (1, 1));
+        let text = format!("{GOOD}\n[raft]\nwrites_in_flight = 0\nmax_writes_per_entry = 5000\nwrite_timeout_ms = 5\n");
+        let err = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap_err().to_string();
+        for want in [
+            "writes_in_flight must be 1 to 64 (0)",
+            "max_writes_per_entry must be 1 to 1024 (5000)",
+            "write_timeout_ms must be 100 to 600000 (5)",
+        ] {
+            assert!(err.contains(want), "{want:?} missing from: {err}");
+        }
+    }
+
+    #[test]
     fn a_dependency_on_an_undeclared_group_is_refused() {
         let text = GOOD.replace("home_site = \"site-1\"", "home_site = \"site-1\"\ndepends_on = [\"crm-dbb\"]");
         let err = FederatorConfig::parse(&text, Path::new("f.toml")).unwrap_err();
