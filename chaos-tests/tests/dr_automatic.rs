@@ -225,10 +225,22 @@ fn a_flapping_site_fails_over_once_and_then_holds() {
     // Then it stays away past the window: one failover per group.
     let pid = fed.process("haproxy-site-1")["pid"].as_u64().unwrap().to_string();
     let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
-    wait_for(Duration::from_secs(60), "the groups to fail over", || {
-        let done = audit_actions(&dir).iter().filter(|r| r["action"] == "failover.complete").count();
-        (done == 2).then_some(())
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while audit_actions(&dir).iter().filter(|r| r["action"] == "failover.complete").count() != 2 {
+        if Instant::now() > deadline {
+            // What the federation was doing, for whoever reads the failure.
+            let status = fedctl(&dir, &["dr", "status"]);
+            let ops = fedctl(&dir, &["switchover", "status"]);
+            let actions: Vec<String> =
+                audit_actions(&dir).iter().map(|r| format!("{} {}", r["action"], r["subject"])).collect();
+            panic!(
+                "the groups did not fail over within 60 s\ndr status:\n{}\nswitchover status:\n{}\naudit: {actions:?}",
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&ops.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // It comes back and goes away again: the groups stay where they are, fenced off site-1.
     for _ in 0..2 {
         let out = fedctl(&dir, &["restart", "haproxy-site-1", "--dir", dir.to_str().unwrap()]);
