@@ -4,11 +4,15 @@
 //! Run: `scripts/bench-dns` (installs knot and dnsperf, builds fed-dns in release, runs this).
 //! Directly: `cargo build --release -p switchyard-dns && cargo bench -p switchyard-dns --bench vs_knot`
 //!
+//! Each server is started under `taskset -c 1` and, once it answers, every one of its threads is
+//! pinned to that core again and checked (knotd moves its UDP workers itself otherwise).
+//!
 //! Reports for each server: queries completed, queries per second, the server's CPU time
-//! (user + system, all threads, from /proc) and queries per server CPU-second, then the ratio
-//! fed-dns / Knot. Environment: `BENCH_SECONDS` (default 10) per run, `BENCH_NAMES` (default
+//! (user + system, all threads, from /proc, and per thread) and queries per server CPU-second,
+//! then the ratio fed-dns / Knot. Environment: `BENCH_SECONDS` (default 10) per run, `BENCH_NAMES` (default
 //! 2000), `BENCH_RUNS` (default 3), `BENCH_CLIENTS` (dnsperf -c, default 8), `BENCH_QPS` (offered
-//! rate, dnsperf -Q; default 0 = as fast as dnsperf sends).
+//! rate, dnsperf -Q; default 0 = as fast as dnsperf sends), `BENCH_SERVER_CORE` (default 1; 0
+//! puts the server on dnsperf's core, a comparison of how much sharing that core changes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,7 +71,7 @@ fn pinned(core: u32, program: &Path) -> Command {
     c
 }
 
-fn start_knot(dir: &Path, zone_file: &Path, port: u16) -> Child {
+fn start_knot(dir: &Path, zone_file: &Path, port: u16, core: u32) -> Child {
     let conf = dir.join("knot.conf");
     let run = dir.join("knot");
     std::fs::create_dir_all(&run).unwrap();
@@ -83,7 +87,7 @@ fn start_knot(dir: &Path, zone_file: &Path, port: u16) -> Child {
         ),
     )
     .unwrap();
-    pinned(1, Path::new("/usr/sbin/knotd"))
+    pinned(core, Path::new("/usr/sbin/knotd"))
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
@@ -92,14 +96,14 @@ fn start_knot(dir: &Path, zone_file: &Path, port: u16) -> Child {
         .expect("start knotd (apt-get install -y knot)")
 }
 
-fn start_fed_dns(dir: &Path, port: u16) -> Child {
+fn start_fed_dns(dir: &Path, port: u16, core: u32) -> Child {
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("fed-dns");
     assert!(bin.exists(), "build fed-dns first: cargo build --release -p switchyard-dns");
     let certs = dir.join("certs");
     let ca = CertAuthority::generate("bench CA").unwrap();
     ca.save(&certs).unwrap();
     ca.issue_to_dir(&certs, "dns", &Identity::new(Role::Dns, "bench-dns").unwrap(), &[]).unwrap();
-    pinned(1, &bin)
+    pinned(core, &bin)
         .args(["--zone", ZONE, "--listen", &format!("127.0.0.1:{port}")])
         // Nobody listens on port 9: fed-dns serves its last-known-good table.
         .args(["--federator", "https://127.0.0.1:9", "--server-id", "bench-dns"])
@@ -118,14 +122,59 @@ fn start_fed_dns(dir: &Path, port: u16) -> Child {
         .unwrap()
 }
 
-/// User + system CPU seconds of a process, all threads.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+/// User and system CPU seconds from a `stat` file of proc(5).
+fn stat_cpu(path: &Path) -> Option<(String, f64, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
+    let after_comm = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // Fields 14 and 15 of stat(5); after_comm starts at field 3.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    Some((name, fields[11].parse::<f64>().ok()? / 100.0, fields[12].parse::<f64>().ok()? / 100.0))
+}
+
+/// Pins every thread of a running server to `core`. `taskset` at start is not enough: knotd
+/// sets its UDP workers' affinity itself, which put its one UDP worker on core 0 beside
+/// dnsperf: it shared a core with the load generator instead of paying for cross-core wake-ups
+/// as a server on its own core does.
+fn pin_all_threads(pid: u32, core: u32) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset -a -p -c {core} {pid} failed");
+}
+
+/// Every thread of `pid` with the CPUs it may run on (`Cpus_allowed_list` of proc(5)).
+fn thread_affinity(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        out.push((entry.file_name().to_string_lossy().into_owned(), allowed));
+    }
+    out
+}
+
+/// User + system CPU seconds of a process, all threads.
+fn cpu_seconds(pid: u32) -> f64 {
+    let (_, user, system) = stat_cpu(Path::new(&format!("/proc/{pid}/stat"))).expect("server process stat");
+    user + system
+}
+
+/// Per-thread user and system CPU seconds, keyed by thread id and name.
+fn thread_cpu(pid: u32) -> Vec<(String, f64, f64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        if let Some((name, user, system)) = stat_cpu(&entry.path().join("stat")) {
+            out.push((format!("{}:{name}", entry.file_name().to_string_lossy()), user, system));
+        }
+    }
+    out
 }
 
 fn wait_answering(port: u16) {
@@ -157,10 +206,13 @@ struct Run {
     qps: f64,
     cpu: f64,
     lost: f64,
+    /// Threads that used CPU during the run: name, user seconds, system seconds.
+    threads: Vec<(String, f64, f64)>,
 }
 
 fn dnsperf(port: u16, queries: &Path, pid: u32, seconds: u64, clients: u64, max_qps: u64) -> Run {
     let before = cpu_seconds(pid);
+    let threads_before = thread_cpu(pid);
     let out = Command::new("taskset")
         .args(["-c", "0", "dnsperf", "-s", "127.0.0.1", "-p", &port.to_string()])
         .arg("-d")
@@ -170,6 +222,15 @@ fn dnsperf(port: u16, queries: &Path, pid: u32, seconds: u64, clients: u64, max_
         .output()
         .expect("run dnsperf (apt-get install -y dnsperf)");
     let cpu = cpu_seconds(pid) - before;
+    let threads = thread_cpu(pid)
+        .into_iter()
+        .filter_map(|(name, user, system)| {
+            let (u0, s0) =
+                threads_before.iter().find(|(n, ..)| *n == name).map(|(_, u, s)| (*u, *s)).unwrap_or((0.0, 0.0));
+            let (du, ds) = (user - u0, system - s0);
+            (du + ds > 0.0).then_some((name, du, ds))
+        })
+        .collect();
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |label: &str| -> f64 {
         text.lines()
@@ -179,7 +240,13 @@ fn dnsperf(port: u16, queries: &Path, pid: u32, seconds: u64, clients: u64, max_
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("dnsperf printed no {label:?}:\n{text}"))
     };
-    Run { completed: field("Queries completed"), qps: field("Queries per second"), cpu, lost: field("Queries lost") }
+    Run {
+        completed: field("Queries completed"),
+        qps: field("Queries per second"),
+        cpu,
+        lost: field("Queries lost"),
+        threads,
+    }
 }
 
 fn main() {
@@ -189,19 +256,28 @@ fn main() {
     let clients = env("BENCH_CLIENTS", 8);
     // 0: as fast as dnsperf can send; otherwise the offered rate (dnsperf -Q), the same for both.
     let max_qps = env("BENCH_QPS", 0);
+    // 1: the server has a core of its own. 0: it shares dnsperf's core (for comparison only).
+    let core = env("BENCH_SERVER_CORE", 1) as u32;
+    assert!(core <= 1, "BENCH_SERVER_CORE must be 0 or 1, not {core}");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (zone_file, queries) = write_zone(dir, names);
     let rate = if max_qps > 0 { format!("offered {max_qps} q/s") } else { "unlimited rate".to_string() };
     println!(
-        "{names} names, 2 A records each, A queries over UDP; {seconds} s per run, {rate}, dnsperf -c {clients} on core 0, server on core 1"
+        "{names} names, 2 A records each, A queries over UDP; {seconds} s per run, {rate}, dnsperf -c {clients} on core 0, server on core {core}"
     );
 
     let mut per_cpu = Vec::new();
     for (label, is_knot) in [("knotd", true), ("fed-dns", false)] {
         let port = free_port();
-        let mut child = if is_knot { start_knot(dir, &zone_file, port) } else { start_fed_dns(dir, port) };
+        let mut child = if is_knot { start_knot(dir, &zone_file, port, core) } else { start_fed_dns(dir, port, core) };
         wait_answering(port);
+        pin_all_threads(child.id(), core);
+        let affinity = thread_affinity(child.id());
+        assert!(
+            affinity.iter().all(|(_, cpus)| *cpus == core.to_string()),
+            "{label}: every thread must be on core {core} only: {affinity:?}"
+        );
         let mut best: f64 = 0.0;
         for r in 1..=runs {
             let run = dnsperf(port, &queries, child.id(), seconds, clients, max_qps);
@@ -211,6 +287,9 @@ fn main() {
                 "{label:8} run {r}: {:>9.0} queries, {:>8.0} q/s, lost {:>5.0}, server CPU {:>5.2} s, {:>8.0} queries per CPU-second",
                 run.completed, run.qps, run.lost, run.cpu, q_per_cpu
             );
+            for (name, user, system) in &run.threads {
+                println!("{:14} thread {name}: user {user:.2} s, system {system:.2} s", "");
+            }
         }
         per_cpu.push(best);
         let _ = child.kill();
