@@ -201,6 +201,33 @@ fn wait_answering(port: u16) {
     panic!("server on port {port} never answered svc-0");
 }
 
+/// A server's answer to `svc-0 A`: its addresses (sorted) and the response's size in bytes, so
+/// that the two servers can be seen to answer the same thing.
+fn sample_answer(port: u16) -> (Vec<String>, usize) {
+    let out = Command::new("dig")
+        .args(["+noall", "+answer", "+stats", "+time=1", "+tries=1", "-p", &port.to_string(), "@127.0.0.1"])
+        .arg(format!("svc-0.{ZONE}"))
+        .arg("A")
+        .output()
+        .expect("run dig");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut addresses: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() == 5 && fields[3] == "A").then(|| fields[4].to_string())
+        })
+        .collect();
+    addresses.sort();
+    let size = text
+        .lines()
+        .find_map(|l| l.strip_prefix(";; MSG SIZE  rcvd:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("dig printed no message size:\n{text}"));
+    (addresses, size)
+}
+
 struct Run {
     completed: f64,
     qps: f64,
@@ -268,6 +295,7 @@ fn main() {
     );
 
     let mut per_cpu = Vec::new();
+    let mut answers = Vec::new();
     for (label, is_knot) in [("knotd", true), ("fed-dns", false)] {
         let port = free_port();
         let mut child = if is_knot { start_knot(dir, &zone_file, port, core) } else { start_fed_dns(dir, port, core) };
@@ -278,6 +306,9 @@ fn main() {
             affinity.iter().all(|(_, cpus)| *cpus == core.to_string()),
             "{label}: every thread must be on core {core} only: {affinity:?}"
         );
+        let (addresses, size) = sample_answer(port);
+        println!("{label:8} answers svc-0 A with {addresses:?} in {size} bytes");
+        answers.push(addresses);
         let mut best: f64 = 0.0;
         for r in 1..=runs {
             let run = dnsperf(port, &queries, child.id(), seconds, clients, max_qps);
@@ -295,6 +326,7 @@ fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
+    assert_eq!(answers[0], answers[1], "the two servers must answer the same addresses");
     println!(
         "best queries per server CPU-second: knotd {:.0}, fed-dns {:.0}; fed-dns / knotd = {:.2}",
         per_cpu[0],
