@@ -388,9 +388,10 @@ impl Operator for OperatorService {
             }));
         }
         let name = spec.name.clone();
-        let applied = self.fed.propose(&id.to_string(), Action::UpdateGroup { spec, reason: r.reason }).await?;
-        let epoch = self.fed.shared.read(|s| s.groups.get(&name).map_or(0, |g| g.placement.epoch));
+        let (applied, index) =
+            self.fed.propose_indexed(&id.to_string(), Action::UpdateGroup { spec, reason: r.reason }).await?;
         let changed = applied == Applied::Changed;
+        let epoch = self.epoch_after(&name, changed, index);
         if changed {
             tracing::info!(group = %name, actor = %id, changes = ?plan.changes, "group spec updated");
         }
@@ -435,12 +436,12 @@ impl Operator for OperatorService {
             }
             None => Vec::new(),
         };
-        let applied = self
+        let (applied, index) = self
             .fed
-            .propose(&id.to_string(), Action::RollbackGroup { group: r.group.clone(), reason: r.reason })
+            .propose_indexed(&id.to_string(), Action::RollbackGroup { group: r.group.clone(), reason: r.reason })
             .await?;
-        let epoch = self.fed.shared.read(|s| s.groups.get(&r.group).map_or(0, |g| g.placement.epoch));
         let changed = applied == Applied::Changed;
+        let epoch = self.epoch_after(&r.group, changed, index);
         tracing::info!(group = %r.group, actor = %id, "group rolled back");
         Ok(Response::new(pb::UpdateGroupReply {
             changed,
@@ -482,10 +483,11 @@ impl Operator for OperatorService {
             instances: r.instances,
             reason: r.reason,
         };
-        let applied = self.fed.propose(&id.to_string(), action).await?;
-        let epoch = self.fed.shared.read(|s| s.groups.get(&r.group).map_or(0, |g| g.placement.epoch));
+        let (applied, index) = self.fed.propose_indexed(&id.to_string(), action).await?;
+        let changed = applied == Applied::Changed;
+        let epoch = self.epoch_after(&r.group, changed, index);
         tracing::info!(group = %r.group, app = %r.app, %site, instances = r.instances, actor = %id, "app scaled");
-        Ok(Response::new(pb::ScaleAppReply { changed: applied == Applied::Changed, site, epoch }))
+        Ok(Response::new(pb::ScaleAppReply { changed, site, epoch }))
     }
 
     async fn approve_operation(
@@ -807,6 +809,17 @@ impl OperatorService {
                     as u32,
             }
         })
+    }
+
+    /// The group's placement epoch to answer a write committed at `index` with: a change sets
+    /// the epoch to its own index, so that is the answer, even when a later write has changed
+    /// the group again by the time the reply is built. A write that changed nothing answers
+    /// with the epoch now (the group's newest, at or after the write).
+    fn epoch_after(&self, group: &str, changed: bool, index: u64) -> u64 {
+        if changed {
+            return index;
+        }
+        self.fed.shared.read(|s| s.groups.get(group).map_or(0, |g| g.placement.epoch))
     }
 
     fn drill(&self, id: &str) -> Result<pb::Drill, Status> {

@@ -116,6 +116,72 @@ async fn a_replica_may_not_speak_for_another_node_id() {
 /// Many operators writing at once: the leader commits writes that arrive together in shared
 /// log entries, each is applied exactly once, and every caller gets the answer to its own write
 /// (a clear answers `cleared` exactly when it removed a freeze, which its audit record shows).
+/// Concurrent scales of one app, each to a count nobody else asks for: every scale changes the
+/// group, and each reply's epoch is the index its own audit record carries, not that of a
+/// scale committed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_scales_each_answer_the_epoch_of_their_own_commit() {
+    const CLIENTS: u32 = 12;
+    const WRITES: u32 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki(dir.path(), 1..=3);
+    let admin = common::user(&ca, Role::DrAdmin, "dana");
+    let ports = [free_port(), free_port(), free_port()];
+    let mut running = Vec::new();
+    for id in 1..=3 {
+        running.push(switchyard_federator::start(config(dir.path(), id, &ports)).await.expect("replica starts"));
+    }
+    let addr = |id: u64| -> SocketAddr { format!("127.0.0.1:{}", ports[(id - 1) as usize]).parse().unwrap() };
+    let mut apis = Vec::new();
+    for id in 1..=3 {
+        apis.push((id, client(addr(id), &admin).await));
+    }
+    let leader = agreed_leader(&mut apis).await;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let id = if c % 3 == 0 { leader % 3 + 1 } else { leader };
+        let mut api = client(addr(id), &admin).await;
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for n in 0..WRITES {
+                let reason = format!("client {c} scale {n}");
+                let r = pb::ScaleAppRequest {
+                    group: "crm-web".into(),
+                    app: "web".into(),
+                    site: String::new(),
+                    instances: 3 + c * WRITES + n,
+                    reason: reason.clone(),
+                };
+                let reply = api.scale_app(r).await.unwrap_or_else(|e| panic!("{reason}: {e}")).into_inner();
+                assert!(reply.changed, "{reason}: a count nobody else asked for must change the group");
+                assert_eq!(reply.site, "site-1");
+                answers.push((reason, reply.epoch));
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.unwrap());
+    }
+    let lead_at = apis.iter().position(|(i, _)| *i == leader).unwrap();
+    let api = &mut apis[lead_at].1;
+    let records =
+        api.list_audit(pb::ListAuditRequest { from_sequence: 0, limit: 0 }).await.unwrap().into_inner().records;
+    let audited: std::collections::BTreeMap<_, _> = records
+        .iter()
+        .filter(|r| r.action == "app.scale" && r.reason.starts_with("client "))
+        .map(|r| (r.reason.clone(), r.raft_index))
+        .collect();
+    assert_eq!(audited.len(), (CLIENTS * WRITES) as usize, "every scale audited once");
+    for (reason, epoch) in &answers {
+        assert_eq!(Some(epoch), audited.get(reason), "{reason}: the reply's epoch is its own commit's index");
+    }
+    for r in running {
+        r.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
     const CLIENTS: usize = 24;
