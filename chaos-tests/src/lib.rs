@@ -65,10 +65,11 @@ pub fn dig_a(server: &str, name: &str) -> Vec<String> {
         .output()
         .expect("dig must be installed (scripts/test installs dnsutils)");
     assert!(out.status.success(), "dig failed: {}", String::from_utf8_lossy(&out.stderr));
+    // dig prints a timed-out try (";; communications error ...") on stdout even with +short.
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
         .map(String::from)
         .collect();
     v.sort();
@@ -366,7 +367,9 @@ pub fn soa_serial(server: &str, zone: &str) -> Option<u64> {
         .output()
         .expect("dig runs");
     // `ns1.fed.local. hostmaster.fed.local. SERIAL REFRESH RETRY EXPIRE MINIMUM`
-    String::from_utf8_lossy(&out.stdout).lines().next()?.split_whitespace().nth(2)?.parse().ok()
+    // Skipping dig's comment lines: a timed-out try is reported on stdout before the answer.
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find(|l| !l.starts_with(';'))?.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// `kill -9` of every process of `site`: its cell, nodes and ingress proxy (from

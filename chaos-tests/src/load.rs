@@ -21,27 +21,45 @@ struct Cached {
 
 /// The A record `name` resolves to through fed-dns (following a CNAME), and the smallest TTL
 /// on the way; the first address when there are several.
-pub fn resolve(dns: &str, name: &str) -> Option<(String, u64)> {
-    let (ip, port) = dns.rsplit_once(':')?;
+pub fn resolve(dns: &str, name: &str) -> Result<(String, u64), String> {
+    let (ip, port) = dns.rsplit_once(':').ok_or_else(|| format!("{dns:?} is not HOST:PORT"))?;
     let out = Command::new("dig")
-        .args([&format!("@{ip}"), "-p", port, name, "A", "+noall", "+answer", "+time=1", "+tries=2"])
+        .args([&format!("@{ip}"), "-p", port, name, "A", "+noall", "+answer", "+comments", "+time=1", "+tries=2"])
         .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        .map_err(|e| format!("cannot run dig: {e}"))?;
+    read_dig_answer(&String::from_utf8_lossy(&out.stdout), out.status.code())
+}
+
+/// The first A record and the smallest TTL in what `dig +noall +answer +comments` printed, or
+/// why there is none. dig prints a timed-out try (";; communications error ... timed out") on
+/// standard output even when its retry is answered: comment lines are skipped, not parsed.
+fn read_dig_answer(text: &str, exit: Option<i32>) -> Result<(String, u64), String> {
     let mut ttl = u64::MAX;
     let mut addr = None;
+    let mut status = None;
     for line in text.lines() {
+        if let Some(at) = line.find("status: ") {
+            status = line[at + 8..].split(',').next().map(str::to_string);
+        }
+        if line.starts_with(';') {
+            continue;
+        }
         // `name. TTL IN TYPE DATA`
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 5 {
             continue;
         }
-        ttl = ttl.min(f[1].parse().ok()?);
+        ttl = ttl.min(f[1].parse().map_err(|_| format!("unreadable answer line {line:?}"))?);
         if f[3] == "A" && addr.is_none() {
             addr = Some(f[4].to_string());
         }
     }
-    Some((addr?, ttl))
+    let printed = text.trim().replace('\n', " | ");
+    match (addr, status) {
+        (Some(addr), _) => Ok((addr, ttl)),
+        (None, Some(status)) => Err(format!("status {status}, no A record: {printed}")),
+        (None, None) => Err(format!("no reply (dig exit {exit:?}): {printed}")),
+    }
 }
 
 /// One request a client sent.
@@ -107,12 +125,12 @@ pub fn run_load(load: Load) -> LoadReport {
         if cache.get(label).is_none_or(|c| c.until <= now) {
             r.resolutions += 1;
             match resolve(&load.dns, &format!("{host}.")) {
-                Some((addr, ttl)) => {
+                Ok((addr, ttl)) => {
                     cache.insert(label.clone(), Cached { addr, until: now + Duration::from_secs(ttl) });
                 }
-                None => {
+                Err(why) => {
                     r.requests += 1;
-                    fail(&mut r, format!("{host}: no A record from fed-dns"));
+                    fail(&mut r, format!("{host}: no A record from fed-dns: {why}"));
                     continue;
                 }
             }
@@ -136,4 +154,25 @@ pub fn run_load(load: Load) -> LoadReport {
         std::thread::sleep(load.pace);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_dig_answer;
+
+    #[test]
+    fn a_retried_query_is_an_answer_and_an_empty_one_says_why() {
+        let retried = ";; communications error to 127.0.0.1#5300: timed out\n;; Got answer:\n\
+                       ;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 1\n\
+                       search.fed.local.\t30\tIN\tA\t127.0.2.1\n";
+        assert_eq!(read_dig_answer(retried, Some(0)), Ok(("127.0.2.1".to_string(), 30)));
+        let chain = "www.fed.local. 5 IN CNAME crm-web.fed.local.\ncrm-web.fed.local. 30 IN A 127.0.1.1\n";
+        assert_eq!(read_dig_answer(chain, Some(0)), Ok(("127.0.1.1".to_string(), 5)));
+        let nodata = ";; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 2\n";
+        assert!(read_dig_answer(nodata, Some(0)).unwrap_err().starts_with("status NOERROR, no A record"));
+        let servfail = ";; ->>HEADER<<- opcode: QUERY, status: SERVFAIL, id: 3\n";
+        assert!(read_dig_answer(servfail, Some(0)).unwrap_err().starts_with("status SERVFAIL"));
+        let silent = ";; communications error to 127.0.0.1#5300: timed out\n;; no servers could be reached\n";
+        assert!(read_dig_answer(silent, Some(9)).unwrap_err().starts_with("no reply (dig exit Some(9))"));
+    }
 }

@@ -107,7 +107,9 @@ fn dig_short(server: SocketAddr, name: &str, qtype: &str) -> Vec<String> {
         .args(["-p", &server.port().to_string(), "+short", "+time=1", "+tries=1", name, qtype])
         .output()
         .expect("dig");
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    // Without dig's comment lines (a timed-out try is reported on stdout).
+    let mut lines: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.starts_with(';')).map(str::to_string).collect();
     lines.sort();
     lines
 }
