@@ -25,11 +25,14 @@ fn full_table(version: u64) -> RoutingTable {
     let mut web =
         routed("crm-web", vec![site("site-a", &["127.0.1.1", "2001:db8::1"], 75), site("site-b", &["127.0.2.1"], 25)]);
     web.txt = vec!["site=site-a weight=75 healthy=yes".into(), "site=site-b weight=25 healthy=yes".into()];
+    // Each group's own TTL, not one for the zone.
+    web.ttl_s = 20;
     let mut www = routed("www", vec![]);
     www.cname = "crm-web".into();
     let mut srv = routed("_web._tcp.crm-web.site-a", vec![]);
     srv.services = vec![ServiceRecord { priority: 0, weight: 1, port: 31_000, target: "n1.site-a".into() }];
-    let host = routed("n1.site-a", vec![site("site-a", &["127.0.1.11"], 1)]);
+    let mut host = routed("n1.site-a", vec![site("site-a", &["127.0.1.11"], 1)]);
+    host.ttl_s = 45;
     let big = routed(
         "big",
         vec![site(
@@ -84,6 +87,17 @@ fn status(out: &str) -> String {
     out[at + 8..].split(',').next().unwrap().trim().to_string()
 }
 
+/// The TTLs of the records in dig's ANSWER section.
+fn answer_ttls(out: &str) -> Vec<u32> {
+    let Some(start) = out.find(";; ANSWER SECTION:") else { return vec![] };
+    out[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().nth(1).and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("TTL in {l:?}")))
+        .collect()
+}
+
 /// Records of one section of dig's output (`ANSWER`, `AUTHORITY`, `ADDITIONAL`) as
 /// (owner, type, data).
 fn section(out: &str, name: &str) -> Vec<(String, String, String)> {
@@ -126,6 +140,9 @@ async fn fed_dns_conforms_to_dns_clients_expectations() -> anyhow::Result<()> {
     // A and AAAA; CNAME followed in the zone; TXT; SRV with the target's address alongside.
     let a = dig(s, &["crm-web.fed.local.", "A"]);
     assert!(section(&a, "ANSWER").iter().all(|r| r.1 == "A"), "{a}");
+    assert_eq!(answer_ttls(&a), [20], "the group's TTL:\n{a}");
+    let host_a = dig(s, &["n1.site-a.fed.local.", "A"]);
+    assert_eq!(answer_ttls(&host_a), [45], "that name's own TTL:\n{host_a}");
     let aaaa = dig(s, &["crm-web.fed.local.", "AAAA"]);
     assert_eq!(section(&aaaa, "ANSWER"), [("crm-web.fed.local.".into(), "AAAA".into(), "2001:db8::1".into())]);
     let alias = dig(s, &["www.fed.local.", "A"]);

@@ -68,8 +68,10 @@ async fn hostile_packets_and_connections_never_stop_the_server() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let pki = Pki::generate(dir.path(), "switchyard test ca")?;
     let federator = FakeFederator::start(&pki.federator, table(1, 1, "127.0.1.1")).await?;
-    let config =
-        Config::from_args(&Args::try_parse_from(dns_args(&pki, federator.addr, &state_dir(dir.path()), false))?)?;
+    // One UDP worker: a packet that killed it would leave no other worker to answer for it.
+    let mut args = dns_args(&pki, federator.addr, &state_dir(dir.path()), false);
+    args.extend(["--udp-workers".to_string(), "1".to_string()]);
+    let config = Config::from_args(&Args::try_parse_from(args)?)?;
     let dns = switchyard_dns::spawn(config).await?;
     let addr = dns.local_addr();
     eventually("the table", || query_udp(addr, CRM, RecordType::A), |r| addresses(r) == ["127.0.1.1"]).await?;

@@ -123,8 +123,12 @@ fn haproxy_cmd(runtime: u16, line: &str) -> String {
     out.trim().to_string()
 }
 
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+async fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    wait_up_to(WAIT, what, check).await;
+}
+
+async fn wait_up_to(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !check() {
         assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -177,6 +181,7 @@ async fn tables_reach_bind_knot_and_haproxy_and_failures_stay_isolated() -> anyh
             "[[rfc2136]]\nname = \"bind\"\nserver = \"{bind}\"\nkey_name = \"switchyard\"\nkey_secret = \"{SECRET}\"\nbatch = 10\n\
              [[rfc2136]]\nname = \"knot\"\nserver = \"{knot}\"\nkey_name = \"switchyard\"\nkey_secret = \"{SECRET}\"\n\
              [[rfc2136]]\nname = \"bind-wrong-key\"\nserver = \"{bind}\"\nkey_name = \"switchyard\"\nkey_secret = \"{WRONG}\"\n\
+             [[rfc2136]]\nname = \"knot-wrong-key\"\nserver = \"{knot}\"\nkey_name = \"switchyard\"\nkey_secret = \"{WRONG}\"\n\
              [[haproxy]]\nname = \"lb-1\"\nruntime = \"127.0.0.1:{lb_port}\"\nconfig_file = \"{cfg}\"\nserver_port = 8080\n\
              [[haproxy]]\nname = \"lb-2\"\nruntime = \"127.0.0.1:{dead_lb}\"\nconfig_file = \"{cfg2}\"\nserver_port = 8080\n",
             cfg = generated.display(),
@@ -211,18 +216,35 @@ async fn tables_reach_bind_knot_and_haproxy_and_failures_stay_isolated() -> anyh
     wait_until("knot status", || dns.push_status("knot").is_some_and(|s| s.applied_version == 1)).await;
     assert_eq!(dig_short(knot, "forbidden.fed.local.", "A"), ["127.0.1.9"]);
 
-    // A wrong key changes nothing and says why; an unreachable LB is reported, not fatal.
-    wait_until("wrong-key status", || {
-        dns.push_status("bind-wrong-key").is_some_and(|s| s.last_error.is_some() || !s.failed.is_empty())
-    })
-    .await;
-    let wrong = dns.push_status("bind-wrong-key").unwrap();
-    assert_eq!(wrong.applied_version, 0);
-    let reported = format!("{wrong:?}");
-    assert!(reported.contains("NOTAUTH") || reported.contains("signature"), "{reported}");
+    // A wrong key changes nothing on either server and says why; an unreachable LB is reported,
+    // not fatal.
+    for target in ["bind-wrong-key", "knot-wrong-key"] {
+        wait_until("wrong-key status", || {
+            dns.push_status(target).is_some_and(|s| s.last_error.is_some() || !s.failed.is_empty())
+        })
+        .await;
+        let wrong = dns.push_status(target).unwrap();
+        assert_eq!(wrong.applied_version, 0, "{target}: {wrong:?}");
+        let reported = format!("{wrong:?}");
+        assert!(reported.contains("NOTAUTH") || reported.contains("signature"), "{target}: {reported}");
+    }
     wait_until("lb-2 status", || dns.push_status("lb-2").is_some_and(|s| s.last_error.is_some())).await;
     let lb2 = dns.push_status("lb-2").unwrap();
     assert!(lb2.pending > 0 && lb2.applied_version == 0, "{lb2:?}");
+
+    // lb-2 comes up (from the file the pusher keeps for it): the retries reach it and it
+    // converges on the same weights, without anyone restarting the pusher.
+    let lb2_file = root.join("lb-2.cfg");
+    wait_until("lb-2's generated file", || lb2_file.exists()).await;
+    let lb2_dir = root.join("lb-2");
+    std::fs::create_dir_all(&lb2_dir)?;
+    let _haproxy_2 = start_haproxy(&lb2_dir, dead_lb, &lb2_file);
+    // The pusher's retry delay doubles up to 30 s: allow one full delay and then some.
+    wait_up_to(Duration::from_secs(45), "lb-2 applied", || {
+        dns.push_status("lb-2").is_some_and(|s| s.applied_version == 1 && s.pending == 0)
+    })
+    .await;
+    assert!(haproxy_cmd(dead_lb, "get weight crm-web/site-b").starts_with("25 "));
     let status_path = state_dir(root).join("push-status.json");
     wait_until("lb-1 in push-status.json", || {
         std::fs::read(&status_path)
@@ -239,6 +261,7 @@ async fn tables_reach_bind_knot_and_haproxy_and_failures_stay_isolated() -> anyh
         assert_eq!(dig_short(server, "crm-web.fed.local.", "TXT"), ["\"site=site-b weight=0\""]);
     }
     wait_until("lb-1 drained", || haproxy_cmd(lb_port, "get weight crm-web/site-b").starts_with("0 ")).await;
+    wait_until("lb-2 drained", || haproxy_cmd(dead_lb, "get weight crm-web/site-b").starts_with("0 ")).await;
     let file = std::fs::read_to_string(&generated)?;
     assert!(
         file.contains("server site-b 127.0.2.1:8080 weight 0"),
