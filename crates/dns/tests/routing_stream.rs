@@ -1,6 +1,7 @@
 //! fed-dns against a fake federator on loopback: tables stream in over mutual TLS, answers
 //! follow them over UDP and TCP, the SOA serial follows the version, stale tables are fenced
-//! off, and after a restart with the federator gone the last-known-good table still answers.
+//! off, every answer comes from one whole table while they change, and after a restart with
+//! the federator gone the last-known-good table still answers.
 
 mod common;
 
@@ -152,5 +153,92 @@ async fn observed_sites_are_reported_to_the_federator_with_this_servers_identity
     assert!(err.contains("--observe \"site-a\" is not SITE=HOST:PORT"), "{err}");
     dns.shutdown().await?;
     federator.stop().await?;
+    Ok(())
+}
+
+/// Version `v` of a table whose every answer names its version: `flip` has the A address
+/// 127.0.x.y with x.y = v, and an AAAA 2001:db8::v only in even versions, so that an AAAA
+/// query gets an answer naming an even version or a NODATA whose SOA serial must be odd.
+fn versioned(v: u64) -> switchyard_proto::routing::v1::RoutingTable {
+    let mut addresses = vec![format!("127.0.{}.{}", v / 250, v % 250 + 1)];
+    if v.is_multiple_of(2) {
+        addresses.push(format!("2001:db8::{v:x}"));
+    }
+    let flip = routed("flip", vec![site("site-a", &addresses.iter().map(String::as_str).collect::<Vec<_>>(), 1)]);
+    switchyard_proto::routing::v1::RoutingTable { version: v, epoch: v, zone: "fed.local.".into(), entries: vec![flip] }
+}
+
+/// The version an answer names, from `flip`'s A or AAAA address.
+fn version_of(address: &str) -> u64 {
+    if let Some(hex) = address.strip_prefix("2001:db8::") {
+        return u64::from_str_radix(hex, 16).expect("hex");
+    }
+    let octets: Vec<u64> = address.split('.').map(|o| o.parse().expect("octet")).collect();
+    octets[2] * 250 + octets[3] - 1
+}
+
+/// While tables replace each other as fast as the stream delivers them, every single answer
+/// comes from one whole table (a NODATA's SOA serial agrees with the records that are absent)
+/// and the version a client sees never goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_answer_comes_from_one_whole_table_while_versions_change() -> anyhow::Result<()> {
+    const LAST: u64 = 300;
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::generate(dir.path(), "switchyard test ca")?;
+    let federator = FakeFederator::start(&pki.federator, versioned(1)).await?;
+    let dns = start_dns(&dns_args(&pki, federator.addr, &state_dir(dir.path()), false)).await?;
+    let addr = dns.local_addr();
+    let flip = "flip.fed.local.";
+    eventually("version 1", || query_udp(addr, flip, RecordType::A), |r| addresses(r) == ["127.0.0.2"]).await?;
+
+    let publisher = {
+        let tables = (2..=LAST).map(versioned).collect::<Vec<_>>();
+        let federator = std::sync::Arc::new(federator);
+        let f = federator.clone();
+        (
+            tokio::spawn(async move {
+                for t in tables {
+                    f.publish(t);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }),
+            federator,
+        )
+    };
+    let (mut seen, mut nodata, mut positive) = (1u64, 0u32, 0u32);
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    let mut n = 0u64;
+    while seen < LAST {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "gave up at version {seen} of {LAST}");
+        n += 1;
+        let qtype = if n.is_multiple_of(2) { RecordType::AAAA } else { RecordType::A };
+        let reply = query_udp(addr, flip, qtype).await?;
+        anyhow::ensure!(reply.metadata.response_code == ResponseCode::NoError, "query {n}: {reply:?}");
+        let got = addresses(&reply);
+        let version = match (qtype, got.as_slice()) {
+            (RecordType::AAAA, []) => {
+                nodata += 1;
+                let serial = u64::from(soa_serial(&reply).expect("a NODATA carries the SOA"));
+                anyhow::ensure!(!serial.is_multiple_of(2), "no AAAA, yet serial {serial} is a version that has one");
+                serial
+            }
+            (RecordType::AAAA, [one]) => {
+                positive += 1;
+                let v = version_of(one);
+                anyhow::ensure!(v.is_multiple_of(2), "an AAAA from version {v}, which has none");
+                v
+            }
+            (_, [one]) => version_of(one),
+            _ => anyhow::bail!("query {n}: {qtype} answered {got:?}"),
+        };
+        anyhow::ensure!(version >= seen, "query {n}: version {version} after {seen}");
+        seen = version;
+    }
+    eprintln!("{n} queries, {nodata} NODATA and {positive} AAAA answers while versions went 1 to {LAST}");
+    anyhow::ensure!(nodata > 0 && positive > 0, "both kinds of AAAA reply were seen");
+    let (task, federator) = publisher;
+    task.await?;
+    dns.shutdown().await?;
+    std::sync::Arc::into_inner(federator).expect("the publisher is done").stop().await?;
     Ok(())
 }
