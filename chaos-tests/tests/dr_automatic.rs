@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchyard_chaos_tests::load::{Load, LoadReport, Sent, run_load};
-use switchyard_chaos_tests::{Federation, dig_a, fedctl, fedctl_json, kill_site, wait_for};
+use switchyard_chaos_tests::{Federation, dig_a, dig_raw, fedctl, fedctl_json, kill_site, wait_for};
 
 fn audit_actions(dir: &std::path::Path) -> Vec<Value> {
     fedctl_json(dir, &["audit", "list"]).as_array().unwrap().clone()
@@ -27,6 +27,20 @@ fn a_dead_site_is_declared_down_by_a_quorum_of_observers_and_failed_over_automat
     let (dns_1, dns_2) = (site_dns("site-1"), site_dns("site-2"));
     assert_eq!(dig_a(&dns_2, "crm-web.fed.local."), ["127.0.1.1"], "every fed-dns serves the same table");
     assert_eq!(dig_a(&dns, "crm-web.fed.local."), ["127.0.1.1"]);
+    // Each publishes the whole NS set: the federation's fed-dns and one per site.
+    for server in [&dns, &dns_2] {
+        let ns = dig_raw(server, "fed.local.", "NS");
+        let mut named: Vec<&str> = ns
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 5 && f[3] == "NS").then(|| f[4])
+            })
+            .collect();
+        named.sort();
+        assert_eq!(named, ["ns1.fed.local.", "ns2.fed.local.", "ns3.fed.local.", "ns4.fed.local."], "{ns}");
+    }
     // Clients resolve through fed-dns (at most once per TTL) and send HTTP through the resolved
     // site's ingress, from before the failure until well after DNS moved.
     let stop = Arc::new(AtomicBool::new(false));

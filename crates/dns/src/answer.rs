@@ -77,7 +77,8 @@ pub fn answer(table: Option<&Table>, zone: &ZoneConfig, qname: &Name, qtype: Rec
     }
     let version = table.map_or(0, Table::version);
     let is_apex = lower == zone.origin;
-    let is_ns_host = lower == zone.ns_name;
+    let ns_host = zone.name_server_addresses(&lower);
+    let is_ns_host = ns_host.is_some();
 
     let mut out = Answer {
         rcode: ResponseCode::NoError,
@@ -94,15 +95,17 @@ pub fn answer(table: Option<&Table>, zone: &ZoneConfig, qname: &Name, qtype: Rec
             out.answers.push(soa);
         }
         if wants(qtype, RecordType::NS) {
-            out.answers.push(Record::from_rdata(owner.clone(), NS_TTL_S, RData::NS(NS(zone.ns_name.clone()))));
-            if zone.origin.zone_of(&zone.ns_name) {
-                out.additional.extend(address_records(&zone.ns_name, NS_TTL_S, &zone.ns_addresses, RecordType::ANY));
+            for (name, addresses) in zone.name_servers() {
+                out.answers.push(Record::from_rdata(owner.clone(), NS_TTL_S, RData::NS(NS(name.clone()))));
+                if zone.origin.zone_of(name) {
+                    out.additional.extend(address_records(name, NS_TTL_S, addresses, RecordType::ANY));
+                }
             }
         }
     }
-    if is_ns_host {
-        // The name server's own addresses win over a routed entry of the same name.
-        out.answers.extend(address_records(&owner, NS_TTL_S, &zone.ns_addresses, qtype));
+    if let Some(addresses) = ns_host {
+        // A name server's addresses win over a routed entry of the same name.
+        out.answers.extend(address_records(&owner, NS_TTL_S, addresses, qtype));
     } else if !is_apex {
         let Some(table) = table else {
             return Answer::error(ResponseCode::ServFail);
@@ -674,6 +677,32 @@ mod tests {
         assert_eq!(ips(&host.answers), vec!["192.0.2.53"]);
         let host6 = answer(Some(&t), &z, &name("ns1.fed.local."), RecordType::AAAA, 0);
         assert_eq!(ips(&host6.answers), vec!["2001:db8::53"]);
+    }
+
+    #[test]
+    fn the_ns_set_lists_every_name_server_with_glue_for_those_in_the_zone() {
+        let mut z = zone_config(&["192.0.2.53"]);
+        z.other_ns = vec![
+            crate::config::NameServer { name: name("ns2.fed.local."), addresses: vec!["192.0.2.54".parse().unwrap()] },
+            crate::config::NameServer { name: name("ns.other.example."), addresses: vec![] },
+        ];
+        let t = table();
+        let a = answer(Some(&t), &z, &name("fed.local."), RecordType::NS, 0);
+        let named: Vec<String> = a
+            .answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::NS(ns) => ns.0.to_ascii(),
+                other => panic!("not NS: {other:?}"),
+            })
+            .collect();
+        assert_eq!(named, ["ns1.fed.local.", "ns2.fed.local.", "ns.other.example."]);
+        assert_eq!(ips(&a.additional), vec!["192.0.2.53", "192.0.2.54"], "glue only for names inside the zone");
+        let peer = answer(Some(&t), &z, &name("NS2.fed.local."), RecordType::A, 0);
+        assert_eq!(peer.rcode, ResponseCode::NoError);
+        assert_eq!(ips(&peer.answers), vec!["192.0.2.54"]);
+        let peer6 = answer(Some(&t), &z, &name("ns2.fed.local."), RecordType::AAAA, 0);
+        assert_eq!((peer6.rcode, peer6.answers.len()), (ResponseCode::NoError, 0), "NODATA, not NXDOMAIN");
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct Args {
     /// `--listen` address unless that is a wildcard.
     #[arg(long)]
     pub ns_address: Vec<String>,
+    /// Another name server of the zone (the fed-dns at another site), published in the apex NS
+    /// set beside this one: `NAME=ADDRESS[,ADDRESS]`, the name as for `--ns-name`; the
+    /// addresses are its glue (needed when the name is inside the zone). May be repeated.
+    #[arg(long)]
+    pub other_ns: Vec<String>,
     /// Address for the Prometheus `/metrics` endpoint; off when absent.
     #[arg(long)]
     pub metrics_listen: Option<String>,
@@ -90,6 +95,8 @@ pub struct ZoneConfig {
     pub ns_name: Name,
     /// Addresses published for `ns_name` (in the zone) and as glue.
     pub ns_addresses: Vec<IpAddr>,
+    /// The zone's other name servers, after this one in the apex NS set.
+    pub other_ns: Vec<NameServer>,
     /// Answer policy for names none of whose weighted targets is healthy.
     pub all_unhealthy: AllUnhealthy,
 }
@@ -101,9 +108,30 @@ impl ZoneConfig {
             origin: origin.to_lowercase(),
             ns_name: ns_name.to_lowercase(),
             ns_addresses,
+            other_ns: Vec::new(),
             all_unhealthy: AllUnhealthy::FailOpen,
         }
     }
+
+    /// The apex NS set: this server first, then the others, each with its addresses.
+    pub fn name_servers(&self) -> impl Iterator<Item = (&Name, &[IpAddr])> {
+        std::iter::once((&self.ns_name, self.ns_addresses.as_slice()))
+            .chain(self.other_ns.iter().map(|n| (&n.name, n.addresses.as_slice())))
+    }
+
+    /// The addresses of `name` if it is one of the zone's name servers (lower-case, absolute).
+    pub fn name_server_addresses(&self, name: &Name) -> Option<&[IpAddr]> {
+        self.name_servers().find(|(n, _)| *n == name).map(|(_, a)| a)
+    }
+}
+
+/// A name server of the zone other than this one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameServer {
+    /// Lower-case absolute host name.
+    pub name: Name,
+    /// Its addresses, published (in the zone) and as glue.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// The federator endpoint and the name its certificate must carry.
@@ -197,6 +225,21 @@ impl Config {
         {
             ns_addresses.push(listen.ip());
         }
+        let mut other_ns: Vec<NameServer> = Vec::new();
+        if let Some(zone) = &origin {
+            for text in &args.other_ns {
+                match parse_other_ns(text, zone) {
+                    Ok(ns) if ns_name.as_ref() == Some(&ns.name) => {
+                        problem(format!("--other-ns {text:?} names this server (--ns-name)"));
+                    }
+                    Ok(ns) if other_ns.iter().any(|o| o.name == ns.name) => {
+                        problem(format!("--other-ns {text:?} names {} a second time", ns.name));
+                    }
+                    Ok(ns) => other_ns.push(ns),
+                    Err(e) => problem(format!("--other-ns {text:?}: {e}")),
+                }
+            }
+        }
         let metrics_listen = match &args.metrics_listen {
             None => None,
             Some(text) => match text.parse::<SocketAddr>() {
@@ -268,6 +311,7 @@ impl Config {
                 observe_interval,
                 zone: ZoneConfig {
                     all_unhealthy: args.all_unhealthy,
+                    other_ns,
                     ..ZoneConfig::new(origin, ns_name, ns_addresses)
                 },
                 udp_workers,
@@ -314,6 +358,23 @@ fn parse_ns_name(text: &str, zone: &Name) -> Result<Name, String> {
     crate::names::parse_relative(text, zone).map_err(|e| format!("{text:?} {e}"))
 }
 
+/// `NAME=ADDRESS[,ADDRESS]` (or `NAME=` for a name outside the zone, which needs no glue).
+fn parse_other_ns(text: &str, zone: &Name) -> Result<NameServer, String> {
+    let (name, addresses) = text.split_once('=').ok_or("expected NAME=ADDRESS[,ADDRESS]")?;
+    let name = parse_ns_name(name, zone)?.to_lowercase();
+    let mut parsed: Vec<IpAddr> = Vec::new();
+    for a in addresses.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let ip: IpAddr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 or IPv6 address"))?;
+        if !parsed.contains(&ip) {
+            parsed.push(ip);
+        }
+    }
+    if parsed.is_empty() && zone.zone_of(&name) {
+        return Err(format!("{name} is inside the zone, so it needs an address (glue)"));
+    }
+    Ok(NameServer { name, addresses: parsed })
+}
+
 fn valid_server_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -344,6 +405,7 @@ mod tests {
             server_id: "dns-1".into(),
             ns_name: "ns1".into(),
             ns_address: vec![],
+            other_ns: vec![],
             metrics_listen: None,
             all_unhealthy: AllUnhealthy::FailOpen,
             udp_workers: None,
@@ -394,6 +456,40 @@ mod tests {
         {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn other_name_servers_are_parsed_and_each_mistake_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.other_ns = vec!["NS2=127.0.0.2,::2".into(), "ns.other.example.=".into(), "ns3.fed.local.=127.0.0.3".into()];
+        let cfg = Config::from_args(&a).unwrap();
+        let servers: Vec<(String, Vec<String>)> =
+            cfg.zone.name_servers().map(|(n, a)| (n.to_ascii(), a.iter().map(ToString::to_string).collect())).collect();
+        assert_eq!(
+            servers,
+            [
+                ("ns1.fed.local.".to_string(), vec!["127.0.0.1".to_string()]),
+                ("ns2.fed.local.".to_string(), vec!["127.0.0.2".to_string(), "::2".to_string()]),
+                ("ns.other.example.".to_string(), vec![]),
+                ("ns3.fed.local.".to_string(), vec!["127.0.0.3".to_string()]),
+            ]
+        );
+        for (bad, needle) in [
+            ("ns2", "expected NAME=ADDRESS"),
+            ("ns2=", "needs an address (glue)"),
+            ("ns2=not-an-ip", "\"not-an-ip\" is not an IPv4 or IPv6 address"),
+            ("ns1=127.0.0.9", "names this server"),
+            ("bad..name=127.0.0.2", "--other-ns \"bad..name=127.0.0.2\""),
+        ] {
+            let mut a = args(dir.path());
+            a.other_ns = vec![bad.into()];
+            let err = Config::from_args(&a).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+        let mut a = args(dir.path());
+        a.other_ns = vec!["ns2=127.0.0.2".into(), "NS2.fed.local.=127.0.0.3".into()];
+        assert!(Config::from_args(&a).unwrap_err().to_string().contains("a second time"));
     }
 
     #[test]

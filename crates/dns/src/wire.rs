@@ -77,12 +77,12 @@ pub struct Prepared {
 
 impl Prepared {
     /// Encodes the fast-path answers of `table`. Names the fast path must not answer (the apex,
-    /// the name server's host, aliases, names without a positive answer, names whose healthy
+    /// the name servers' hosts, aliases, names without a positive answer, names whose healthy
     /// set is empty under the SERVFAIL policy) are left out and go to the general path.
     pub fn build(table: &Table, zone: &ZoneConfig) -> Self {
         let mut names = FxMap::default();
         for entry in table.entries() {
-            if entry.cname.is_some() || entry.name == zone.ns_name || entry.name == zone.origin {
+            if entry.cname.is_some() || zone.name_server_addresses(&entry.name).is_some() || entry.name == zone.origin {
                 continue;
             }
             let choices = |v6: bool| -> Option<Choices> {

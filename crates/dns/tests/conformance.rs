@@ -121,7 +121,10 @@ async fn fed_dns_conforms_to_dns_clients_expectations() -> anyhow::Result<()> {
     let pki = Pki::generate(dir.path(), "switchyard test ca")?;
     let state = state_dir(dir.path());
     let federator = FakeFederator::start(&pki.federator, full_table(7)).await?;
-    let dns = start_dns(&dns_args(&pki, federator.addr, &state, false)).await?;
+    // The fed-dns of another site is the zone's second name server.
+    let mut argv = dns_args(&pki, federator.addr, &state, false);
+    argv.extend(["--other-ns".to_string(), "ns2=127.0.0.2".to_string()]);
+    let dns = start_dns(&argv).await?;
     let s = dns.local_addr();
     eventually("the table", || query_udp(s, "fed.local.", RecordType::SOA), |r| soa_serial(r) == Some(7)).await?;
 
@@ -134,8 +137,17 @@ async fn fed_dns_conforms_to_dns_clients_expectations() -> anyhow::Result<()> {
     assert_eq!(records[0].1, "SOA");
     assert!(records[0].2.contains(" 7 "), "serial 7: {records:?}");
     let ns = dig(s, &["fed.local.", "NS"]);
-    assert_eq!(section(&ns, "ANSWER")[0].2, "ns1.fed.local.");
-    assert_eq!(section(&ns, "ADDITIONAL").iter().filter(|r| r.1 == "A").count(), 1, "glue:\n{ns}");
+    let mut servers: Vec<String> = section(&ns, "ANSWER").into_iter().map(|r| r.2).collect();
+    servers.sort();
+    assert_eq!(servers, ["ns1.fed.local.", "ns2.fed.local."], "{ns}");
+    let mut glue: Vec<(String, String)> =
+        section(&ns, "ADDITIONAL").into_iter().filter(|r| r.1 == "A").map(|r| (r.0, r.2)).collect();
+    glue.sort();
+    assert_eq!(
+        glue,
+        [("ns1.fed.local.".to_string(), "127.0.0.1".to_string()), ("ns2.fed.local.".into(), "127.0.0.2".into())],
+        "glue:\n{ns}"
+    );
 
     // A and AAAA; CNAME followed in the zone; TXT; SRV with the target's address alongside.
     let a = dig(s, &["crm-web.fed.local.", "A"]);

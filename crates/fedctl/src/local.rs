@@ -942,6 +942,8 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                 ));
             }
         }
+        // Every fed-dns publishes the whole NS set of the zone: itself, then the others.
+        let name_servers: Vec<(String, IpAddr)> = servers.iter().map(|s| (s.4.clone(), s.2.ip())).collect();
         for (site, name, addr, domain, ns) in servers {
             let tls = issue(&name, Role::Dns, &name, &[addr.ip().to_string()])?;
             let metrics = SocketAddr::new(addr.ip(), free_port(addr.ip())?);
@@ -957,12 +959,15 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
                 "--server-id".into(),
                 name.clone(),
                 "--ns-name".into(),
-                ns,
+                ns.clone(),
                 "--ns-address".into(),
                 addr.ip().to_string(),
                 "--metrics-listen".into(),
                 metrics.to_string(),
             ];
+            for (other, ip) in name_servers.iter().filter(|(n, _)| *n != ns) {
+                argv.extend(["--other-ns".to_string(), format!("{other}={ip}")]);
+            }
             for (site, probe) in site_probes(&sites) {
                 argv.extend(["--observe".to_string(), format!("{site}={probe}")]);
             }
