@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use switchyard_core::Action;
 use switchyard_core::dr::composite::{self, HealthRule, Part};
-use switchyard_core::dr::detect::{Health, Observation, Subject, Verdict, connect_error_health};
+use switchyard_core::dr::detect::{Health, Observation, Subject, Verdict, connect_error_health, explained_by_site};
 
 use crate::node::{Federator, now_ms};
 
@@ -158,16 +158,21 @@ impl Federator {
         let detector = self.observations.lock().expect("observations lock");
         let mut declare = Vec::new();
         let mut suspect = std::collections::BTreeSet::new();
+        // Each site's evidence, to tell a group's own failure from its site's.
+        let mut site_evidence = BTreeMap::new();
         for site in sites {
             match detector.verdict(&Subject::site(&site), now, cfg) {
                 Verdict::Down { evidence } if !declared.contains(&site) && self.config.dr.automatic() => {
                     declare.push(Action::DeclareSiteDown { site: site.clone(), evidence, detect: cfg.clone() });
                     suspect.insert(site);
                 }
-                Verdict::Down { .. } | Verdict::Suspect { .. } => {
+                Verdict::Down { evidence } | Verdict::Suspect { evidence, .. } => {
+                    site_evidence.insert(site.clone(), evidence);
                     suspect.insert(site);
                 }
-                Verdict::Up { .. } => {}
+                Verdict::Up { evidence } => {
+                    site_evidence.insert(site, evidence);
+                }
             }
         }
         // Groups at sites that are not declared down: each one its observers prove down there.
@@ -193,6 +198,11 @@ impl Federator {
                     continue;
                 }
                 if let Verdict::Down { evidence } = detector.verdict(&Subject::group(&site, &group), now, cfg) {
+                    let by_site = site_evidence.get(&site).map(Vec::as_slice).unwrap_or_default();
+                    if explained_by_site(&evidence, by_site, now, cfg) {
+                        // The site's own verdict decides (it is suspect, so `dr status` shows it).
+                        continue;
+                    }
                     declare.push(Action::DeclareGroupDown { site, group, evidence, detect: cfg.clone() });
                 }
             }

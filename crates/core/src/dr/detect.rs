@@ -293,6 +293,30 @@ pub fn agreeing_domains<'a>(evidence: &'a [Evidence], at_ms: u64, cfg: &DetectCo
         .collect()
 }
 
+/// Whether a group proven down at a site (`group`, its evidence) is the site's own failure
+/// showing through: some failure domain that proves the group down also observes the site
+/// (`site`, the site's evidence) and sees it unhealthy, freshly, and no such domain sees the
+/// site healthy. Such a group is left to the site's verdict, which needs its own quorum:
+/// declaring every group of a dying site one by one would trip the brake's correlated-failure
+/// rule instead of failing the site over, and would get around the site quorum (a domain that
+/// alone sees the site dead cannot fail all its groups over either). A group whose provers see
+/// the site healthy, or do not observe it at all, is the group's own failure.
+pub fn explained_by_site(group: &[Evidence], site: &[Evidence], now_ms: u64, cfg: &DetectConfig) -> bool {
+    let proving = agreeing_domains(group, now_ms, cfg);
+    let mut unhealthy = false;
+    for e in site.iter().filter(|e| proving.contains(e.domain.as_str())) {
+        if now_ms.saturating_sub(e.last_at_ms) > cfg.stale_ms {
+            continue;
+        }
+        match e.health {
+            Health::Healthy => return false,
+            Health::Unhealthy => unhealthy = true,
+            Health::Unknown => {}
+        }
+    }
+    unhealthy
+}
+
 /// Whether `evidence` proves its subject down at `at_ms` under `cfg` (what `apply` checks of a
 /// declaration, whoever proposed it). Err: why not.
 pub fn check_evidence(evidence: &[Evidence], at_ms: u64, cfg: &DetectConfig) -> Result<(), String> {
@@ -312,6 +336,54 @@ pub fn check_evidence(evidence: &[Evidence], at_ms: u64, cfg: &DetectConfig) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn evidence(domain: &str, health: Health, since: Option<u64>, last: u64) -> Evidence {
+        Evidence {
+            observer: format!("{domain}-1"),
+            domain: domain.into(),
+            health,
+            unhealthy_since_ms: since,
+            last_at_ms: last,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_group_down_where_its_provers_see_the_site_down_is_left_to_the_site() {
+        let c = cfg();
+        let now = 50_000;
+        // The group is proven down by the federator and the cell (both unhealthy for 15 s).
+        let group = [
+            evidence("federator", Health::Unhealthy, Some(35_000), now - 500),
+            evidence("cell", Health::Unhealthy, Some(35_000), now - 500),
+        ];
+        // The federator sees the site's ingress refuse too; fed-dns has not caught up.
+        let site_refused = [
+            evidence("federator", Health::Unhealthy, Some(35_000), now - 500),
+            evidence("dns", Health::Healthy, None, now - 500),
+        ];
+        assert!(explained_by_site(&group, &site_refused, now, &c), "the site's failure showing through");
+        // The site answers the federator: the group's own failure.
+        let site_up = [evidence("federator", Health::Healthy, None, now - 500)];
+        assert!(!explained_by_site(&group, &site_up, now, &c));
+        // Nobody that proves the group down observes the site (only dns does): the group's own.
+        let only_dns = [evidence("dns", Health::Unhealthy, Some(35_000), now - 500)];
+        assert!(!explained_by_site(&group, &only_dns, now, &c));
+        // A stale site observation explains nothing; one prover seeing the site healthy wins.
+        let stale = [evidence("federator", Health::Unhealthy, Some(35_000), now - 6_000)];
+        assert!(!explained_by_site(&group, &stale, now, &c));
+        let split = [
+            evidence("federator", Health::Unhealthy, Some(35_000), now - 500),
+            evidence("cell", Health::Healthy, None, now - 500),
+        ];
+        assert!(!explained_by_site(&group, &split, now, &c));
+        // A group not proven down (too short) has no provers, so nothing to explain.
+        let young = [
+            evidence("federator", Health::Unhealthy, Some(now - 2_000), now - 500),
+            evidence("cell", Health::Unhealthy, Some(now - 2_000), now - 500),
+        ];
+        assert!(!explained_by_site(&young, &site_refused, now, &c));
+    }
 
     fn obs(observer: &str, domain: &str, health: Health, at_ms: u64) -> Observation {
         Observation {
