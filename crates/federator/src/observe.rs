@@ -200,7 +200,7 @@ impl Federator {
                 if let Verdict::Down { evidence } = detector.verdict(&Subject::group(&site, &group), now, cfg) {
                     let by_site = site_evidence.get(&site).map(Vec::as_slice).unwrap_or_default();
                     if explained_by_site(&evidence, by_site, now, cfg) {
-                        // The site's own verdict decides (it is suspect, so `dr status` shows it).
+                        // The site's own verdict decides; the site is suspect, never a failover target.
                         continue;
                     }
                     declare.push(Action::DeclareGroupDown { site, group, evidence, detect: cfg.clone() });

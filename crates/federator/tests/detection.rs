@@ -49,7 +49,7 @@ async fn a_group_failing_with_its_site_waits_for_the_sites_verdict() {
     }
     let (declare, suspect) = fed.detection_round(now);
     assert!(declare.is_empty(), "the group is the site's failure showing through: {declare:?}");
-    assert!(suspect.contains("site-1"), "the site is suspect, so dr status shows it: {suspect:?}");
+    assert!(suspect.contains("site-1"), "the site is suspect (never a failover target): {suspect:?}");
 
     // The site answers the federator again while the group stays unreachable: its own failure.
     let later = now + 1_000;
