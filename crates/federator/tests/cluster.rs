@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use common::{agreed_leader, client, free_port, freezes};
 use switchyard_federator::{FederatorConfig, Running};
 use switchyard_proto::operator::v1 as pb;
-use switchyard_tls::{CertAuthority, Identity, Role};
-use tonic::transport::Endpoint;
+use switchyard_proto::operator::v1::operator_client::OperatorClient;
+use switchyard_tls::{Bundle, CertAuthority, Identity, Role};
+use tonic::transport::{Channel, Endpoint};
 
 fn config(dir: &Path, id: u64, ports: &[u16; 3]) -> FederatorConfig {
     let peers: Vec<(u64, u16)> = (1..=3u64).map(|p| (p, ports[(p - 1) as usize])).collect();
@@ -113,16 +114,17 @@ async fn a_replica_may_not_speak_for_another_node_id() {
     one.shutdown().await;
 }
 
-/// Many operators writing at once: the leader commits writes that arrive together in shared
-/// log entries, each is applied exactly once, and every caller gets the answer to its own write
-/// (a clear answers `cleared` exactly when it removed a freeze, which its audit record shows).
-/// Concurrent scales of one app, each to a count nobody else asks for: every scale changes the
-/// group, and each reply's epoch is the index its own audit record carries, not that of a
-/// scale committed after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_scales_each_answer_the_epoch_of_their_own_commit() {
-    const CLIENTS: u32 = 12;
-    const WRITES: u32 = 6;
+/// Three replicas on loopback, a DR admin's client to each, and the leader they agree on.
+struct Three {
+    _dir: tempfile::TempDir,
+    running: Vec<Running>,
+    apis: Vec<(u64, OperatorClient<Channel>)>,
+    leader: u64,
+    ports: [u16; 3],
+    admin: Bundle,
+}
+
+async fn three_replicas() -> Three {
     let dir = tempfile::tempdir().unwrap();
     let ca = common::pki(dir.path(), 1..=3);
     let admin = common::user(&ca, Role::DrAdmin, "dana");
@@ -131,12 +133,23 @@ async fn concurrent_scales_each_answer_the_epoch_of_their_own_commit() {
     for id in 1..=3 {
         running.push(switchyard_federator::start(config(dir.path(), id, &ports)).await.expect("replica starts"));
     }
-    let addr = |id: u64| -> SocketAddr { format!("127.0.0.1:{}", ports[(id - 1) as usize]).parse().unwrap() };
     let mut apis = Vec::new();
-    for id in 1..=3 {
-        apis.push((id, client(addr(id), &admin).await));
+    for (id, port) in (1..=3).zip(ports) {
+        apis.push((id, client(common::addr(port), &admin).await));
     }
     let leader = agreed_leader(&mut apis).await;
+    Three { _dir: dir, running, apis, leader, ports, admin }
+}
+
+/// Concurrent scales of one app, each to a count nobody else asks for: every scale changes the
+/// group, and each reply's epoch is the index its own audit record carries, not that of a
+/// scale committed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_scales_each_answer_the_epoch_of_their_own_commit() {
+    const CLIENTS: u32 = 12;
+    const WRITES: u32 = 6;
+    let Three { _dir, running, mut apis, leader, ports, admin } = three_replicas().await;
+    let addr = |id: u64| -> SocketAddr { format!("127.0.0.1:{}", ports[(id - 1) as usize]).parse().unwrap() };
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let id = if c % 3 == 0 { leader % 3 + 1 } else { leader };
@@ -182,24 +195,15 @@ async fn concurrent_scales_each_answer_the_epoch_of_their_own_commit() {
     }
 }
 
+/// Many operators writing at once: the leader commits writes that arrive together in shared
+/// log entries, each is applied exactly once, and every caller gets the answer to its own write
+/// (a clear answers `cleared` exactly when it removed a freeze, which its audit record shows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
     const CLIENTS: usize = 24;
     const WRITES: usize = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = common::pki(dir.path(), 1..=3);
-    let admin = common::user(&ca, Role::DrAdmin, "dana");
-    let ports = [free_port(), free_port(), free_port()];
-    let mut running = Vec::new();
-    for id in 1..=3 {
-        running.push(switchyard_federator::start(config(dir.path(), id, &ports)).await.expect("replica starts"));
-    }
+    let Three { _dir, running, mut apis, leader, ports, admin } = three_replicas().await;
     let addr = |id: u64| -> SocketAddr { format!("127.0.0.1:{}", ports[(id - 1) as usize]).parse().unwrap() };
-    let mut apis = Vec::new();
-    for id in 1..=3 {
-        apis.push((id, client(addr(id), &admin).await));
-    }
-    let leader = agreed_leader(&mut apis).await;
     let lead_at = apis.iter().position(|(i, _)| *i == leader).unwrap();
     let before = common::status(&mut apis[lead_at].1).await.last_applied_index;
     let mut tasks = Vec::new();
