@@ -4,7 +4,7 @@
 //! Run: `scripts/bench-dns` (installs knot and dnsperf, builds fed-dns in release, runs this).
 //! Directly: `cargo build --release -p switchyard-dns && cargo bench -p switchyard-dns --bench vs_knot`
 //!
-//! Each server is started under `taskset -c 1` and, once it answers, every one of its threads is
+//! Each server is started under `taskset -c CORE` and, once it answers, every one of its threads is
 //! pinned to that core again and checked (knotd moves its UDP workers itself otherwise).
 //!
 //! Reports for each server: queries completed, queries per second, the server's CPU time
